@@ -1,0 +1,1 @@
+"""Shared core of the five services: settings, logging, metrics, bus, store, Triton client, server."""

@@ -1,0 +1,158 @@
+"""Kafka: topic set-up, typed producing, and readers that see every partition.
+
+Messages are protobufs with a `ts-type` header naming their type, so a consumer can tell a message
+of the wrong type from a damaged one and dead-letter both with a clear reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from google.protobuf import unknown_fields
+from google.protobuf.message import DecodeError, Message
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from taxonstream.core.errors import Poison
+from taxonstream.core.settings import CoreSettings
+from taxonstream.core.topics import Topics
+
+log = logging.getLogger(__name__)
+
+TYPE_HEADER = "ts-type"
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True)
+class Emit:
+    """One message a worker wants produced once its input is done."""
+
+    topic: str
+    key: str
+    message: Message
+
+
+def decode(value: bytes | None, headers: Iterable[tuple[str, bytes]] | None, message_type: type[M]) -> M:
+    """Parse a topic message strictly: wrong declared type, garbage or foreign fields are Poison."""
+    expected = message_type.DESCRIPTOR.full_name
+    declared = dict(headers or []).get(TYPE_HEADER)
+    if declared is not None and declared.decode(errors="replace") != expected:
+        raise Poison("wrong_type", f"expected {expected}, got {declared.decode(errors='replace')}")
+    if not value:
+        raise Poison("empty", f"empty value where {expected} was expected")
+    message = message_type()
+    try:
+        message.ParseFromString(value)
+    except DecodeError as error:
+        raise Poison("undecodable", f"not a {expected}: {error}") from error
+    # Bytes of another type often parse "successfully" into fields this type does not have.
+    if len(unknown_fields.UnknownFieldSet(message)):
+        raise Poison("wrong_type", f"fields unknown to {expected}")
+    return message
+
+
+class Bus:
+    """Factory for producers, consumers and topics, all configured from the shared settings."""
+
+    def __init__(self, settings: CoreSettings) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self.bootstrap = settings.kafka_bootstrap.split(",")
+
+    def producer(self) -> KafkaProducer:
+        return KafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            linger_ms=5,
+            retries=10,
+            max_in_flight_requests_per_connection=1,  # keeps per-key order across retries
+        )
+
+    def group_consumer(self, group: str, topics: list[str], max_batch: int) -> KafkaConsumer:
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=max_batch,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+            max_poll_interval_ms=600_000,
+            # Eager assignors: the cooperative one loops against Kafka 2.3 (see LOCAL_STACK.md).
+            partition_assignment_strategy=[RangePartitionAssignor, RoundRobinPartitionAssignor],
+        )
+        consumer.subscribe(topics)
+        return consumer
+
+    def reader(self, topics: Sequence[str], start: Mapping[TopicPartition, int] | None = None) -> KafkaConsumer:
+        """A consumer of every partition of `topics`, outside any group, from `start` or the beginning."""
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
+        assigned = [TopicPartition(t, p) for t in topics for p in self.partitions(consumer, t)]
+        consumer.assign(assigned)
+        for tp in assigned:
+            if start and tp in start:
+                consumer.seek(tp, start[tp])
+            else:
+                consumer.seek_to_beginning(tp)
+        return consumer
+
+    @staticmethod
+    def partitions(consumer: KafkaConsumer, topic: str, timeout: float = 30.0) -> list[int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = consumer.partitions_for_topic(topic)
+            if found:
+                return sorted(found)
+            if time.monotonic() > deadline:
+                raise KafkaError(f"topic {topic} has no partitions (was it created?)")
+            time.sleep(0.2)
+
+    def ensure_topics(self, timeout: float = 60.0) -> None:
+        """Create any missing topic; safe to call from every pod at start."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="taxonstream-admin")
+                break
+            except KafkaError as error:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("kafka not reachable yet", extra={"error": str(error)})
+                time.sleep(1)
+        try:
+            existing = set(admin.list_topics())
+            missing = [
+                NewTopic(name, self.settings.topic_partitions, 1, topic_configs=config)
+                for name, config in self.topics.all().items()
+                if name not in existing
+            ]
+            if missing:
+                with contextlib.suppress(TopicAlreadyExistsError):  # another pod won the race
+                    admin.create_topics(missing)
+                log.info("created topics", extra={"topics": [t.name for t in missing]})
+        finally:
+            admin.close()
+
+
+def send_all(producer: KafkaProducer, emits: Iterable[Emit], timeout: float = 30.0) -> None:
+    """Produce and wait for every acknowledgement; raises if any message was not stored."""
+    futures = [
+        producer.send(
+            e.topic,
+            key=e.key.encode(),
+            value=e.message.SerializeToString(),
+            headers=[(TYPE_HEADER, e.message.DESCRIPTOR.full_name.encode())],
+        )
+        for e in emits
+    ]
+    producer.flush(timeout=timeout)
+    for future in futures:
+        future.get(timeout=timeout)

@@ -1,0 +1,25 @@
+"""The three ways a message can fail, and what the worker does with each."""
+
+from __future__ import annotations
+
+
+class Poison(Exception):
+    """The message itself cannot be processed: dead-lettered with this reason, the worker moves on."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class Failed(Exception):
+    """The record cannot go on: it ends as failed(stage, reason) with a message a person can read."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+class Transient(Exception):
+    """A dependency (S3, Triton, Kafka) is unavailable: nothing is committed and the batch is retried."""

@@ -1,0 +1,127 @@
+"""Objects in S3 (MinIO in the cluster, Ceph RGW locally) through the `minio` client.
+
+Originals are content-addressed, so storing the same bytes twice is a no-op; every other key is
+derived from the image id and model version, so re-doing any step overwrites with the same thing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
+from taxonstream.core.errors import Transient
+from taxonstream.core.settings import CoreSettings
+
+log = logging.getLogger(__name__)
+
+_MISSING = {"NoSuchKey", "NoSuchObject", "NoSuchBucket"}
+
+
+def original_key(sha256: str) -> str:
+    return f"originals/sha256/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+
+class ObjectStore:
+    def __init__(self, settings: CoreSettings) -> None:
+        if not settings.s3_access_key or not settings.s3_secret_key:
+            raise ValueError("S3 credentials missing: set TAXONSTREAM_S3_ACCESS_KEY and TAXONSTREAM_S3_SECRET_KEY")
+        self.bucket = settings.s3_bucket
+        # Short retries here: a longer outage is the worker's to wait out (it backs off and retries).
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5, read=60),
+            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+            maxsize=16,
+        )
+        self.client = Minio(
+            settings.s3_endpoint,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key,
+            secure=settings.s3_secure,
+            region=settings.s3_region,
+            http_client=http,
+        )
+
+    def ensure_bucket(self) -> None:
+        with _unavailable_is_transient():
+            if not self.client.bucket_exists(self.bucket):
+                try:
+                    self.client.make_bucket(self.bucket)
+                except S3Error as error:
+                    if error.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                        raise
+
+    def exists(self, key: str) -> bool:
+        with _unavailable_is_transient():
+            try:
+                self.client.stat_object(self.bucket, key)
+                return True
+            except S3Error as error:
+                if error.code in _MISSING:
+                    return False
+                raise
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        with _unavailable_is_transient():
+            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+
+    def put_original(self, data: bytes, sha256: str, content_type: str) -> tuple[str, bool]:
+        """Store bytes under their sha256 unless already there; returns (key, newly_stored)."""
+        key = original_key(sha256)
+        if self.exists(key):
+            return key, False
+        self.put(key, data, content_type)
+        return key, True
+
+    def get(self, key: str) -> bytes:
+        """The object's bytes; a missing object is KeyError (the message that names it is bad)."""
+        with _unavailable_is_transient():
+            try:
+                response = self.client.get_object(self.bucket, key)
+            except S3Error as error:
+                if error.code in _MISSING:
+                    raise KeyError(key) from error
+                raise
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+    def put_json(self, key: str, value: Any) -> None:
+        self.put(key, json.dumps(value, sort_keys=True).encode(), "application/json")
+
+    def get_json(self, key: str) -> Any | None:
+        try:
+            return json.loads(self.get(key))
+        except KeyError:
+            return None
+
+    def list(self, prefix: str) -> list[str]:
+        with _unavailable_is_transient():
+            return [o.object_name for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)]
+
+    def presigned_url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
+        return self.client.presigned_get_object(self.bucket, key, expires=expires)
+
+
+class _unavailable_is_transient:
+    """Connection-level failures become Transient, so workers wait instead of failing records."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, _tb) -> bool:
+        if error is None:
+            return False
+        if isinstance(error, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError):
+            raise Transient(f"S3 unavailable: {error}") from error
+        if isinstance(error, S3Error) and error.code in {"SlowDown", "ServiceUnavailable", "InternalError"}:
+            raise Transient(f"S3 busy: {error.code}") from error
+        return False

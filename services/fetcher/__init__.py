@@ -1,0 +1,1 @@
+"""Fetcher: turns submitted URL lists into stored, validated originals, and tracks every job."""

@@ -1,0 +1,170 @@
+"""Fetcher service: the job API (gRPC) and the download worker (records → fetched)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import grpc
+
+from taxonstream.core.bus import Bus, Emit, send_all
+from taxonstream.core.errors import Failed
+from taxonstream.core.server import Service
+from taxonstream.core.store import ObjectStore
+from taxonstream.core.worker import StreamWorker, each
+from taxonstream.fetcher.download import Downloader, RetryLater
+from taxonstream.fetcher.jobs import JobTable, follow
+from taxonstream.fetcher.settings import FetcherSettings
+from taxonstream.fetcher.validate import inspect_image
+from taxonstream.v1 import fetcher_pb2, fetcher_pb2_grpc
+from taxonstream.v1.messages_pb2 import FetchedImage, Job, Record
+
+log = logging.getLogger(__name__)
+STAGE = "fetcher"
+
+
+def host_key(url: str) -> str:
+    """Partition key: every record of a host goes to one consumer, which can then be polite to it."""
+    try:
+        return (urlsplit(url.strip()).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+class FetchWorker:
+    """records → download, validate, store the original → fetched."""
+
+    def __init__(self, settings: FetcherSettings, bus: Bus, store: ObjectStore, jobs: JobTable) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.store = store
+        self.jobs = jobs
+        self.downloader = Downloader(settings)
+
+    def handle(self, record: Record) -> list[Emit]:
+        job = self.jobs.job(record.job_id)
+        if job is not None and job.cancelled:
+            raise Failed("cancelled", f"job {record.job_id} was cancelled")
+        data, attempts = self._download(record.url)
+        info = inspect_image(data, self.settings.fetch_max_pixels)
+        sha256 = hashlib.sha256(data).hexdigest()
+        key, _ = self.store.put_original(data, sha256, info.mime)
+        fetched = FetchedImage(
+            record=record, sha256=sha256, object_key=key, size_bytes=len(data),
+            mime=info.mime, width=info.width, height=info.height, attempts=attempts,
+        )
+        return [Emit(self.bus.topics.fetched, sha256, fetched)]
+
+    def _download(self, url: str) -> tuple[bytes, int]:
+        for attempt in range(1, self.settings.fetch_attempts + 1):
+            try:
+                return self.downloader.fetch(url).data, attempt
+            except RetryLater as retry:
+                if attempt == self.settings.fetch_attempts:
+                    raise Failed(retry.failure.reason, f"{retry.failure.message} (after {attempt} attempts)") from None
+                # Exponential backoff with full jitter, or what the server asked for (bounded).
+                delay = retry.delay if retry.delay is not None else random.uniform(0, 0.5 * 2**attempt)
+                time.sleep(min(delay, 30.0))
+        raise AssertionError("unreachable")
+
+    def worker(self) -> StreamWorker[Record]:
+        return StreamWorker(
+            stage=STAGE,
+            bus=self.bus,
+            source=self.bus.topics.records,
+            message_type=Record,
+            process=each(self.handle, threads=self.settings.fetch_concurrency),
+            record_of=lambda record: record,
+            group=self.bus.topics.name("fetcher"),
+            max_batch=self.settings.max_batch,
+        )
+
+
+class FetcherServicer(fetcher_pb2_grpc.FetcherServicer):
+    def __init__(self, bus: Bus, jobs: JobTable) -> None:
+        self.bus = bus
+        self.jobs = jobs
+        self.producer = bus.producer()
+
+    def SubmitJob(self, request_iterator: Iterator[fetcher_pb2.SubmitJobRequest], context) -> fetcher_pb2.JobStatus:
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("spec"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a JobSpec")
+        job_id = first.spec.job_id or uuid.uuid4().hex[:12]
+        created = int(time.time() * 1000)
+        topics = self.bus.topics
+        job = Job(job_id=job_id, source=first.spec.source, total=0, created_ms=created)
+        send_all(self.producer, [Emit(topics.jobs, job_id, job)])
+        total, pending = 0, []
+        for item in request_iterator:
+            if not item.HasField("record"):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "only records may follow the JobSpec")
+            record = Record(
+                record_id=f"{job_id}:{total}", job_id=job_id, row=total,
+                url=item.record.url, metadata=item.record.metadata,
+            )
+            pending.append(Emit(topics.records, host_key(record.url), record))
+            total += 1
+            if len(pending) >= 1000:
+                send_all(self.producer, pending)
+                pending = []
+        job.total = total
+        send_all(self.producer, [*pending, Emit(topics.jobs, job_id, job)])
+        if not self.jobs.wait_for(job_id, total, timeout=30):
+            log.warning("job table is behind the jobs topic", extra={"job_id": job_id})
+        log.info("job submitted", extra={"job_id": job_id, "records": total})
+        return self.jobs.status(job_id) or fetcher_pb2.JobStatus(job_id=job_id, total=total, created_ms=created)
+
+    def GetJob(self, request, context) -> fetcher_pb2.JobStatus:
+        status = self.jobs.status(request.job_id)
+        if status is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+        return status
+
+    def ListJobs(self, request, context) -> fetcher_pb2.ListJobsResponse:
+        return fetcher_pb2.ListJobsResponse(jobs=[self.jobs.status(j) for j in self.jobs.job_ids()])
+
+    def CancelJob(self, request, context) -> fetcher_pb2.JobStatus:
+        job = self.jobs.job(request.job_id)
+        if job is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+        cancelled = Job()
+        cancelled.CopyFrom(job)
+        cancelled.cancelled = True
+        send_all(self.producer, [Emit(self.bus.topics.jobs, job.job_id, cancelled)])
+        self.jobs.add_job(cancelled)
+        return self.jobs.status(job.job_id)
+
+    def ListOutcomes(self, request, context):
+        if self.jobs.job(request.job_id) is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+        wanted = set(request.states)
+        for outcome in self.jobs.outcomes(request.job_id):
+            if not wanted or outcome.state in wanted:
+                yield outcome
+
+
+def build(settings: FetcherSettings) -> Service:
+    bus = Bus(settings)
+    bus.ensure_topics()
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    jobs = JobTable()
+    fetch = FetchWorker(settings, bus, store, jobs)
+    servicer = FetcherServicer(bus, jobs)
+
+    def register(server: grpc.Server) -> list[str]:
+        fetcher_pb2_grpc.add_FetcherServicer_to_server(servicer, server)
+        return [fetcher_pb2.DESCRIPTOR.services_by_name["Fetcher"].full_name]
+
+    return Service(
+        name=STAGE,
+        register=register,
+        loops=[lambda stop: follow(bus, jobs, stop), fetch.worker().run],
+        on_stop=fetch.downloader.close,
+    )
