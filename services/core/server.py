@@ -22,7 +22,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from taxonstream.core import logs, metrics
+from taxonstream.core.bus import Bus
 from taxonstream.core.settings import CoreSettings
+from taxonstream.core.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,25 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def registrar(module, service: str, add: Callable[[object, grpc.Server], None], servicer: object):
+    """`Service.register` for one generated servicer: adds it and names it for health and reflection."""
+
+    def register(server: grpc.Server) -> list[str]:
+        add(servicer, server)
+        return [module.DESCRIPTOR.services_by_name[service].full_name]
+
+    return register
+
+
+def connect(settings: CoreSettings) -> tuple[Bus, ObjectStore]:
+    """The bus and the store every service starts with, topics and bucket created if missing."""
+    bus = Bus(settings)
+    bus.ensure_topics()
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    return bus, store
 
 
 def _code_name(context) -> str | None:

@@ -44,6 +44,16 @@ class TritonModel:
             raise
         return {name: result.as_numpy(name) for name in outputs}
 
+    def input_shape(self, index: int = 0) -> list[int]:
+        """The model's declared input shape (with -1 for the batch axis)."""
+        try:
+            metadata = self.client.get_model_metadata(self.model, self.version, as_json=True)
+        except InferenceServerException as error:
+            if _is_unavailable(error):
+                raise Transient(f"Triton {self.model} unavailable: {error.message()}") from error
+            raise
+        return [int(d) for d in metadata["inputs"][index]["shape"]]
+
     def wait_ready(self, timeout: float = 60.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -32,6 +32,8 @@ from taxonstream.v1.messages_pb2 import DeadLetter, Record
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
+P = TypeVar("P")
+R = TypeVar("R")
 # What processing one message gave: the messages to produce, or why it could not be done.
 Result = list[Emit] | Exception
 Process = Callable[[Sequence[M]], list[Result]]
@@ -200,3 +202,33 @@ class StreamWorker(Generic[M]):
         self._backoff = min(self.backoff_max, max(0.25, self._backoff * 2))
         log.warning("dependency unavailable; retrying", extra={"stage": self.stage, "in_s": self._backoff})
         stop.wait(self._backoff)
+
+
+def in_batches(
+    prepare: Callable[[M], P],
+    run: Callable[[list[P]], Sequence[R]],
+    finish: Callable[[M, R], list[Emit]],
+) -> Process[M]:
+    """A batch processor for model stages: prepare each message, one `run` for all, finish each.
+
+    A message whose prepare or finish fails fails alone; a failing `run` (Triton down) fails the batch.
+    """
+
+    def process(batch: Sequence[M]) -> list[Result]:
+        results: list[Result | None] = [None] * len(batch)
+        prepared: list[tuple[int, P]] = []
+        for i, message in enumerate(batch):
+            try:
+                prepared.append((i, prepare(message)))
+            except Exception as error:  # noqa: BLE001 - sorted by the worker
+                results[i] = error
+        if prepared:
+            outputs = run([p for _, p in prepared])
+            for (i, _), output in zip(prepared, outputs, strict=True):
+                try:
+                    results[i] = finish(batch[i], output)
+                except Exception as error:  # noqa: BLE001 - sorted by the worker
+                    results[i] = error
+        return [r if r is not None else RuntimeError("no result") for r in results]
+
+    return process

@@ -88,7 +88,9 @@ def follow(bus: Bus, table: JobTable, stop: threading.Event) -> None:
                         else:
                             table.add_outcome(decode(raw.value, raw.headers, Outcome))
                     except (Poison, DecodeError) as error:
-                        log.warning("skipped a bad message", extra={"topic": raw.topic, "offset": raw.offset,
-                                                                     "error": str(error)})
+                        log.warning(
+                            "skipped a bad message",
+                            extra={"topic": raw.topic, "offset": raw.offset, "error": str(error)},
+                        )
     finally:
         consumer.close(autocommit=False)

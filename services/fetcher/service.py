@@ -14,7 +14,7 @@ import grpc
 
 from taxonstream.core.bus import Bus, Emit, send_all
 from taxonstream.core.errors import Failed
-from taxonstream.core.server import Service
+from taxonstream.core.server import Service, connect, registrar
 from taxonstream.core.store import ObjectStore
 from taxonstream.core.worker import StreamWorker, each
 from taxonstream.fetcher.download import Downloader, RetryLater
@@ -55,8 +55,14 @@ class FetchWorker:
         sha256 = hashlib.sha256(data).hexdigest()
         key, _ = self.store.put_original(data, sha256, info.mime)
         fetched = FetchedImage(
-            record=record, sha256=sha256, object_key=key, size_bytes=len(data),
-            mime=info.mime, width=info.width, height=info.height, attempts=attempts,
+            record=record,
+            sha256=sha256,
+            object_key=key,
+            size_bytes=len(data),
+            mime=info.mime,
+            width=info.width,
+            height=info.height,
+            attempts=attempts,
         )
         return [Emit(self.bus.topics.fetched, sha256, fetched)]
 
@@ -105,8 +111,11 @@ class FetcherServicer(fetcher_pb2_grpc.FetcherServicer):
             if not item.HasField("record"):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "only records may follow the JobSpec")
             record = Record(
-                record_id=f"{job_id}:{total}", job_id=job_id, row=total,
-                url=item.record.url, metadata=item.record.metadata,
+                record_id=f"{job_id}:{total}",
+                job_id=job_id,
+                row=total,
+                url=item.record.url,
+                metadata=item.record.metadata,
             )
             pending.append(Emit(topics.records, host_key(record.url), record))
             total += 1
@@ -150,21 +159,14 @@ class FetcherServicer(fetcher_pb2_grpc.FetcherServicer):
 
 
 def build(settings: FetcherSettings) -> Service:
-    bus = Bus(settings)
-    bus.ensure_topics()
-    store = ObjectStore(settings)
-    store.ensure_bucket()
+    bus, store = connect(settings)
     jobs = JobTable()
     fetch = FetchWorker(settings, bus, store, jobs)
     servicer = FetcherServicer(bus, jobs)
 
-    def register(server: grpc.Server) -> list[str]:
-        fetcher_pb2_grpc.add_FetcherServicer_to_server(servicer, server)
-        return [fetcher_pb2.DESCRIPTOR.services_by_name["Fetcher"].full_name]
-
     return Service(
         name=STAGE,
-        register=register,
+        register=registrar(fetcher_pb2, "Fetcher", fetcher_pb2_grpc.add_FetcherServicer_to_server, servicer),
         loops=[lambda stop: follow(bus, jobs, stop), fetch.worker().run],
         on_stop=fetch.downloader.close,
     )

@@ -1,0 +1,1 @@
+"""Checksummer: verifies stored originals, and makes every set of identical bytes one image."""

@@ -1,0 +1,1 @@
+"""Detector: finds the specimen in each image and stores the padded crop."""

@@ -1,0 +1,180 @@
+"""Detector service: Detect over gRPC, and the worker verified → cropped, both through Triton."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from functools import cached_property
+
+import grpc
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from taxonstream.core.bus import Bus, Emit
+from taxonstream.core.errors import Failed
+from taxonstream.core.server import Service, connect, registrar
+from taxonstream.core.settings import CoreSettings
+from taxonstream.core.store import ObjectStore
+from taxonstream.core.triton import TritonModel
+from taxonstream.core.worker import StreamWorker, in_batches
+from taxonstream.models.preprocess import crop_box, detector_pixels, upright_rgb
+from taxonstream.v1 import detector_pb2, detector_pb2_grpc
+from taxonstream.v1.messages_pb2 import Box, Crop, Record, VerifiedImage
+
+STAGE = "detector"
+
+
+class DetectorSettings(CoreSettings):
+    grpc_port: int = 50063
+    metrics_port: int = 9163
+    detector_model: str = "detector_standin"
+    detector_model_version: str = "1"
+    detector_threshold: float = 0.5
+    # Crop = best box enlarged this much about its centre (the BIOSCAN crop tool uses 1.4).
+    detector_crop_pad: float = 1.4
+    detector_min_side: int = 8
+
+
+@dataclass(frozen=True)
+class Detection:
+    detected: bool
+    box: tuple[int, int, int, int]
+    score: float
+    size: tuple[int, int]
+    crop_jpeg: bytes
+
+
+def open_image(data: bytes, min_side: int) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise Failed("undecodable_image", f"the stored image does not decode: {error}") from error
+    if min(image.size) < min_side:
+        raise Failed("image_too_small", f"{image.size[0]}x{image.size[1]} is under {min_side} px on a side")
+    return upright_rgb(image)
+
+
+def encode_jpeg(image: Image.Image) -> bytes:
+    # Fixed settings: the same pixels always give the same bytes, so search-by-image and the stored
+    # derivative embed identically.
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=95, subsampling=0, optimize=False)
+    return out.getvalue()
+
+
+class Detector:
+    def __init__(self, settings: DetectorSettings) -> None:
+        self.settings = settings
+        self.model = TritonModel(settings.triton_url, settings.detector_model, settings.detector_model_version)
+
+    @cached_property
+    def input_size(self) -> int:
+        return self.model.input_shape()[-1]
+
+    def infer(self, images: list[Image.Image]) -> list[tuple[np.ndarray, float]]:
+        """Best (cx, cy, w, h) box and score per image."""
+        pixels = np.stack([detector_pixels(image, self.input_size)[0] for image in images])
+        out = self.model.infer({"images": pixels}, ["boxes", "scores"])
+        best = out["scores"].argmax(axis=1)
+        return [(out["boxes"][i, b], float(out["scores"][i, b])) for i, b in enumerate(best)]
+
+    def finish(self, image: Image.Image, box_score: tuple[np.ndarray, float]) -> Detection:
+        box, score = box_score
+        detected = score >= self.settings.detector_threshold
+        if detected:
+            pixels = crop_box(box, image.size, self.settings.detector_crop_pad)
+            crop = image.crop(pixels)
+        else:  # nothing confident: keep the whole image, and say so in the lineage
+            pixels, crop = (0, 0, *image.size), image
+        return Detection(detected, pixels, score, image.size, encode_jpeg(crop))
+
+    def detect(self, image: Image.Image) -> Detection:
+        return self.finish(image, self.infer([image])[0])
+
+
+class DetectWorker:
+    def __init__(self, settings: DetectorSettings, bus: Bus, store: ObjectStore, detector: Detector) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.store = store
+        self.detector = detector
+
+    def prepare(self, verified: VerifiedImage) -> Image.Image:
+        try:
+            data = self.store.get(verified.fetched.object_key)
+        except KeyError:
+            raise Failed("missing_object", f"original {verified.fetched.object_key} is not in the store") from None
+        return open_image(data, self.settings.detector_min_side)
+
+    def run(self, images: list[Image.Image]) -> list[tuple[Image.Image, tuple[np.ndarray, float]]]:
+        return list(zip(images, self.detector.infer(images), strict=True))
+
+    def finish(self, verified: VerifiedImage, inferred: tuple[Image.Image, tuple[np.ndarray, float]]) -> list[Emit]:
+        detection = self.detector.finish(*inferred)
+        s = self.settings
+        key = f"derivatives/{verified.image_id}/{s.detector_model}/{s.detector_model_version}/crop.jpg"
+        self.store.put(key, detection.crop_jpeg, "image/jpeg")
+        left, top, right, bottom = detection.box
+        crop = Crop(
+            image_id=verified.image_id,
+            image=verified,
+            crop_key=key,
+            detected=detection.detected,
+            box=Box(left=left, top=top, right=right, bottom=bottom),
+            score=detection.score,
+            model=s.detector_model,
+            model_version=s.detector_model_version,
+        )
+        return [Emit(self.bus.topics.cropped, verified.image_id, crop)]
+
+
+def record_of(verified: VerifiedImage) -> Record | None:
+    return verified.fetched.record if verified.fetched.HasField("record") else None
+
+
+class DetectorServicer(detector_pb2_grpc.DetectorServicer):
+    def __init__(self, settings: DetectorSettings, detector: Detector) -> None:
+        self.settings = settings
+        self.detector = detector
+
+    def Detect(self, request, context) -> detector_pb2.DetectResponse:
+        try:
+            image = open_image(request.image, self.settings.detector_min_side)
+        except Failed as failure:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, failure.message)
+        detection = self.detector.detect(image)
+        left, top, right, bottom = detection.box
+        return detector_pb2.DetectResponse(
+            detected=detection.detected,
+            box=Box(left=left, top=top, right=right, bottom=bottom),
+            score=detection.score,
+            width=detection.size[0],
+            height=detection.size[1],
+            crop=detection.crop_jpeg,
+            model=self.settings.detector_model,
+            model_version=self.settings.detector_model_version,
+        )
+
+
+def build(settings: DetectorSettings) -> Service:
+    bus, store = connect(settings)
+    detector = Detector(settings)
+    work = DetectWorker(settings, bus, store, detector)
+    worker = StreamWorker(
+        stage=STAGE,
+        bus=bus,
+        source=bus.topics.verified,
+        message_type=VerifiedImage,
+        process=in_batches(work.prepare, work.run, work.finish),
+        record_of=record_of,
+        group=bus.topics.name(STAGE),
+        max_batch=settings.max_batch,
+    )
+    servicer = DetectorServicer(settings, detector)
+
+    return Service(
+        name=STAGE,
+        register=registrar(detector_pb2, "Detector", detector_pb2_grpc.add_DetectorServicer_to_server, servicer),
+        loops=[worker.run],
+    )

@@ -1,0 +1,4 @@
+from taxonstream.core.server import run
+from taxonstream.embedder.service import EmbedderSettings, build
+
+run("embedder", EmbedderSettings, build)

@@ -1,0 +1,206 @@
+"""Indexer service: Search/Stats over gRPC, and the replica worker embedded → index (+ outcome)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import grpc
+import numpy as np
+from kafka import TopicPartition
+
+from taxonstream.core.bus import Bus, Emit
+from taxonstream.core.outcomes import outcome
+from taxonstream.core.server import Service, connect, registrar
+from taxonstream.core.settings import CoreSettings
+from taxonstream.core.store import ObjectStore
+from taxonstream.core.worker import StreamWorker, each
+from taxonstream.indexer.index import VectorIndex
+from taxonstream.v1 import (
+    detector_pb2,
+    detector_pb2_grpc,
+    embedder_pb2,
+    embedder_pb2_grpc,
+    indexer_pb2,
+    indexer_pb2_grpc,
+)
+from taxonstream.v1.messages_pb2 import Embedding, Outcome, Record
+
+log = logging.getLogger(__name__)
+STAGE = "indexer"
+
+
+class IndexerSettings(CoreSettings):
+    grpc_port: int = 50065
+    metrics_port: int = 9165
+    index_model: str = "clip_standin_image"
+    index_model_version: str = "1"
+    # A snapshot at most this often while embeddings arrive, and always at shutdown.
+    snapshot_seconds: float = 10.0
+
+
+def lineage(embedding: Embedding) -> dict[str, str]:
+    """What a search hit tells about the image: its first record's columns plus where it came from."""
+    crop = embedding.crop
+    fetched = crop.image.fetched
+    record = fetched.record
+    box = crop.box
+    return {
+        **dict(record.metadata),
+        "url": record.url,
+        "record_id": record.record_id,
+        "job_id": record.job_id,
+        "sha256": fetched.sha256,
+        "original_key": fetched.object_key,
+        "crop_key": crop.crop_key,
+        "detected": str(crop.detected).lower(),
+        "box": f"{box.left},{box.top},{box.right},{box.bottom}",
+        "size": f"{fetched.width}x{fetched.height}",
+        "model": f"{embedding.model}/{embedding.model_version}",
+    }
+
+
+class Snapshots:
+    """The index and the offsets it includes, in S3: restore + replay rebuilds any replica."""
+
+    def __init__(self, store: ObjectStore, settings: IndexerSettings) -> None:
+        self.store = store
+        self.prefix = f"index/{settings.index_model}/{settings.index_model_version}/"
+
+    def load(self, topic: str) -> tuple[VectorIndex, dict[TopicPartition, int]]:
+        latest = self.store.get_json(self.prefix + "latest.json")
+        if latest is None:
+            return VectorIndex(), {}
+        index = VectorIndex.restore(
+            self.store.get(latest["faiss_key"]) if latest["faiss_key"] else b"", latest["metadata"]
+        )
+        offsets = {TopicPartition(topic, int(p)): int(o) for p, o in latest["offsets"].items()}
+        log.info("restored snapshot", extra={"images": len(index), "offsets": latest["offsets"]})
+        return index, offsets
+
+    def save(self, index: VectorIndex, offsets: dict[TopicPartition, int]) -> None:
+        data, metadata = index.serialize()
+        generation = time.strftime("%Y%m%dT%H%M%S") + f"-{time.time_ns() % 1_000_000:06d}"
+        faiss_key = self.prefix + f"snapshots/{generation}.faiss" if data else ""
+        if data:
+            self.store.put(faiss_key, data)
+        # latest.json last: a crash between the two writes leaves the previous snapshot in force.
+        self.store.put_json(
+            self.prefix + "latest.json",
+            {
+                "generation": generation,
+                "faiss_key": faiss_key,
+                "dim": index.dim,
+                "offsets": {str(tp.partition): o for tp, o in offsets.items()},
+                "metadata": metadata,
+            },
+        )
+
+
+class IndexWorker:
+    def __init__(self, settings: IndexerSettings, bus: Bus, store: ObjectStore) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.snapshots = Snapshots(store, settings)
+        self.index, self.offsets = self.snapshots.load(bus.topics.embedded)
+        self._dirty = False
+        self._last_snapshot = time.monotonic()
+        self._lock = threading.Lock()
+
+    def handle(self, embedding: Embedding) -> list[Emit]:
+        record = embedding.crop.image.fetched.record
+        wanted = (self.settings.index_model, self.settings.index_model_version)
+        if (embedding.model, embedding.model_version) != wanted:
+            log.info("skipped an embedding of another model", extra={"model": embedding.model})
+            return []
+        self.index.upsert(embedding.image_id, np.asarray(embedding.vector, dtype=np.float32), lineage(embedding))
+        self._dirty = True
+        return [outcome(self.bus.topics, record, Outcome.INDEXED, stage=STAGE, image_id=embedding.image_id)]
+
+    def durable(self, done: dict[TopicPartition, int]) -> None:
+        self.offsets.update(done)
+        if time.monotonic() - self._last_snapshot >= self.settings.snapshot_seconds:
+            self.snapshot()
+
+    def snapshot(self) -> None:
+        with self._lock:
+            if not self._dirty:
+                return
+            self.snapshots.save(self.index, dict(self.offsets))
+            self._dirty = False
+            self._last_snapshot = time.monotonic()
+
+    def worker(self) -> StreamWorker[Embedding]:
+        return StreamWorker(
+            stage=STAGE,
+            bus=self.bus,
+            source=self.bus.topics.embedded,
+            message_type=Embedding,
+            process=each(self.handle),
+            record_of=record_of,
+            group=None,
+            start_offsets=self.offsets,
+            on_durable=self.durable,
+            on_idle=self.snapshot,
+            max_batch=max(self.settings.max_batch, 256),
+        )
+
+
+def record_of(embedding: Embedding) -> Record | None:
+    fetched = embedding.crop.image.fetched
+    return fetched.record if fetched.HasField("record") else None
+
+
+class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
+    def __init__(self, settings: IndexerSettings, work: IndexWorker) -> None:
+        self.settings = settings
+        self.work = work
+        self.detector = detector_pb2_grpc.DetectorStub(grpc.insecure_channel(settings.detector_addr))
+        self.embedder = embedder_pb2_grpc.EmbedderStub(grpc.insecure_channel(settings.embedder_addr))
+
+    def _query_vector(self, request, context) -> np.ndarray:
+        if request.HasField("image_id"):
+            vector = self.work.index.vector(request.image_id)
+            if vector is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"image {request.image_id!r} is not indexed")
+            return vector
+        if request.HasField("image"):
+            # The same path an ingested image takes: detect and crop, then embed the crop.
+            try:
+                crop = self.detector.Detect(detector_pb2.DetectRequest(image=request.image), timeout=60).crop
+                embedded = self.embedder.EmbedImages(embedder_pb2.EmbedImagesRequest(images=[crop]), timeout=60)
+            except grpc.RpcError as error:
+                context.abort(error.code(), f"query image: {error.details()}")
+            return np.asarray(embedded.vectors[0].values, dtype=np.float32)
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give an image or an image_id to search by")
+
+    def Search(self, request, context) -> indexer_pb2.SearchResponse:
+        vector = self._query_vector(request, context)
+        hits = self.work.index.search(vector, request.k or 10)
+        return indexer_pb2.SearchResponse(
+            hits=[indexer_pb2.Hit(image_id=h.image_id, score=h.score, metadata=h.metadata) for h in hits],
+            model=self.settings.index_model,
+            model_version=self.settings.index_model_version,
+        )
+
+    def Stats(self, request, context) -> indexer_pb2.StatsResponse:
+        return indexer_pb2.StatsResponse(
+            images=len(self.work.index),
+            model=self.settings.index_model,
+            model_version=self.settings.index_model_version,
+            offsets={str(tp.partition): o for tp, o in self.work.offsets.items()},
+        )
+
+
+def build(settings: IndexerSettings) -> Service:
+    bus, store = connect(settings)
+    work = IndexWorker(settings, bus, store)
+    return Service(
+        name=STAGE,
+        register=registrar(
+            indexer_pb2, "Indexer", indexer_pb2_grpc.add_IndexerServicer_to_server, IndexerServicer(settings, work)
+        ),
+        loops=[work.worker().run],
+        on_stop=work.snapshot,
+    )
