@@ -34,7 +34,9 @@ def generate(out_root: Path) -> Path:
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     generated = out_root / "taxonstream" / "v1"
-    (generated / "__init__.py").write_text('"""Generated from protos/taxonstream/v1 by tools/gen_protos.py; do not edit."""\n')
+    (generated / "__init__.py").write_text(
+        '"""Generated from protos/taxonstream/v1 by tools/gen_protos.py; do not edit."""\n'
+    )
     return generated
 
 
@@ -42,7 +44,10 @@ def differences(generated: Path, target: Path) -> list[str]:
     names = {p.name for p in generated.iterdir()} | ({p.name for p in target.iterdir()} if target.exists() else set())
     names = {n for n in names if not n.startswith("__pycache__")}
     return sorted(
-        n for n in names if not (generated / n).exists() or not (target / n).exists()
+        n
+        for n in names
+        if not (generated / n).exists()
+        or not (target / n).exists()
         or not filecmp.cmp(generated / n, target / n, shallow=False)
     )
 

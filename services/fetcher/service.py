@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import random
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import grpc
+from kafka import KafkaProducer
 
 from taxonstream.core.bus import Bus, Emit, send_all
 from taxonstream.core.errors import Failed
@@ -95,7 +97,10 @@ class FetcherServicer(fetcher_pb2_grpc.FetcherServicer):
     def __init__(self, bus: Bus, jobs: JobTable) -> None:
         self.bus = bus
         self.jobs = jobs
-        self.producer = bus.producer()
+
+    @functools.cached_property
+    def producer(self) -> KafkaProducer:
+        return self.bus.producer()
 
     def SubmitJob(self, request_iterator: Iterator[fetcher_pb2.SubmitJobRequest], context) -> fetcher_pb2.JobStatus:
         first = next(request_iterator, None)

@@ -1,0 +1,1 @@
+"""The `taxonstream` command line."""

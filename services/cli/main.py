@@ -1,0 +1,237 @@
+"""taxonstream — biodiversity image URL lists to a deduplicated, embedded, searchable collection.
+
+Typical session on one machine:
+
+  taxonstream stack up                      start Kafka, S3, Triton and the five services locally
+  taxonstream ingest media.csv              fetch, verify, crop, embed and index every row
+  taxonstream jobs                          what was submitted, and how each job ended
+  taxonstream search --image moth.jpg -k 5  the nearest images in the collection
+  taxonstream stack down                    stop what `stack up` started (data is kept)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+from tqdm import tqdm
+
+from taxonstream.cli import stack
+from taxonstream.cli.inputs import URL_COLUMNS, InputError, read_records
+from taxonstream.v1 import fetcher_pb2, fetcher_pb2_grpc, indexer_pb2, indexer_pb2_grpc
+from taxonstream.v1.messages_pb2 import Outcome
+
+
+def _addr(service: str) -> str:
+    port = next(s.grpc_port for s in stack.SERVICES if s.name == service)
+    return os.environ.get(f"TAXONSTREAM_{service.upper()}_ADDR", f"127.0.0.1:{port}")
+
+
+def _channel(service: str) -> grpc.Channel:
+    return grpc.insecure_channel(_addr(service), options=[("grpc.max_receive_message_length", 64 << 20)])
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    if args.action == "up":
+        stack.up(args.allow_network, services=not args.no_services)
+        print("stack is up")
+        for line in stack.status()[0]:
+            print(" ", line)
+        return 0
+    if args.action == "down":
+        stack.down()
+        print("stack is down (data kept in", stack.stack_dir(), ")")
+        return 0
+    lines, ok = stack.status()
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+def _submit(stub: fetcher_pb2_grpc.FetcherStub, path: Path, url_col: str | None, job_id: str) -> fetcher_pb2.JobStatus:
+    records = read_records(path, url_col)
+    first = next(records, None)  # read one row before opening the stream: a bad file fails fast
+    if first is None:
+        raise InputError(f"{path}: no rows")
+
+    def requests() -> Iterator[fetcher_pb2.SubmitJobRequest]:
+        yield fetcher_pb2.SubmitJobRequest(spec=fetcher_pb2.JobSpec(job_id=job_id, source=path.name))
+        yield fetcher_pb2.SubmitJobRequest(record=first)
+        for record in records:
+            yield fetcher_pb2.SubmitJobRequest(record=record)
+
+    return stub.SubmitJob(requests(), timeout=3600)
+
+
+def _follow(stub: fetcher_pb2_grpc.FetcherStub, status: fetcher_pb2.JobStatus, timeout: float) -> fetcher_pb2.JobStatus:
+    deadline = time.monotonic() + timeout
+    with tqdm(total=status.total, unit="img", desc=f"job {status.job_id}", file=sys.stderr) as bar:
+        while True:
+            finished = status.indexed + status.duplicate + status.failed
+            bar.update(finished - bar.n)
+            bar.set_postfix(indexed=status.indexed, duplicate=status.duplicate, failed=status.failed)
+            if status.done:
+                return status
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {status.job_id} not finished after {timeout:.0f} s")
+            time.sleep(0.5)
+            status = stub.GetJob(fetcher_pb2.GetJobRequest(job_id=status.job_id), timeout=30)
+
+
+def _print_summary(stub: fetcher_pb2_grpc.FetcherStub, status: fetcher_pb2.JobStatus, show_failed: int) -> None:
+    print(
+        f"job {status.job_id} ({status.source}): {status.total} records — {status.indexed} indexed, "
+        f"{status.duplicate} duplicate, {status.failed} failed" + (" — cancelled" if status.cancelled else "")
+    )
+    for reason, count in sorted(status.failed_by_reason.items(), key=lambda kv: -kv[1]):
+        print(f"  failed {count:>6}  {reason}")
+    if status.failed and show_failed:
+        request = fetcher_pb2.ListOutcomesRequest(job_id=status.job_id, states=[Outcome.FAILED])
+        for n, outcome in enumerate(stub.ListOutcomes(request, timeout=60)):
+            if n == show_failed:
+                print(f"  … and {status.failed - show_failed} more (taxonstream jobs {status.job_id} --report FILE)")
+                break
+            print(f"  {outcome.record_id}  {outcome.url[:60]}  {outcome.stage}:{outcome.reason}  {outcome.message}")
+
+
+def _write_report(stub: fetcher_pb2_grpc.FetcherStub, job_id: str, path: Path) -> int:
+    """Every record's outcome, as CSV or Parquet (by the file's extension)."""
+    request = fetcher_pb2.ListOutcomesRequest(job_id=job_id)
+    fields = ["record_id", "job_id", "url", "state", "image_id", "stage", "reason", "message"]
+    rows = [
+        {**{f: getattr(o, f) for f in fields}, "state": Outcome.State.Name(o.state).lower()}
+        for o in stub.ListOutcomes(request, timeout=300)
+    ]
+    if path.suffix.lower() == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    return len(rows)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    with _channel("fetcher") as channel:
+        stub = fetcher_pb2_grpc.FetcherStub(channel)
+        status = _submit(stub, Path(args.file), args.url_col, args.job_id or "")
+        print(f"submitted job {status.job_id}: {status.total} records", file=sys.stderr)
+        if args.no_wait:
+            print(status.job_id)
+            return 0
+        status = _follow(stub, status, args.timeout)
+        _print_summary(stub, status, show_failed=10)
+        if args.report:
+            print(f"wrote {_write_report(stub, status.job_id, Path(args.report))} outcomes to {args.report}")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _channel("fetcher") as channel:
+        stub = fetcher_pb2_grpc.FetcherStub(channel)
+        if not args.job_id:
+            jobs = stub.ListJobs(fetcher_pb2.ListJobsRequest(), timeout=30).jobs
+            if not jobs:
+                print("no jobs yet (submit one with `taxonstream ingest FILE`)")
+            for job in jobs:
+                created = time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created_ms / 1000))
+                state = "cancelled" if job.cancelled else "done" if job.done else "running"
+                print(
+                    f"{job.job_id}  {created}  {state:<9} {job.total:>7} records  {job.indexed:>7} indexed  "
+                    f"{job.duplicate:>6} duplicate  {job.failed:>6} failed  {job.source}"
+                )
+            return 0
+        status = stub.GetJob(fetcher_pb2.GetJobRequest(job_id=args.job_id), timeout=30)
+        _print_summary(stub, status, show_failed=args.show_failed)
+        if args.report:
+            print(f"wrote {_write_report(stub, args.job_id, Path(args.report))} outcomes to {args.report}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    if args.image:
+        path = Path(args.image)
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        request = indexer_pb2.SearchRequest(image=path.read_bytes(), k=args.k)
+    else:
+        request = indexer_pb2.SearchRequest(image_id=args.id, k=args.k)
+    with _channel("indexer") as channel:
+        response = indexer_pb2_grpc.IndexerStub(channel).Search(request, timeout=120)
+    print(f"{len(response.hits)} hits (model {response.model}/{response.model_version})")
+    print(f"{'rank':>4}  {'score':>7}  {'image':<14}  source")
+    for rank, hit in enumerate(response.hits, start=1):
+        label = hit.metadata.get("scientificName") or hit.metadata.get("scientific_name") or ""
+        print(f"{rank:>4}  {hit.score:7.4f}  {hit.image_id[:12]:<14}  {hit.metadata.get('url', '')}  {label}".rstrip())
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="taxonstream", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("stack", help="start, stop or inspect the local stack", description=stack.__doc__)
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument(
+        "--allow-network",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="let the fetcher download from this private/loopback network (repeatable), e.g. 127.0.0.0/8 "
+        "for a list served on this machine; by default only public addresses are fetched",
+    )
+    p.add_argument("--no-services", action="store_true", help="start only Kafka, S3 and Triton")
+    p.set_defaults(run=cmd_stack)
+
+    p = commands.add_parser("ingest", help="submit a URL list and follow it until every record has ended")
+    p.add_argument("file", help="CSV, TSV, JSONL or Parquet (optionally .gz); other columns travel as metadata")
+    p.add_argument("--url-col", help=f"column holding the URL (default: the first of {', '.join(URL_COLUMNS)})")
+    p.add_argument("--job-id", help="name the job (default: generated); re-submitting a name re-runs its rows")
+    p.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
+    p.add_argument("--report", metavar="FILE", help="write every record's outcome to FILE (.csv or .parquet)")
+    p.add_argument("--timeout", type=float, default=24 * 3600, help="give up following after this many seconds")
+    p.set_defaults(run=cmd_ingest)
+
+    p = commands.add_parser("jobs", help="list jobs, or show one job's outcome")
+    p.add_argument("job_id", nargs="?")
+    p.add_argument("--show-failed", type=int, default=20, metavar="N", help="failed records to list (default 20)")
+    p.add_argument("--report", metavar="FILE", help="write every record's outcome to FILE (.csv or .parquet)")
+    p.set_defaults(run=cmd_jobs)
+
+    p = commands.add_parser("search", help="nearest images to an image file or an indexed image id")
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("--image", metavar="PATH", help="an image file; it is cropped and embedded like ingested ones")
+    query.add_argument("--id", metavar="IMAGE_ID", help="an indexed image's id (its sha256)")
+    p.add_argument("-k", type=int, default=10, help="hits to return (default 10)")
+    p.set_defaults(run=cmd_search)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (InputError, stack.StackError, TimeoutError) as error:
+        print(f"taxonstream: {error}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as error:
+        hint = " (is the stack up? `taxonstream stack status`)" if error.code() == grpc.StatusCode.UNAVAILABLE else ""
+        print(f"taxonstream: {error.code().name}: {error.details()}{hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""`taxonstream stack up|down|status`: the real servers and the five services as local processes.
+
+Kafka, Ceph S3 and Triton are installed and run by the scripts in tools/stack/ (each: install,
+start, stop, status); this module orders them, writes Triton's model repository, and runs the
+services on loopback with their logs and pid files in the same folder (`.stack/` by default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import taxonstream
+
+REPO = Path(taxonstream.__file__).resolve().parent.parent
+SCRIPTS = REPO / "tools" / "stack"
+COMPONENTS = ("kafka", "s3", "triton")
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    grpc_port: int
+    metrics_port: int
+
+
+# Ports match each service's settings defaults, so the CLI and tests find them without configuration.
+SERVICES = (
+    ServiceSpec("fetcher", 50061, 9161),
+    ServiceSpec("checksummer", 50062, 9162),
+    ServiceSpec("detector", 50063, 9163),
+    ServiceSpec("embedder", 50064, 9164),
+    ServiceSpec("indexer", 50065, 9165),
+)
+
+
+def stack_dir() -> Path:
+    return Path(os.environ.get("TAXONSTREAM_STACK_DIR", REPO / ".stack")).resolve()
+
+
+def model_repository() -> Path:
+    return Path(os.environ.get("TAXONSTREAM_MODEL_REPOSITORY", stack_dir() / "models")).resolve()
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def _script(component: str, verb: str) -> subprocess.CompletedProcess[str]:
+    script = SCRIPTS / f"{component}.sh"
+    if not script.exists():
+        raise StackError(f"{script} not found: `taxonstream stack` runs from a checkout of the repository")
+    env = {**os.environ, "TAXONSTREAM_PYTHON": sys.executable, "TAXONSTREAM_MODEL_REPOSITORY": str(model_repository())}
+    return subprocess.run(["bash", str(script), verb], env=env, text=True, capture_output=verb == "status")
+
+
+def s3_env() -> dict[str, str]:
+    """The S3 endpoint and keys the local gateway was created with (written by tools/stack/s3.sh)."""
+    path = stack_dir() / "s3.env"
+    if not path.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.startswith("#"))
+    return {k.strip(): v.strip().strip("'\"") for k, v in pairs}
+
+
+def _pid_file(name: str) -> Path:
+    return stack_dir() / "pids" / f"{name}.pid"
+
+
+def service_pid(name: str) -> int | None:
+    """The pid of a service this stack started, if that process still runs."""
+    try:
+        pid = int(_pid_file(name).read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in {"Z", "X"}  # a zombie has exited; the init process reaps it late
+
+
+def healthy(port: int, timeout: float = 2.0) -> bool:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return False
+    return answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def start_service(spec: ServiceSpec, allow_networks: Iterable[str] = (), timeout: float = 120.0) -> int:
+    """Start one service unless it runs; waits until its health check says SERVING."""
+    pid = service_pid(spec.name)
+    if pid is None:
+        logs = stack_dir() / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        _pid_file(spec.name).parent.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            **s3_env(),
+            "TAXONSTREAM_GRPC_PORT": str(spec.grpc_port),
+            "TAXONSTREAM_METRICS_PORT": str(spec.metrics_port),
+            "PYTHONUNBUFFERED": "1",
+        }
+        if spec.name == "fetcher":
+            env["TAXONSTREAM_FETCH_ALLOW_NETWORKS"] = ",".join(allow_networks)
+        with open(logs / f"{spec.name}.log", "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", f"taxonstream.{spec.name}"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # outlives the CLI; stopped later by its pid
+                cwd=REPO,
+            )
+        pid = process.pid
+        _pid_file(spec.name).write_text(f"{pid}\n")
+    deadline = time.monotonic() + timeout
+    while not healthy(spec.grpc_port):
+        if not _alive(pid):
+            raise StackError(f"{spec.name} exited during start; its log ends:\n{_tail(spec.name)}")
+        if time.monotonic() > deadline:
+            raise StackError(f"{spec.name} not healthy after {timeout:.0f} s; its log ends:\n{_tail(spec.name)}")
+        time.sleep(0.3)
+    return pid
+
+
+def stop_service(name: str, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0) -> None:
+    """Stop a service this stack started (by its pid file only); SIGKILL if it outstays `timeout`."""
+    pid = service_pid(name)
+    if pid is not None:
+        os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 5
+            time.sleep(0.1)
+    with contextlib.suppress(FileNotFoundError):
+        _pid_file(name).unlink()
+
+
+def kill_service(name: str) -> None:
+    """SIGKILL, no drain: what a crashed pod looks like (used by the crash tests)."""
+    stop_service(name, signal.SIGKILL, timeout=10)
+
+
+def _tail(name: str, lines: int = 30) -> str:
+    path = stack_dir() / "logs" / f"{name}.log"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
+
+
+def ensure_models() -> Path:
+    from taxonstream.models.repository import ensure_repository
+
+    return ensure_repository(model_repository(), target="local")
+
+
+def up(allow_networks: Iterable[str] = (), services: bool = True, echo=print) -> None:
+    for component in ("kafka", "s3"):
+        echo(f"starting {component} …")
+        if _script(component, "start").returncode != 0:
+            raise StackError(f"{component} did not start (see {stack_dir() / 'logs'})")
+    echo("writing the model repository …")
+    ensure_models()
+    echo("starting triton …")
+    if _script("triton", "start").returncode != 0:
+        raise StackError(f"triton did not start (see {stack_dir() / 'logs'})")
+    if services:
+        allow = list(allow_networks)
+        for spec in SERVICES:
+            echo(f"starting {spec.name} …")
+            start_service(spec, allow)
+
+
+def down(echo=print) -> None:
+    for spec in reversed(SERVICES):
+        if service_pid(spec.name) is not None:
+            echo(f"stopping {spec.name} …")
+        stop_service(spec.name)
+    for component in reversed(COMPONENTS):
+        echo(f"stopping {component} …")
+        _script(component, "stop")
+
+
+def status() -> tuple[list[str], bool]:
+    lines, ok = [], True
+    for component in COMPONENTS:
+        result = _script(component, "status")
+        lines.extend(line for line in result.stdout.splitlines() if line.strip())
+        ok &= result.returncode == 0
+    for spec in SERVICES:
+        up_now = service_pid(spec.name) is not None and healthy(spec.grpc_port)
+        ok &= up_now
+        state = "up" if up_now else "down"
+        lines.append(f"{spec.name:<12}{state:<6}127.0.0.1:{spec.grpc_port} (metrics :{spec.metrics_port})")
+    return lines, ok
