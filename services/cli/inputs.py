@@ -70,7 +70,8 @@ def url_column(columns: list[str], wanted: str | None) -> str:
 
 def read_records(path: Path, url_col: str | None = None) -> Iterator[SourceRecord]:
     """Every row becomes a record (a bad URL fails at fetch time, recorded, instead of vanishing)."""
-    if not path.exists():
+    _kind(path)
+    if not path.is_file():
         raise InputError(f"{path}: no such file")
     column = None
     for row in _rows(path):

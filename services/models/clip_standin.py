@@ -26,27 +26,24 @@ stops being the nearest neighbour of its original. A unit test guards the chosen
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-MODEL_NAME = "clip_standin_image"
-MODEL_VERSION = "1"
-FAMILY = "clip-vit (stand-in for BioCLIP ViT-B/16)"
+from .contract import CLIP_IMAGE_SIZE, EMBEDDING_DIM
 
 
 @dataclass(frozen=True)
 class VisionTowerConfig:
-    image_size: int = 224
+    image_size: int = CLIP_IMAGE_SIZE
     patch_size: int = 32
     width: int = 128
     layers: int = 2
     heads: int = 4
     mlp_ratio: float = 4.0
-    output_dim: int = 512
+    output_dim: int = EMBEDDING_DIM
     seed: int = 20240607
     # Gains over open_clip's initialisation that keep random embeddings discriminative (module docstring).
     class_embedding_gain: float = 0.1
@@ -65,17 +62,18 @@ class SelfAttention(nn.Module):
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
         self.heads = heads
+        self.head_dim = width // heads
+        self.scale = self.head_dim ** -0.5  # a Python float, so tracing records it as a constant
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, width = x.shape
-        head_dim = width // self.heads
         qkv = nn.functional.linear(x, self.in_proj_weight, self.in_proj_bias)
-        qkv = qkv.reshape(batch, tokens, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
+        qkv = qkv.reshape(batch, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        weights = torch.softmax((q @ k.transpose(-2, -1)) / math.sqrt(head_dim), dim=-1)
+        weights = torch.softmax((q @ k.transpose(-2, -1)) * self.scale, dim=-1)
         mixed = (weights @ v).transpose(1, 2).reshape(batch, tokens, width)
         return self.out_proj(mixed)
 
