@@ -1,0 +1,127 @@
+"""The real local stack (Kafka, Ceph S3, Triton, the five services), started once per session.
+
+The fixture reuses `taxonstream stack up`, the same code path as `make demo`; it stops the stack at
+the end only if it started it. Loopback is allow-listed for the fetcher: the test sites run here.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import grpc
+import pytest
+
+from taxonstream.cli import stack
+from taxonstream.cli.sample import make_images, serve
+from taxonstream.core.bus import Bus
+from taxonstream.core.settings import CoreSettings
+from taxonstream.core.store import ObjectStore
+from taxonstream.v1 import checksummer_pb2_grpc, fetcher_pb2_grpc, indexer_pb2_grpc
+
+
+def pytest_collection_modifyitems(items):
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def local_stack() -> Iterator[None]:
+    _, was_up = stack.status()
+    stack.up(allow_networks=["127.0.0.0/8"], echo=lambda line: print(line, flush=True))
+    yield
+    if not was_up:
+        stack.down(echo=lambda line: print(line, flush=True))
+
+
+@pytest.fixture(scope="session")
+def settings(local_stack) -> CoreSettings:
+    s3 = {k.removeprefix("TAXONSTREAM_").lower(): v for k, v in stack.s3_env().items()}
+    return CoreSettings(**s3)
+
+
+@pytest.fixture(scope="session")
+def bus(settings) -> Bus:
+    return Bus(settings)
+
+
+@pytest.fixture(scope="session")
+def store(settings) -> ObjectStore:
+    return ObjectStore(settings)
+
+
+def _stub(service: str, stub_type):
+    port = next(s.grpc_port for s in stack.SERVICES if s.name == service)
+    return stub_type(
+        grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 << 20)])
+    )
+
+
+@pytest.fixture(scope="session")
+def fetcher(local_stack) -> fetcher_pb2_grpc.FetcherStub:
+    return _stub("fetcher", fetcher_pb2_grpc.FetcherStub)
+
+
+@pytest.fixture(scope="session")
+def indexer(local_stack) -> indexer_pb2_grpc.IndexerStub:
+    return _stub("indexer", indexer_pb2_grpc.IndexerStub)
+
+
+@pytest.fixture(scope="session")
+def checksummer(local_stack) -> checksummer_pb2_grpc.ChecksummerStub:
+    return _stub("checksummer", checksummer_pb2_grpc.ChecksummerStub)
+
+
+class SiteHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves images under /img/, and the broken answers real providers give under other paths."""
+
+    def log_message(self, format, *args):  # noqa: A002
+        pass
+
+    def do_GET(self):  # noqa: N802 - the base class's name
+        path = urlsplit(self.path).path
+        kind, _, name = path.strip("/").partition("/")
+        file = Path(self.directory) / name
+        if kind == "img" and file.is_file():
+            return self._send(200, file.read_bytes(), "image/jpeg")
+        if kind == "truncated" and file.is_file():
+            data = file.read_bytes()
+            return self._send(200, data[: len(data) // 2], "image/jpeg")
+        if kind == "html":
+            return self._send(200, b"<!DOCTYPE html><html><body><h1>Access denied</h1></body></html>", "image/jpeg")
+        return self._send(404, b"not found", "text/plain")
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class Site:
+    def __init__(self, directory: Path, base_url: str) -> None:
+        self.directory = directory
+        self.base_url = base_url
+
+    def images(self, count: int) -> list[Path]:
+        """`count` new images, unique to this run (a random seed), so earlier runs' data never collide."""
+        seed = random.SystemRandom().randrange(1, 2**31)
+        return make_images(self.directory / f"set-{seed}", count, seed=seed)
+
+    def url(self, kind: str, image: Path | str) -> str:
+        name = image.relative_to(self.directory).as_posix() if isinstance(image, Path) else image
+        return f"{self.base_url}/{kind}/{name}"
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory) -> Iterator[Site]:
+    directory = tmp_path_factory.mktemp("site")
+    with serve(directory, functools.partial(SiteHandler, directory=str(directory))) as base_url:
+        yield Site(directory, base_url)
