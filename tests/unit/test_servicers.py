@@ -1,0 +1,89 @@
+"""Servicers tested in-process through grpc_testing: status codes and answers, no servers."""
+
+from __future__ import annotations
+
+import hashlib
+
+import grpc
+import grpc_testing
+import pytest
+from pydantic import ValidationError
+
+from taxonstream.checksummer.service import ChecksummerServicer
+from taxonstream.core.settings import CoreSettings
+from taxonstream.fetcher.jobs import JobTable
+from taxonstream.fetcher.service import FetcherServicer
+from taxonstream.v1 import checksummer_pb2, fetcher_pb2
+from taxonstream.v1.messages_pb2 import Job, Outcome
+
+
+def unary(servicer, descriptor, method: str, request):
+    server = grpc_testing.server_from_dictionary({descriptor: servicer}, grpc_testing.strict_real_time())
+    call = server.invoke_unary_unary(descriptor.methods_by_name[method], (), request, None)
+    response, _metadata, code, details = call.termination()
+    return response, code, details
+
+
+CHECKSUMMER = checksummer_pb2.DESCRIPTOR.services_by_name["Checksummer"]
+FETCHER = fetcher_pb2.DESCRIPTOR.services_by_name["Fetcher"]
+
+
+def test_checksum_of_bytes_matches_hashlib():
+    data = b"specimen bytes"
+    request = checksummer_pb2.ChecksumRequest(data=data, algorithms=["md5", "sha256", "sha1"])
+    response, code, _ = unary(ChecksummerServicer(store=None, registry=None), CHECKSUMMER, "Checksum", request)
+    assert code == grpc.StatusCode.OK
+    assert dict(response.digests) == {name: hashlib.new(name, data).hexdigest() for name in ["md5", "sha256", "sha1"]}
+    assert response.size_bytes == len(data)
+
+
+def test_unknown_algorithm_is_invalid_argument():
+    request = checksummer_pb2.ChecksumRequest(data=b"x", algorithms=["md55"])
+    _, code, details = unary(ChecksummerServicer(store=None, registry=None), CHECKSUMMER, "Checksum", request)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "md55" in details
+
+
+@pytest.fixture
+def table() -> JobTable:
+    table = JobTable()
+    table.add_job(Job(job_id="j1", source="list.csv", total=3, created_ms=1))
+    for row, state, reason in [(0, Outcome.INDEXED, ""), (1, Outcome.FAILED, "http_404"), (2, Outcome.DUPLICATE, "")]:
+        table.add_outcome(Outcome(record_id=f"j1:{row}", job_id="j1", state=state, stage="fetcher", reason=reason))
+    # A re-delivered stage repeats a state: it must not count twice.
+    table.add_outcome(Outcome(record_id="j1:0", job_id="j1", state=Outcome.INDEXED))
+    return table
+
+
+def test_get_job_counts_each_record_once(table):
+    servicer = FetcherServicer(bus=None, jobs=table)
+    status, code, _ = unary(servicer, FETCHER, "GetJob", fetcher_pb2.GetJobRequest(job_id="j1"))
+    assert code == grpc.StatusCode.OK
+    assert (status.total, status.indexed, status.failed, status.duplicate, status.done) == (3, 1, 1, 1, True)
+    assert dict(status.failed_by_reason) == {"fetcher:http_404": 1}
+
+
+def test_unknown_job_is_not_found(table):
+    _, code, details = unary(
+        FetcherServicer(bus=None, jobs=table), FETCHER, "GetJob", fetcher_pb2.GetJobRequest(job_id="nope")
+    )
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert "nope" in details
+
+
+def test_a_job_is_not_done_until_every_record_has_ended():
+    table = JobTable()
+    table.add_job(Job(job_id="j2", total=2))
+    table.add_outcome(Outcome(record_id="j2:0", job_id="j2", state=Outcome.INDEXED))
+    assert not table.status("j2").done
+    table.add_outcome(Outcome(record_id="j2:1", job_id="j2", state=Outcome.FAILED))
+    assert table.status("j2").done
+
+
+def test_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("TAXONSTREAM_TOPIC_PREFIX", "lab.")
+    monkeypatch.setenv("TAXONSTREAM_TOPIC_PARTITIONS", "12")
+    settings = CoreSettings()
+    assert (settings.topic_prefix, settings.topic_partitions) == ("lab.", 12)
+    with pytest.raises(ValidationError):  # frozen: read once, never changed under a running worker
+        settings.topic_prefix = "other."
