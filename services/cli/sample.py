@@ -10,7 +10,7 @@ import csv
 import functools
 import http.server
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -55,8 +55,10 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def serve(directory: Path, handler: type[http.server.BaseHTTPRequestHandler] | None = None) -> Iterator[str]:
-    """Serve `directory` on 127.0.0.1 (a free port) for the duration; yields the base URL."""
+def serve(
+    directory: Path | None, handler: Callable[..., http.server.BaseHTTPRequestHandler] | None = None
+) -> Iterator[str]:
+    """Serve `directory` (or answer with `handler`) on 127.0.0.1, a free port; yields the base URL."""
     handler = handler or functools.partial(_QuietHandler, directory=str(directory))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
