@@ -28,10 +28,23 @@ NAMESPACE = "taxonstream"
 # Helm's own install order for the kinds the chart renders, so `kubectl apply` creates
 # dependencies (accounts, config, services) before the workloads that use them.
 KIND_ORDER = [
-    "Namespace", "NetworkPolicy", "ServiceAccount", "Secret", "ConfigMap", "Service",
-    "PodDisruptionBudget", "StatefulSet", "Deployment", "HorizontalPodAutoscaler",
-    "ScaledObject", "ServiceMonitor", "Pod",
+    "Namespace",
+    "NetworkPolicy",
+    "ServiceAccount",
+    "Secret",
+    "ConfigMap",
+    "Service",
+    "PodDisruptionBudget",
+    "StatefulSet",
+    "Deployment",
+    "HorizontalPodAutoscaler",
+    "ScaledObject",
+    "ServiceMonitor",
+    "Pod",
 ]
+# libyaml when present: parsing the render dominates the time of a check.
+Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 HEADER = (
     "# Generated from charts/taxonstream by tools/k8s/manifests.py ({what}).\n"
     "# Do not edit: change the chart and run `make manifests`.\n"
@@ -53,7 +66,7 @@ def load_values(*files: str | Path, overrides: dict[str, Any] | None = None) -> 
     """User values as `helm -f a.yaml -f b.yaml` would pass them (chart defaults excluded)."""
     values: dict[str, Any] = {}
     for path in files:
-        values = deep_merge(values, yaml.safe_load(Path(path).read_text()) or {})
+        values = deep_merge(values, yaml.load(Path(path).read_text(), Loader=Loader) or {})
     return deep_merge(values, overrides or {})
 
 
@@ -76,7 +89,7 @@ def render(
     for path in sorted(rendered):
         if not path.endswith((".yaml", ".yml")):
             continue  # NOTES.txt
-        objects.extend(obj for obj in yaml.safe_load_all(rendered[path]) if obj)
+        objects.extend(obj for obj in yaml.load_all(rendered[path], Loader=Loader) if obj)
     if not hooks:
         objects = [obj for obj in objects if not is_hook(obj)]
     if release_service:
@@ -86,7 +99,7 @@ def render(
 
 
 def dump(objects: list[dict[str, Any]], what: str) -> str:
-    body = yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False, width=120)
+    body = yaml.dump_all(objects, Dumper=Dumper, sort_keys=False, default_flow_style=False, width=120)
     return HEADER.format(what=what) + "---\n" + body
 
 
@@ -120,9 +133,13 @@ def drift() -> list[str]:
         path = MANIFESTS / name
         current = path.read_text() if path.exists() else ""
         if current != text:
-            diffs.append("".join(difflib.unified_diff(
-                current.splitlines(keepends=True), text.splitlines(keepends=True), f"k8s/{name}", "chart render"
-            )))
+            diffs.append(
+                "".join(
+                    difflib.unified_diff(
+                        current.splitlines(keepends=True), text.splitlines(keepends=True), f"k8s/{name}", "chart render"
+                    )
+                )
+            )
     return diffs
 
 
