@@ -212,12 +212,18 @@ port_free_or_die() {
   fi
 }
 
-# show_log NAME: the current run's part of logs/NAME.log (last 40 lines), to stderr.
-show_log() {
+# current_log NAME: this run's part of logs/NAME.log (after the last start marker), blank lines
+# dropped (Ceph's stderr logging doubles newlines).
+current_log() {
   local log=$LOG_DIR/$1.log
   [[ -f $log ]] || return 0
-  printf -- '----- last lines of %s\n' "$log" >&2
-  tail -n 40 "$log" >&2
+  awk '/^===== .* start: /{buf=""} NF{buf=buf $0 "\n"} END{printf "%s", buf}' "$log"
+}
+
+# show_log NAME: the last 40 lines of this run's log, to stderr.
+show_log() {
+  printf -- '----- last lines of %s\n' "$LOG_DIR/$1.log" >&2
+  current_log "$1" | tail -n 40 >&2
   printf -- '-----\n' >&2
 }
 
@@ -243,6 +249,8 @@ fail_start() {
   local name
   say "ERROR: $1"
   for name in "${WATCH[@]}"; do show_log "$name"; done
+  # a script may define start_failure_hint to point at the cause (e.g. a model that failed to load)
+  if declare -F start_failure_hint >/dev/null; then start_failure_hint >&2 || true; fi
   if ((${#STARTED[@]})); then
     say "stopping what this call started: ${STARTED[*]}"
     STOP_TIMEOUT=10 stop_daemons "${STARTED[@]}"
