@@ -130,7 +130,8 @@ def test_each_consumer_scales_on_its_own_topic_lag():
         assert trigger["type"] == "kafka"
         assert meta["topic"] == f"taxonstream.{topic}"
         assert meta["consumerGroup"] == f"taxonstream.{name}"
-        assert meta["bootstrapServers"] == "taxonstream-kafka:9092"
+        # Fully qualified: KEDA's operator resolves it from its own namespace.
+        assert meta["bootstrapServers"] == "taxonstream-kafka.taxonstream.svc:9092"
         assert meta["allowIdleConsumers"] == "false"
         assert int(meta["lagThreshold"]) > 0
     # The indexer reads every partition in every replica: CPU-scaled, never on lag.

@@ -44,7 +44,16 @@ KIND_ORDER = [
 ]
 # libyaml when present: parsing the render dominates the time of a check.
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):
+    """Multi-line strings (config files in ConfigMaps, scripts) as readable literal blocks."""
+
+
+Dumper.add_representer(
+    str,
+    lambda dumper, text: dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None),
+)
 HEADER = (
     "# Generated from charts/taxonstream by tools/k8s/manifests.py ({what}).\n"
     "# Do not edit: change the chart and run `make manifests`.\n"

@@ -96,6 +96,15 @@ helm.sh/chart: {{ include "taxonstream.chart" .root }}
 {{- end -}}
 {{- end }}
 
+{{/* Bootstrap servers for KEDA's operator, which runs in another namespace. */}}
+{{- define "taxonstream.kafkaBootstrapForKeda" -}}
+{{- if .Values.kafka.bundled.enabled -}}
+{{- printf "%s-kafka.%s.svc:9092" (include "taxonstream.fullname" .) .Release.Namespace -}}
+{{- else -}}
+{{- include "taxonstream.kafkaBootstrap" . -}}
+{{- end -}}
+{{- end }}
+
 {{- define "taxonstream.s3Endpoint" -}}
 {{- if .Values.s3.bundled.enabled -}}
 {{- if .Values.s3.endpoint -}}
@@ -244,7 +253,9 @@ process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:9093
 listeners=PLAINTEXT://:9092,CONTROLLER://127.0.0.1:9093
-advertised.listeners=PLAINTEXT://{{ include "taxonstream.componentName" (dict "root" . "name" "kafka") }}:9092
+# __ADVERTISED_HOST__ is the Service's name in the pod's namespace, filled in at start, so that
+# clients in other namespaces (KEDA's operator) can follow it.
+advertised.listeners=PLAINTEXT://__ADVERTISED_HOST__:9092
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
