@@ -143,10 +143,6 @@ Call with (dict "hosts" "a:1,b:2" "default" 443).
 {{- join "\n" (uniq $ports) -}}
 {{- end }}
 
-{{- define "taxonstream.s3Secret" -}}
-{{- .Values.s3.credentials.secretName -}}
-{{- end }}
-
 {{/* The S3 settings every S3 client gets (services as TAXONSTREAM_S3_*). */}}
 {{- define "taxonstream.s3Env" -}}
 - name: TAXONSTREAM_S3_ENDPOINT
@@ -160,18 +156,13 @@ Call with (dict "hosts" "a:1,b:2" "default" 443).
 - name: TAXONSTREAM_S3_ACCESS_KEY
   valueFrom:
     secretKeyRef:
-      name: {{ include "taxonstream.s3Secret" . }}
+      name: {{ .Values.s3.credentials.secretName }}
       key: {{ .Values.s3.credentials.accessKeyKey }}
 - name: TAXONSTREAM_S3_SECRET_KEY
   valueFrom:
     secretKeyRef:
-      name: {{ include "taxonstream.s3Secret" . }}
+      name: {{ .Values.s3.credentials.secretName }}
       key: {{ .Values.s3.credentials.secretKeyKey }}
-{{- end }}
-
-{{/* Whether replicas are owned by an autoscaler (then the Deployment leaves `replicas` unset). */}}
-{{- define "taxonstream.autoscaled" -}}
-{{- if .svc.autoscaling.enabled }}true{{ end -}}
 {{- end }}
 
 {{/* Fails when a consumer group could get more replicas than partitions (idle consumers). */}}
@@ -182,7 +173,7 @@ Call with (dict "hosts" "a:1,b:2" "default" 443).
 {{- end -}}
 {{- if .wiring.group -}}
 {{- $partitions := int .root.Values.kafka.topicPartitions -}}
-{{- $most := ternary (int $a.maxReplicas) (int .svc.replicas) (eq (include "taxonstream.autoscaled" .) "true") -}}
+{{- $most := ternary (int $a.maxReplicas) (int .svc.replicas) $a.enabled -}}
 {{- if gt $most $partitions -}}
 {{- fail (printf "%s may run %d replicas but kafka.topicPartitions is %d: a consumer beyond the partition count idles" .name $most $partitions) -}}
 {{- end -}}
