@@ -18,6 +18,8 @@ LOG_DIR=$STACK_DIR/logs
 PID_DIR=$STACK_DIR/pids
 LOCK_DIR=$STACK_DIR/locks
 PYTHON=${TAXONSTREAM_PYTHON:-$REPO_ROOT/.venv/bin/python}
+# a bare name ("python3") is looked up once: triton.sh needs its directory for PATH
+if [[ $PYTHON != */* ]] && command -v "$PYTHON" >/dev/null 2>&1; then PYTHON=$(command -v "$PYTHON"); fi
 COMPONENT=${COMPONENT:-stack}
 APT_UPDATED=0
 

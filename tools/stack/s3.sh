@@ -34,6 +34,17 @@ do_install() {
 
 ceph_cli() { ceph -c "$CONF" --connect-timeout 30 "$@"; }
 
+# ceph_retry ARGS...: a monitor that has just won its election may reject a first command
+# ("handle_command on fsid 0000... != ..."); the commands used here are idempotent, so retry.
+ceph_retry() {
+  local _
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    ceph_cli "$@" 2>>"$LOG_DIR/ceph-cli.log" && return 0
+    sleep 0.3
+  done
+  return 1
+}
+
 write_conf() {
   local fsid=$1
   mkdir -p "$CEPH_DIR/run" "$CEPH_DIR/crash"
@@ -143,11 +154,12 @@ create_cluster() {
   spawn ceph-mon ceph-mon -f -c "$CONF" -i a
   STARTED+=(ceph-mon)
   osd_uuid=$(</proc/sys/kernel/random/uuid)
-  id=$(ceph_cli osd new "$osd_uuid") || fail_start "ceph osd new failed"
+  # "osd new" with the same uuid returns the same id, so a retry cannot create a second OSD
+  id=$(ceph_retry osd new "$osd_uuid") || fail_start "ceph osd new failed (see $LOG_DIR/ceph-cli.log)"
   [[ $id == 0 ]] || fail_start "expected OSD id 0, got '$id'"
   ceph-osd -c "$CONF" -i 0 --mkfs --osd-uuid "$osd_uuid" >>"$LOG_DIR/ceph-osd.log" 2>&1 ||
     fail_start "ceph-osd --mkfs failed (see $LOG_DIR/ceph-osd.log)"
-  ceph_cli osd crush add osd.0 1.0 root=default >/dev/null 2>&1 || fail_start "ceph osd crush add failed"
+  ceph_retry osd crush add osd.0 1.0 root=default >/dev/null || fail_start "ceph osd crush add failed"
   touch "$CEPH_DIR/.created"
 }
 
