@@ -22,9 +22,16 @@ PYTHON=${TAXONSTREAM_PYTHON:-$REPO_ROOT/.venv/bin/python}
 if [[ $PYTHON != */* ]] && command -v "$PYTHON" >/dev/null 2>&1; then PYTHON=$(command -v "$PYTHON"); fi
 COMPONENT=${COMPONENT:-stack}
 APT_UPDATED=0
+WATCH=()   # daemons whose death aborts a readiness wait
+STARTED=() # daemons started by this call: stopped again if the call fails
 
 say() { printf '[%s] %s\n' "$COMPONENT" "$*" >&2; }
-die() { say "ERROR: $*"; exit 1; }
+# die MESSAGE: fail; daemons this call already started (STARTED, below) are stopped again.
+die() {
+  say "ERROR: $*"
+  stop_started
+  exit 1
+}
 
 ensure_dirs() {
   mkdir -p "$DOWNLOAD_DIR" "$OPT_DIR" "$DATA_DIR" "$LOG_DIR" "$PID_DIR" "$LOCK_DIR"
@@ -232,8 +239,6 @@ show_log() {
 # wait_ready TIMEOUT_S WHAT CMD [ARG...]: poll CMD until it succeeds. Fails early when one of
 # the daemons in the WATCH array has exited, or at the timeout; then prints their logs and exits.
 # On failure the daemons in STARTED (started by this call) are stopped again.
-WATCH=()
-STARTED=()
 wait_ready() {
   local timeout=$1 what=$2 deadline name
   shift 2
@@ -253,11 +258,17 @@ fail_start() {
   for name in "${WATCH[@]}"; do show_log "$name"; done
   # a script may define start_failure_hint to point at the cause (e.g. a model that failed to load)
   if declare -F start_failure_hint >/dev/null; then start_failure_hint >&2 || true; fi
-  if ((${#STARTED[@]})); then
-    say "stopping what this call started: ${STARTED[*]}"
-    STOP_TIMEOUT=10 stop_daemons "${STARTED[@]}"
-  fi
+  stop_started
   exit 1
+}
+
+stop_started() {
+  local -a started=("${STARTED[@]}")
+  STARTED=()
+  if ((${#started[@]})); then
+    say "stopping what this call started: ${started[*]}"
+    STOP_TIMEOUT=10 stop_daemons "${started[@]}"
+  fi
 }
 
 # status_line NAME ADDRESS [CHECK]: "name  up  address". Up = process alive and, when CHECK is

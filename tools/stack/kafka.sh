@@ -199,6 +199,8 @@ do_start() {
   require_python
   java=$(find_java)
   cp=$(classpath)
+  is_running zookeeper || port_free_or_die "$ZK_PORT" zookeeper
+  is_running kafka || port_free_or_die "$KAFKA_PORT" kafka
   WATCH=(zookeeper)
   if ! is_running zookeeper; then
     port_free_or_die "$ZK_PORT" zookeeper

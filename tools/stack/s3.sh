@@ -220,6 +220,9 @@ do_start() {
   ensure_dirs
   require_python
   for d in "${DAEMONS[@]}"; do is_running "$d" && running=$((running + 1)); done
+  # refuse early, before anything is started, if a stranger holds one of our ports
+  is_running ceph-mon || port_free_or_die "$MON_PORT" ceph-mon
+  is_running radosgw || port_free_or_die "$S3_PORT" radosgw
   WATCH=("${DAEMONS[@]}")
   if [[ ! -f $CEPH_DIR/.created ]]; then
     ((running == 0)) || die "Ceph daemons run but $CEPH_DIR/.created is missing; run '$0 stop' first"
