@@ -74,7 +74,7 @@ def _follow(stub: fetcher_pb2_grpc.FetcherStub, status: fetcher_pb2.JobStatus, t
         while True:
             finished = status.indexed + status.duplicate + status.failed
             bar.update(finished - bar.n)
-            bar.set_postfix(indexed=status.indexed, duplicate=status.duplicate, failed=status.failed)
+            bar.set_postfix(indexed=status.indexed, duplicate=status.duplicate, failed=status.failed, refresh=False)
             if status.done:
                 return status
             if time.monotonic() > deadline:
