@@ -14,7 +14,7 @@ from taxonstream.core.settings import CoreSettings
 from taxonstream.core.store import ObjectStore
 from taxonstream.core.worker import StreamWorker, each
 from taxonstream.v1 import checksummer_pb2, checksummer_pb2_grpc
-from taxonstream.v1.messages_pb2 import FetchedImage, Outcome, Record, VerifiedImage
+from taxonstream.v1.messages_pb2 import FetchedImage, Outcome, VerifiedImage
 
 STAGE = "checksummer"
 
@@ -102,10 +102,6 @@ class ChecksumWorker:
         return [Emit(self.bus.topics.verified, verified.image_id, verified)]
 
 
-def record_of(fetched: FetchedImage) -> Record | None:
-    return fetched.record if fetched.HasField("record") else None
-
-
 class ChecksummerServicer(checksummer_pb2_grpc.ChecksummerServicer):
     def __init__(self, store: ObjectStore, registry: Registry) -> None:
         self.store = store
@@ -138,9 +134,7 @@ def build(settings: ChecksummerSettings) -> Service:
         bus=bus,
         source=bus.topics.fetched,
         message_type=FetchedImage,
-        process=each(work.handle),
-        record_of=record_of,  # one at a time: claims must not race
-        group=bus.topics.name(STAGE),
+        process=each(work.handle),  # one at a time: claims must not race
         max_batch=settings.max_batch,
     )
     servicer = ChecksummerServicer(store, work.registry)

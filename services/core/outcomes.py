@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from google.protobuf.message import Message
+
 from taxonstream.core.bus import Emit
 from taxonstream.core.metrics import OUTCOMES
 from taxonstream.core.topics import Topics
@@ -36,6 +38,18 @@ def outcome(
             at_ms=int(time.time() * 1000),
         ),
     )
+
+
+def record_in(message: Message) -> Record | None:
+    """The record a topic message carries somewhere in its lineage (every stage's message embeds it)."""
+    if isinstance(message, Record):
+        return message if message.record_id else None
+    for field, value in message.ListFields():
+        if field.message_type is not None and not field.is_repeated:
+            found = record_in(value)
+            if found is not None:
+                return found
+    return None
 
 
 def failed(topics: Topics, record: Record, stage: str, reason: str, message: str) -> Emit:

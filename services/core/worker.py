@@ -26,8 +26,8 @@ from kafka.structs import OffsetAndMetadata
 from taxonstream.core import metrics
 from taxonstream.core.bus import Bus, Emit, decode, send_all
 from taxonstream.core.errors import Failed, Poison, Transient
-from taxonstream.core.outcomes import failed
-from taxonstream.v1.messages_pb2 import DeadLetter, Record
+from taxonstream.core.outcomes import failed, record_in
+from taxonstream.v1.messages_pb2 import DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,10 @@ class StreamWorker(Generic[M]):
     source: str
     message_type: type[M]
     process: Process[M]
-    # The record a message is about, so a message that fails still gives its record a terminal state.
-    record_of: Callable[[M], Record | None] = lambda _message: None
-    # Group mode (default): one consumer group shares the partitions, offsets committed in Kafka.
-    # Replica mode (`group=None`): every partition from `start_offsets`; `on_durable` receives the
-    # offsets once outputs are flushed and is responsible for keeping them (e.g. with a snapshot).
-    group: str | None = None
+    # Group mode (default): the group `<prefix><stage>` shares the partitions, offsets committed in Kafka.
+    # Replica mode: every partition from `start_offsets`; `on_durable` receives the offsets once
+    # outputs are flushed and is responsible for keeping them (e.g. with a snapshot).
+    replica: bool = False
     start_offsets: Mapping[TopicPartition, int] | None = None
     on_durable: Callable[[dict[TopicPartition, int]], None] | None = None
     on_idle: Callable[[], None] | None = None
@@ -100,9 +98,9 @@ class StreamWorker(Generic[M]):
             log.info("worker stopped", extra={"stage": self.stage})
 
     def _open(self) -> KafkaConsumer:
-        if self.group:
-            return self.bus.group_consumer(self.group, [self.source], self.max_batch)
-        return self.bus.reader([self.source], self.start_offsets)
+        if self.replica:
+            return self.bus.reader([self.source], self.start_offsets)
+        return self.bus.group_consumer(self.bus.topics.name(self.stage), [self.source], self.max_batch)
 
     def _handle(self, consumer: KafkaConsumer, producer, batch: list[ConsumerRecord]) -> bool:
         """Process one polled batch; returns True when part of it must be retried."""
@@ -159,7 +157,8 @@ class StreamWorker(Generic[M]):
         if isinstance(result, list):
             metrics.MESSAGES.labels(self.stage, "ok").inc()
             return result
-        record = None if isinstance(item, Poison) else self.record_of(item)
+        # The record the message is about: a message that fails still gives its record a terminal state.
+        record = None if isinstance(item, Poison) else record_in(item)
         if isinstance(result, Failed):
             metrics.MESSAGES.labels(self.stage, "failed").inc()
             if record is not None:
@@ -189,7 +188,7 @@ class StreamWorker(Generic[M]):
         return emits
 
     def _mark_durable(self, consumer: KafkaConsumer, done: dict[TopicPartition, int]) -> None:
-        if self.group:
+        if not self.replica:
             try:
                 consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in done.items()})
             except KafkaError as error:

@@ -19,7 +19,7 @@ from taxonstream.core.triton import TritonModel
 from taxonstream.core.worker import StreamWorker, in_batches
 from taxonstream.models.preprocess import crop_box, detector_pixels, upright_rgb
 from taxonstream.v1 import detector_pb2, detector_pb2_grpc
-from taxonstream.v1.messages_pb2 import Box, Crop, Record, VerifiedImage
+from taxonstream.v1.messages_pb2 import Box, Crop, VerifiedImage
 
 STAGE = "detector"
 
@@ -129,10 +129,6 @@ class DetectWorker:
         return [Emit(self.bus.topics.cropped, verified.image_id, crop)]
 
 
-def record_of(verified: VerifiedImage) -> Record | None:
-    return verified.fetched.record if verified.fetched.HasField("record") else None
-
-
 class DetectorServicer(detector_pb2_grpc.DetectorServicer):
     def __init__(self, settings: DetectorSettings, detector: Detector) -> None:
         self.settings = settings
@@ -167,8 +163,6 @@ def build(settings: DetectorSettings) -> Service:
         source=bus.topics.verified,
         message_type=VerifiedImage,
         process=in_batches(work.prepare, work.run, work.finish),
-        record_of=record_of,
-        group=bus.topics.name(STAGE),
         max_batch=settings.max_batch,
     )
     servicer = DetectorServicer(settings, detector)

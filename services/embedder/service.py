@@ -17,7 +17,7 @@ from taxonstream.core.triton import TritonModel
 from taxonstream.core.worker import StreamWorker, in_batches
 from taxonstream.models.preprocess import clip_pixel_values
 from taxonstream.v1 import embedder_pb2, embedder_pb2_grpc
-from taxonstream.v1.messages_pb2 import Crop, Embedding, Record
+from taxonstream.v1.messages_pb2 import Crop, Embedding
 
 STAGE = "embedder"
 
@@ -76,10 +76,6 @@ class EmbedWorker:
         return [Emit(self.bus.topics.embedded, crop.image_id, embedding)]
 
 
-def record_of(crop: Crop) -> Record | None:
-    return crop.image.fetched.record if crop.image.fetched.HasField("record") else None
-
-
 class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
     def __init__(self, settings: EmbedderSettings, encoder: Encoder) -> None:
         self.settings = settings
@@ -110,8 +106,6 @@ def build(settings: EmbedderSettings) -> Service:
         source=bus.topics.cropped,
         message_type=Crop,
         process=in_batches(work.prepare, encoder.embed, work.finish),
-        record_of=record_of,
-        group=bus.topics.name(STAGE),
         max_batch=settings.max_batch,
     )
     servicer = EmbedderServicer(settings, encoder)

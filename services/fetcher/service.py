@@ -87,8 +87,6 @@ class FetchWorker:
             source=self.bus.topics.records,
             message_type=Record,
             process=each(self.handle, threads=self.settings.fetch_concurrency),
-            record_of=lambda record: record,
-            group=self.bus.topics.name("fetcher"),
             max_batch=self.settings.max_batch,
         )
 

@@ -25,7 +25,7 @@ from taxonstream.v1 import (
     indexer_pb2,
     indexer_pb2_grpc,
 )
-from taxonstream.v1.messages_pb2 import Embedding, Outcome, Record
+from taxonstream.v1.messages_pb2 import Embedding, Outcome
 
 log = logging.getLogger(__name__)
 STAGE = "indexer"
@@ -138,18 +138,12 @@ class IndexWorker:
             source=self.bus.topics.embedded,
             message_type=Embedding,
             process=each(self.handle),
-            record_of=record_of,
-            group=None,
+            replica=True,
             start_offsets=self.offsets,
             on_durable=self.durable,
             on_idle=self.snapshot,
             max_batch=max(self.settings.max_batch, 256),
         )
-
-
-def record_of(embedding: Embedding) -> Record | None:
-    fetched = embedding.crop.image.fetched
-    return fetched.record if fetched.HasField("record") else None
 
 
 class IndexerServicer(indexer_pb2_grpc.IndexerServicer):

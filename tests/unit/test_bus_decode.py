@@ -43,3 +43,17 @@ def test_empty_value_is_poison():
     with pytest.raises(Poison) as caught:
         decode(b"", header(Record), Record)
     assert caught.value.reason == "empty"
+
+
+def test_the_record_is_found_in_every_stage_message():
+    from taxonstream.core.outcomes import record_in
+    from taxonstream.v1.messages_pb2 import Embedding, VerifiedImage
+
+    record = Record(record_id="j:7", job_id="j", url="http://example.org/a.jpg")
+    fetched = FetchedImage(record=record, sha256="ab")
+    verified = VerifiedImage(image_id="ab", fetched=fetched)
+    crop = Crop(image_id="ab", image=verified)
+    for message in [record, fetched, verified, crop, Embedding(image_id="ab", crop=crop)]:
+        assert record_in(message) == record
+    assert record_in(Crop(image_id="ab")) is None
+    assert record_in(Job(job_id="j")) is None
