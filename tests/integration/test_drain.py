@@ -1,0 +1,43 @@
+"""SIGTERM drains: the service finishes its batch, commits, says so, and its replacement loses nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from pipeline_helpers import outcomes, submit, unique_job, wait_done
+
+from taxonstream.cli import stack
+from taxonstream.v1 import fetcher_pb2
+
+SPECS = {s.name: s for s in stack.SERVICES}
+
+
+def log_events(name: str) -> list[dict]:
+    events = []
+    for line in (stack.stack_dir() / "logs" / f"{name}.log").read_text(errors="replace").splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line a library printed outside our logger
+    return events
+
+
+def test_sigterm_drains_the_checksummer_and_the_job_still_completes(fetcher, site):
+    images = site.images(60)
+    job = unique_job("drain")
+    submit(fetcher, job, [site.url("img", image) for image in images])
+    deadline = time.monotonic() + 300
+    while fetcher.GetJob(fetcher_pb2.GetJobRequest(job_id=job), timeout=30).indexed < 5:
+        assert time.monotonic() < deadline, "the job never got going"
+        time.sleep(0.2)
+
+    before = len(log_events("checksummer"))
+    stack.stop_service("checksummer")  # SIGTERM, by pid
+    after = [e["msg"] for e in log_events("checksummer")[before:]]
+    assert "draining" in after and "worker stopped" in after and after[-1] == "stopped", after
+    stack.start_service(SPECS["checksummer"])
+
+    status = wait_done(fetcher, job)
+    assert (status.indexed, status.duplicate, status.failed) == (60, 0, 0)
+    assert sorted(outcomes(fetcher, job)) == list(range(60))
