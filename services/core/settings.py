@@ -24,6 +24,8 @@ class CoreSettings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:29092"
     topic_prefix: str = "taxonstream."
     topic_partitions: int = Field(default=4, ge=1)
+    # 1 suits a single broker (the local stack); a production cluster wants 3.
+    topic_replication: int = Field(default=1, ge=1)
     # Messages taken per poll; the batch's work must stay well under the poll interval.
     max_batch: int = Field(default=32, ge=1)
 
