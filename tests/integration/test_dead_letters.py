@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 
+import httpx
 from pipeline_helpers import submit, unique_job, wait_done
 
+from taxonstream.cli import stack
 from taxonstream.core.bus import TYPE_HEADER
 from taxonstream.v1.messages_pb2 import DeadLetter, Job, Outcome
 
@@ -55,3 +57,20 @@ def test_garbage_and_wrong_types_are_dead_lettered_and_work_goes_on(bus, fetcher
     job_id = unique_job("after-poison")
     submit(fetcher, job_id, [site.url("img", image) for image in images])
     assert wait_done(fetcher, job_id, timeout=300).indexed == 3
+
+
+def test_dead_letters_are_counted_on_the_metrics_port(bus):
+    """Each service serves Prometheus metrics on its own port; poison shows up there by stage and reason."""
+    producer = bus.producer()
+    producer.send(bus.topics.verified, key=b"metrics-poison", value=b"\xff\xff\xff\xff")
+    producer.flush()
+    detector = next(s for s in stack.SERVICES if s.name == "detector")
+    deadline = time.monotonic() + 60
+    while True:
+        text = httpx.get(f"http://127.0.0.1:{detector.metrics_port}/metrics", timeout=10).text
+        counted = [line for line in text.splitlines() if line.startswith("taxonstream_dead_letters_total{")]
+        if any('stage="detector"' in line and not line.endswith(" 0.0") for line in counted):
+            break
+        assert time.monotonic() < deadline, f"no dead letter counted by the detector: {counted}"
+        time.sleep(0.5)
+    assert "taxonstream_batch_seconds_bucket" in text
