@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 from tqdm import tqdm
 
-from taxonstream.cli import stack
+from taxonstream.cli import integrity_cmds, stack
 from taxonstream.cli.inputs import URL_COLUMNS, InputError, read_records
 from taxonstream.v1 import fetcher_pb2, fetcher_pb2_grpc, indexer_pb2, indexer_pb2_grpc
 from taxonstream.v1.messages_pb2 import Outcome
@@ -150,7 +150,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                     f"{job.duplicate:>6} duplicate  {job.failed:>6} failed  {job.source}"
                 )
             return 0
-        status = stub.GetJob(fetcher_pb2.GetJobRequest(job_id=args.job_id), timeout=30)
+        request = fetcher_pb2.GetJobRequest(job_id=args.job_id)
+        status = stub.CancelJob(request, timeout=30) if args.cancel else stub.GetJob(request, timeout=30)
         _print_summary(stub, status, show_failed=args.show_failed)
         if args.report:
             print(f"wrote {_write_report(stub, args.job_id, Path(args.report))} outcomes to {args.report}")
@@ -206,6 +207,7 @@ def parser() -> argparse.ArgumentParser:
     p = commands.add_parser("jobs", help="list jobs, or show one job's outcome")
     p.add_argument("job_id", nargs="?")
     p.add_argument("--show-failed", type=int, default=20, metavar="N", help="failed records to list (default 20)")
+    p.add_argument("--cancel", action="store_true", help="cancel the job: records not yet fetched end as cancelled")
     p.add_argument("--report", metavar="FILE", help="write every record's outcome to FILE (.csv or .parquet)")
     p.set_defaults(run=cmd_jobs)
 
@@ -215,6 +217,7 @@ def parser() -> argparse.ArgumentParser:
     query.add_argument("--id", metavar="IMAGE_ID", help="an indexed image's id (its sha256)")
     p.add_argument("-k", type=int, default=10, help="hits to return (default 10)")
     p.set_defaults(run=cmd_search)
+    integrity_cmds.add_commands(commands)
     return top
 
 

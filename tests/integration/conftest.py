@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import http.server
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -93,6 +94,9 @@ class SiteHandler(http.server.SimpleHTTPRequestHandler):
         if kind == "truncated" and file.is_file():
             data = file.read_bytes()
             return self._send(200, data[: len(data) // 2], "image/jpeg")
+        if kind == "slow" and file.is_file():
+            time.sleep(1.0)  # a provider that takes its time, so a job can be cancelled mid-way
+            return self._send(200, file.read_bytes(), "image/jpeg")
         if kind == "html":
             return self._send(200, b"<!DOCTYPE html><html><body><h1>Access denied</h1></body></html>", "image/jpeg")
         return self._send(404, b"not found", "text/plain")
