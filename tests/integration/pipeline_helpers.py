@@ -37,6 +37,14 @@ def wait_done(fetcher, job_id: str, timeout: float = 600.0) -> fetcher_pb2.JobSt
         time.sleep(0.5)
 
 
+def wait_indexed(fetcher, job_id: str, at_least: int, timeout: float = 300.0) -> None:
+    """Until part of a job is through: the moment to disturb it."""
+    deadline = time.monotonic() + timeout
+    while fetcher.GetJob(fetcher_pb2.GetJobRequest(job_id=job_id), timeout=30).indexed < at_least:
+        assert time.monotonic() < deadline, f"job {job_id} never got {at_least} records indexed"
+        time.sleep(0.2)
+
+
 def outcomes(fetcher, job_id: str) -> dict[int, Outcome]:
     """The job's outcomes by row number."""
     found = fetcher.ListOutcomes(fetcher_pb2.ListOutcomesRequest(job_id=job_id), timeout=60)

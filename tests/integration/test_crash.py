@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from pipeline_helpers import outcomes, submit, unique_job, wait_done
+from pipeline_helpers import outcomes, submit, unique_job, wait_done, wait_indexed
 
 from taxonstream.cli import stack
-from taxonstream.v1 import fetcher_pb2, indexer_pb2
+from taxonstream.v1 import indexer_pb2
 from taxonstream.v1.messages_pb2 import Outcome
 
 SPECS = {s.name: s for s in stack.SERVICES}
@@ -19,10 +19,7 @@ def test_killed_embedder_and_indexer_lose_nothing_and_duplicate_nothing(fetcher,
     submit(fetcher, job, [site.url("img", image) for image in images])
 
     # Let part of the job through, then kill both mid-stream, without any chance to drain.
-    deadline = time.monotonic() + 300
-    while fetcher.GetJob(fetcher_pb2.GetJobRequest(job_id=job), timeout=30).indexed < 20:
-        assert time.monotonic() < deadline, "the job never got going"
-        time.sleep(0.2)
+    wait_indexed(fetcher, job, 20)
     stack.kill_service("embedder")
     stack.kill_service("indexer")
     assert stack.service_pid("embedder") is None and stack.service_pid("indexer") is None

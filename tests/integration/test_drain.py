@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 
-from pipeline_helpers import outcomes, submit, unique_job, wait_done
+from pipeline_helpers import outcomes, submit, unique_job, wait_done, wait_indexed
 
 from taxonstream.cli import stack
-from taxonstream.v1 import fetcher_pb2
 
 SPECS = {s.name: s for s in stack.SERVICES}
 
@@ -27,10 +25,7 @@ def test_sigterm_drains_the_checksummer_and_the_job_still_completes(fetcher, sit
     images = site.images(60)
     job = unique_job("drain")
     submit(fetcher, job, [site.url("img", image) for image in images])
-    deadline = time.monotonic() + 300
-    while fetcher.GetJob(fetcher_pb2.GetJobRequest(job_id=job), timeout=30).indexed < 5:
-        assert time.monotonic() < deadline, "the job never got going"
-        time.sleep(0.2)
+    wait_indexed(fetcher, job, 5)
 
     before = len(log_events("checksummer"))
     stack.stop_service("checksummer")  # SIGTERM, by pid
