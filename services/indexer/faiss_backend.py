@@ -1,0 +1,485 @@
+"""The in-process FAISS index: type chosen by size, filters inside the search, upsert/delete by image id.
+
+Layout. Every stored vector has a *slot*: its position in the FAISS index (0, 1, 2, … in insertion
+order), which is also its FAISS label. An upsert appends a new slot and turns the image's old slot into a
+tombstone; a delete only makes a tombstone. Tombstones are excluded from every search by the same
+`IDSelectorBitmap` that carries the filters, and are dropped by a rebuild once they exceed
+`compact_ratio` of the slots (HNSW cannot remove vectors, and a flat index that removes one renumbers
+the rest — tombstones keep all three types alike and every operation cheap).
+
+Index types (thresholds in `FaissConfig`, counted in live vectors):
+
+- flat (exact inner product) below 100k: a query scans 2 KB a vector, still milliseconds;
+- HNSW32 (`IndexHNSWFlat`, ≈2.3 KB a vector at 512-d) from 100k to 10M;
+- IVF-PQ (`IndexIVFPQ`, 64-byte codes, nlist ≈ 4·√n) from 10M, with float16 copies of the vectors
+  (1 KB a vector) kept beside it to re-score the candidates exactly and to retrain.
+
+Migration. When a write crosses a threshold the index is rebuilt in the next type from the stored
+vectors, chunk by chunk (the same rebuild that compacts tombstones); IVF-PQ is retrained whenever the
+collection has grown fourfold since its last training, since its coarse clustering was sized for the
+smaller set. Deletes that take a collection below half a threshold rebuild it in the smaller type.
+
+Filters. `filters.facets()` of each image are kept in an inverted index (field, value) → slots. A
+filtered search builds a bitmap of matching live slots: when at most `exact_below` slots match, those
+are scored exactly (faster and better than a graph walk through mostly excluded nodes); otherwise the
+ANN search runs with the bitmap as its `IDSelector`, with efSearch/nprobe widened by the inverse of the
+filter's selectivity, and any query still short of k hits is answered exactly over the matching slots.
+Either way a non-matching item is never a candidate.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import threading
+from array import array
+from collections.abc import Mapping, Sequence
+
+import faiss
+import numpy as np
+
+from taxonstream.indexer import filters as flt
+from taxonstream.indexer.backend import FaissConfig, Hit, IndexStats
+
+KINDS = ("flat", "hnsw", "ivfpq")
+FORMAT = "taxonstream-faiss/1"
+_CHUNK = 65_536
+_IVFPQ_MIN = 256  # below this a forced IVF-PQ stays flat: PQ needs 2^nbits training points
+
+
+def faiss_id(image_id: str) -> int:
+    """The FAISS label of an image in snapshots written before slots (first 60 bits of its sha256)."""
+    return int(image_id[:15], 16)
+
+
+def _flat_view(index: faiss.Index) -> np.ndarray:
+    """The float32 vectors inside a flat index (or an HNSW's flat storage), without copying."""
+    flat = faiss.downcast_index(index.storage) if isinstance(index, faiss.IndexHNSW) else index
+    if flat.ntotal == 0:
+        return np.empty((0, flat.d), dtype=np.float32)
+    return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
+
+
+class _Selection:
+    """A bitmap of slots and the FAISS selector reading it (which must not outlive the bitmap)."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self.mask = mask
+        self.count = int(mask.sum())
+        self.bits = np.packbits(mask, bitorder="little")
+        self.selector = faiss.IDSelectorBitmap(len(self.bits), faiss.swig_ptr(self.bits))
+
+
+class FaissIndex:
+    """Vectors and metadata by image id; thread-safe (one lock: FAISS indexes are not safe to read while written)."""
+
+    def __init__(self, dim: int | None = None, config: FaissConfig | None = None) -> None:
+        self.config = config or FaissConfig()
+        self.dim = dim
+        self.metadata: dict[str, dict[str, str]] = {}  # live images only
+        self._lock = threading.RLock()
+        self._index: faiss.Index | None = None
+        self._kind = "flat"
+        self._built_for = 0  # live vectors at the last (re)build: IVF-PQ retrains after 4× growth
+        self._ids: list[str] = []  # slot → image id (tombstoned slots keep theirs)
+        self._live = np.zeros(0, dtype=bool)
+        self._n = 0  # slots used
+        self._slot: dict[str, int] = {}  # image id → its live slot
+        self._raw16: np.ndarray | None = None  # IVF-PQ only: float16 vectors by slot
+        self._postings: dict[tuple[str, str], array] = {}
+
+    # ---- size and kind ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._slot)
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+    def _desired_kind(self, live: int) -> str:
+        cfg = self.config
+        if cfg.kind is not None:
+            return "flat" if cfg.kind == "ivfpq" and live < _IVFPQ_MIN else cfg.kind
+        target = "ivfpq" if live >= cfg.ivfpq_from else "hnsw" if live >= cfg.hnsw_from else "flat"
+        if KINDS.index(target) >= KINDS.index(self._kind):
+            return target
+        # Going down only below half the threshold that brought us here: no flip-flop at the edge.
+        floor = (cfg.hnsw_from if self._kind == "hnsw" else cfg.ivfpq_from) // 2
+        return target if live < floor else self._kind
+
+    def _new_index(self, kind: str, sample: np.ndarray | None = None) -> faiss.Index:
+        assert self.dim is not None
+        if kind == "flat":
+            return faiss.IndexFlatIP(self.dim)
+        if kind == "hnsw":
+            index = faiss.IndexHNSWFlat(self.dim, self.config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = self.config.ef_construction
+            return index
+        assert sample is not None and len(sample) >= _IVFPQ_MIN
+        n = len(sample)
+        nlist = max(1, min(_nlist(self._built_for or n), n // 39))
+        m = max(d for d in range(1, min(self.config.pq_m, self.dim) + 1) if self.dim % d == 0)
+        nbits = min(8, int(math.log2(n)))
+        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(self.dim), self.dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        return index
+
+    # ---- slots and vectors -----------------------------------------------------------------------
+
+    def _grow(self, extra: int) -> None:
+        need = self._n + extra
+        if need > len(self._live):
+            capacity = max(need, 2 * len(self._live), 1024)
+            live = np.zeros(capacity, dtype=bool)
+            live[: self._n] = self._live[: self._n]
+            self._live = live
+        if self._kind == "ivfpq" and self._raw16 is not None and need > len(self._raw16):
+            raw = np.empty((max(need, 2 * len(self._raw16)), self.dim), dtype=np.float16)
+            raw[: self._n] = self._raw16[: self._n]
+            self._raw16 = raw
+
+    def _vectors(self, slots: np.ndarray) -> np.ndarray:
+        if self._kind == "ivfpq":
+            assert self._raw16 is not None
+            return self._raw16[slots].astype(np.float32)
+        assert self._index is not None
+        return _flat_view(self._index)[slots]
+
+    def _facet_slots(self, slot: int, metadata: Mapping[str, str]) -> None:
+        for key in flt.facets(metadata).items():
+            self._postings.setdefault(key, array("q")).append(slot)
+
+    def _append(self, image_ids: list[str], vectors: np.ndarray) -> None:
+        """Add vectors as new slots (the caller has tombstoned older slots of the same ids)."""
+        assert self._index is not None
+        first = self._n
+        self._grow(len(image_ids))
+        if self._kind == "ivfpq":
+            assert self._raw16 is not None
+            self._index.add_with_ids(vectors, np.arange(first, first + len(vectors), dtype=np.int64))
+            self._raw16[first : first + len(vectors)] = vectors
+        else:
+            self._index.add(vectors)
+        self._live[first : first + len(vectors)] = True
+        self._n += len(vectors)
+        for offset, image_id in enumerate(image_ids):
+            slot = first + offset
+            self._ids.append(image_id)
+            self._slot[image_id] = slot
+            self._facet_slots(slot, self.metadata[image_id])
+
+    def _rebuild(self, kind: str) -> None:
+        """A fresh index of `kind` holding the live vectors in slot order: compacts and migrates."""
+        live_slots = np.flatnonzero(self._live[: self._n])
+        ids = [self._ids[s] for s in live_slots]
+        self._built_for = len(live_slots)
+        sample = None
+        if kind == "ivfpq":
+            rng = np.random.default_rng(0)
+            # 64 points per centroid train k-means well (FAISS wants at least 39); more only costs time.
+            size = min(len(live_slots), max(64 * _nlist(len(live_slots)), 65_536))
+            sample = self._vectors(np.sort(rng.choice(live_slots, size=size, replace=False)))
+        new = self._new_index(kind, sample)
+        raw = np.empty((max(len(live_slots), 1024), self.dim), dtype=np.float16) if kind == "ivfpq" else None
+        for start in range(0, len(live_slots), _CHUNK):
+            chunk = self._vectors(live_slots[start : start + _CHUNK])
+            if kind == "ivfpq":
+                assert raw is not None
+                new.add_with_ids(chunk, np.arange(start, start + len(chunk), dtype=np.int64))
+                raw[start : start + len(chunk)] = chunk
+            else:
+                new.add(np.ascontiguousarray(chunk))
+        self._index, self._kind, self._raw16 = new, kind, raw
+        self._ids, self._n = ids, len(ids)
+        self._live = np.zeros(max(len(ids), 1024), dtype=bool)
+        self._live[: len(ids)] = True
+        self._slot = {image_id: slot for slot, image_id in enumerate(ids)}
+        self._postings = {}
+        for slot, image_id in enumerate(ids):
+            self._facet_slots(slot, self.metadata[image_id])
+
+    def _maintain(self) -> None:
+        live = len(self._slot)
+        dead = self._n - live
+        kind = self._desired_kind(live)
+        cfg = self.config
+        regrown = kind == "ivfpq" and self._kind == "ivfpq" and live > 4 * max(self._built_for, 1)
+        if kind != self._kind or regrown or (dead >= cfg.compact_min and dead > cfg.compact_ratio * self._n):
+            self._rebuild(kind)
+
+    # ---- writes ----------------------------------------------------------------------------------
+
+    def upsert(self, image_id: str, vector: np.ndarray, metadata: Mapping[str, str]) -> None:
+        self.upsert_many([image_id], np.asarray(vector, dtype=np.float32).reshape(1, -1), [metadata])
+
+    def upsert_many(self, image_ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[Mapping[str, str]]) -> None:
+        vectors = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32).reshape(len(image_ids), -1))
+        if len(metadata) != len(image_ids):
+            raise ValueError(f"{len(image_ids)} ids but {len(metadata)} metadata entries")
+        if not image_ids:
+            return
+        # The last of repeated ids in one batch wins, as if they had come one by one.
+        last = {image_id: n for n, image_id in enumerate(image_ids)}
+        keep = sorted(last.values())
+        with self._lock:
+            if self.dim is None:
+                self.dim = vectors.shape[1]
+            if vectors.shape[1] != self.dim:
+                raise ValueError(f"vector of {vectors.shape[1]} dimensions for an index of {self.dim}")
+            if self._index is None:
+                self._index = self._new_index("flat")
+            ids = [image_ids[n] for n in keep]
+            for image_id in ids:
+                if (old := self._slot.pop(image_id, None)) is not None:
+                    self._live[old] = False  # the replaced entry is a tombstone now
+            for image_id, n in zip(ids, keep, strict=True):
+                self.metadata[image_id] = dict(metadata[n])
+            self._append(ids, vectors[keep])
+            self._maintain()
+
+    def delete(self, image_id: str) -> bool:
+        return self.delete_many([image_id]) == 1
+
+    def delete_many(self, image_ids: Sequence[str]) -> int:
+        with self._lock:
+            gone = 0
+            for image_id in set(image_ids):
+                if (slot := self._slot.pop(image_id, None)) is not None:
+                    self._live[slot] = False
+                    del self.metadata[image_id]
+                    gone += 1
+            if gone:
+                self._maintain()
+            return gone
+
+    # ---- reads -----------------------------------------------------------------------------------
+
+    def get(self, image_id: str) -> dict[str, str] | None:
+        with self._lock:
+            found = self.metadata.get(image_id)
+            return None if found is None else dict(found)
+
+    def vector(self, image_id: str) -> np.ndarray | None:
+        with self._lock:
+            slot = self._slot.get(image_id)
+            return None if slot is None else self._vectors(np.array([slot])).reshape(-1).copy()
+
+    def _selection(self, wanted: dict[str, frozenset[str]]) -> _Selection | None:
+        """Live slots matching the filters; None when that is every slot (no filter, no tombstones)."""
+        live = self._live[: self._n]
+        if not wanted and len(self._slot) == self._n:
+            return None
+        mask = live.copy()
+        for field_, values in wanted.items():
+            allowed = np.zeros(self._n, dtype=bool)
+            for value in values:
+                posting = self._postings.get((field_, value))
+                if posting is not None and len(posting):
+                    allowed[np.frombuffer(posting, dtype=np.int64)] = True
+            mask &= allowed
+        return _Selection(mask)
+
+    def _exact(self, queries: np.ndarray, k: int, selection: _Selection | None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over the selected slots (all slots when None), in chunks of slots."""
+        slots_all = np.arange(self._n) if selection is None else np.flatnonzero(selection.mask)
+        best_s = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+        best_i = np.empty((len(queries), 0), dtype=np.int64)
+        for start in range(0, len(slots_all), _CHUNK):
+            slots = slots_all[start : start + _CHUNK]
+            scores = queries @ self._vectors(slots).T
+            merged_s = np.concatenate([best_s, scores], axis=1)
+            merged_i = np.concatenate([best_i, np.broadcast_to(slots, scores.shape)], axis=1)
+            order = _top_k_by_slot(merged_s, merged_i, k)
+            best_s = np.take_along_axis(merged_s, order, axis=1)
+            best_i = np.take_along_axis(merged_i, order, axis=1)
+        return best_s, best_i
+
+    def _ann(self, queries: np.ndarray, k: int, selection: _Selection | None) -> tuple[np.ndarray, np.ndarray]:
+        assert self._index is not None
+        cfg = self.config
+        sel = None if selection is None else selection.selector
+        # Sparse matches: widen the search by the inverse selectivity, so enough of them are reached.
+        widen = 1 if selection is None else math.ceil(self._n / max(selection.count, 1))
+        if self._kind == "flat":
+            params = faiss.SearchParameters(sel=sel) if sel is not None else None
+            return self._index.search(queries, k, params=params)
+        if self._kind == "hnsw":
+            ef = min(max(cfg.ef_search, k) * widen, max(cfg.ef_max, k))
+            return self._index.search(queries, k, params=faiss.SearchParametersHNSW(efSearch=ef, sel=sel))
+        nlist = self._index.nlist
+        params = faiss.SearchParametersIVF(nprobe=min(cfg.nprobe * widen, nlist), sel=sel)
+        count = self._n if selection is None else selection.count
+        _, cand = self._index.search(queries, min(k * cfg.rerank, count), params=params)
+        # Re-score the PQ candidates with the stored vectors: PQ distances alone rank too coarsely.
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        slots = np.full((len(queries), k), -1, dtype=np.int64)
+        for row, found in enumerate(cand):
+            found = found[found >= 0]
+            exact = (self._vectors(found) @ queries[row]).reshape(1, -1)
+            order = _top_k_by_slot(exact, found.reshape(1, -1), k)[0]
+            scores[row, : len(order)] = exact[0, order]
+            slots[row, : len(order)] = found[order]
+        return scores, slots
+
+    def _search(self, queries: np.ndarray, k: int, wanted: dict[str, frozenset[str]]) -> tuple[np.ndarray, np.ndarray]:
+        selection = self._selection(wanted)
+        count = self._n if selection is None else selection.count
+        k = min(k, count)
+        if k <= 0:
+            return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
+        if selection is not None and selection.count <= self.config.exact_below:
+            return self._exact(queries, k, selection)
+        scores, slots = self._ann(queries, k, selection)
+        short = np.flatnonzero((slots < 0).any(axis=1))
+        if len(short):  # the graph walk ran out before k matches: answer those queries exactly
+            scores[short], slots[short] = self._exact(queries[short], k, selection)
+        return scores, slots
+
+    def _queries(self, vectors: np.ndarray) -> np.ndarray:
+        queries = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+        queries = queries.reshape(1, -1) if queries.ndim == 1 else queries
+        if self.dim is not None and queries.shape[1] != self.dim:
+            raise ValueError(f"query of {queries.shape[1]} dimensions for an index of {self.dim}")
+        return queries
+
+    def search(self, vector: np.ndarray, k: int, filters: flt.Filters | None = None) -> list[Hit]:
+        return self.search_many(vector, k, filters)[0]
+
+    def search_many(self, vectors: np.ndarray, k: int, filters: flt.Filters | None = None) -> list[list[Hit]]:
+        """The k nearest live images to each query (inner product, best first) that match `filters`."""
+        wanted = flt.normalise(filters)
+        with self._lock:
+            queries = self._queries(vectors)
+            if self._index is None or not self._slot or k <= 0:
+                return [[] for _ in queries]
+            scores, slots = self._search(queries, k, wanted)
+            return [
+                [
+                    Hit(self._ids[s], float(score), dict(self.metadata[self._ids[s]]))
+                    for s, score in zip(row_slots, row_scores, strict=True)
+                    if s >= 0
+                ]
+                for row_slots, row_scores in zip(slots, scores, strict=True)
+            ]
+
+    def stats(self) -> IndexStats:
+        with self._lock:
+            live = self._live[: self._n]
+            by_field: dict[str, dict[str, int]] = {f: {} for f in flt.FIELDS}
+            for (field_, value), posting in self._postings.items():
+                count = int(live[np.frombuffer(posting, dtype=np.int64)].sum())
+                if count:
+                    by_field[field_][value] = count
+            return IndexStats(images=len(self._slot), kind=self._kind, by_field=by_field)
+
+    # ---- snapshots -------------------------------------------------------------------------------
+
+    def _pack(self, with_metadata: bool) -> bytes:
+        header = {
+            "format": FORMAT,
+            "kind": self._kind,
+            "dim": self.dim,
+            "built_for": self._built_for,
+            "faiss": faiss.__version__,
+        }
+        arrays: dict[str, np.ndarray] = {
+            "header": _json_bytes(header),
+            "index": faiss.serialize_index(self._index) if self._index is not None else np.zeros(0, np.uint8),
+            "ids": _json_bytes(self._ids),
+            "live": np.packbits(self._live[: self._n], bitorder="little"),
+        }
+        if self._kind == "ivfpq" and self._raw16 is not None:
+            arrays["raw16"] = self._raw16[: self._n]
+        if with_metadata:
+            arrays["metadata"] = _json_bytes(self.metadata)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
+
+    def dump(self) -> bytes:
+        """The whole index, metadata included, as one self-describing blob."""
+        with self._lock:
+            return self._pack(with_metadata=True) if self.dim is not None else b""
+
+    def serialize(self) -> tuple[bytes, dict[str, dict[str, str]]]:
+        """The index without its metadata, and the metadata (how the service stores its snapshots)."""
+        with self._lock:
+            data = self._pack(with_metadata=False) if self.dim is not None else b""
+            return data, {k: dict(v) for k, v in self.metadata.items()}
+
+    @classmethod
+    def load(cls, data: bytes, config: FaissConfig | None = None) -> FaissIndex:
+        return cls.restore(data, None, config)
+
+    @classmethod
+    def restore(
+        cls, data: bytes, metadata: Mapping[str, Mapping[str, str]] | None, config: FaissConfig | None = None
+    ) -> FaissIndex:
+        if not data:
+            return cls(config=config)
+        if not data.startswith(b"PK"):
+            return cls._restore_idmap(data, metadata or {}, config)
+        with np.load(io.BytesIO(data), allow_pickle=False) as parts:
+            header = json.loads(parts["header"].tobytes())
+            if header.get("format") != FORMAT:
+                raise ValueError(f"not a taxonstream FAISS snapshot: {header.get('format')!r}")
+            if metadata is None:
+                metadata = json.loads(parts["metadata"].tobytes())
+            self = cls(dim=header["dim"], config=config)
+            self._kind, self._built_for = header["kind"], header["built_for"]
+            self._index = faiss.deserialize_index(parts["index"])
+            self._ids = json.loads(parts["ids"].tobytes())
+            self._n = len(self._ids)
+            self._live = np.zeros(max(self._n, 1024), dtype=bool)
+            self._live[: self._n] = np.unpackbits(parts["live"], count=self._n, bitorder="little").astype(bool)
+            if "raw16" in parts:
+                self._raw16 = np.array(parts["raw16"])
+        self.metadata = {k: dict(v) for k, v in metadata.items()}
+        self._slot = {self._ids[slot]: int(slot) for slot in np.flatnonzero(self._live[: self._n])}
+        if self._slot.keys() != self.metadata.keys():
+            raise ValueError("snapshot metadata does not match its index")
+        for image_id, slot in self._slot.items():
+            self._facet_slots(slot, self.metadata[image_id])
+        return self
+
+    @classmethod
+    def _restore_idmap(
+        cls, data: bytes, metadata: Mapping[str, Mapping[str, str]], config: FaissConfig | None
+    ) -> FaissIndex:
+        """Snapshots from before slots: an IndexIDMap2 labelled by `faiss_id`. Re-added in id order."""
+        old = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        self = cls(dim=old.d, config=config)
+        ids = sorted(metadata)
+        if ids:
+            vectors = np.stack([old.reconstruct(faiss_id(image_id)) for image_id in ids])
+            for start in range(0, len(ids), _CHUNK):
+                batch = ids[start : start + _CHUNK]
+                self.upsert_many(batch, vectors[start : start + _CHUNK], [metadata[i] for i in batch])
+        return self
+
+    def close(self) -> None:
+        """Nothing to release: the index lives in this process."""
+
+
+def _top_k_by_slot(scores: np.ndarray, slots: np.ndarray, k: int) -> np.ndarray:
+    """Column order of the k best scores in each row, best first, equal scores by lower slot."""
+    k = min(k, scores.shape[1])
+    out = np.empty((scores.shape[0], k), dtype=np.int64)
+    if k == 0:
+        return out
+    for row in range(scores.shape[0]):
+        cand = np.argpartition(-scores[row], k - 1)[:k] if k < scores.shape[1] else np.arange(scores.shape[1])
+        out[row] = cand[np.lexsort((slots[row, cand], -scores[row, cand]))]
+    return out
+
+
+def _nlist(live: int) -> int:
+    """IVF lists for a collection: about 4·√n, the usual balance of list scans against centroid scans."""
+    return max(1, int(4 * math.sqrt(live)))
+
+
+def _json_bytes(value: object) -> np.ndarray:
+    return np.frombuffer(json.dumps(value, separators=(",", ":")).encode(), dtype=np.uint8)
