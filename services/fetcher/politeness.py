@@ -1,0 +1,185 @@
+"""Per-host politeness: an adaptive request rate, Retry-After, backoff with jitter and a connection cap.
+
+Each host gets a `HostGate`. Requests are paced at the gate's rate (no bursts: an idle host does not
+save up requests). The rate adapts like TCP congestion control, but measured in requests per second:
+
+- slow start: while no limit is known, every answered request adds two requests/s (the rate doubles
+  about every 0.35 s) as long as answers stay quick and the rate is what holds us back;
+- on 429, 503, a timeout or a connection error the rate falls multiplicatively — once per episode:
+  answers to requests sent before the cut are the same episode and cut nothing more — to `decrease`
+  times the goodput the host actually delivered, which is remembered as its ceiling;
+- below 90 % of the ceiling the rate climbs back quickly; above it, it probes slowly (5 % of the
+  ceiling per second), so a host's limit is approached gently and rarely overshot;
+- a host whose answers slow down (latency well above its best) is not pushed harder;
+- Retry-After (seconds or HTTP-date) pauses the host for as long as asked (bounded); repeated failures
+  without one pause it for an exponential backoff with jitter.
+
+The gate only keeps state; the engine asks it when the host may be sent to next, and reports answers.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# Seconds of history used to measure what a host delivers.
+WINDOW = 2.0
+# Answers remembered to know how quickly a host can answer.
+LATENCY_MEMORY = 64
+# Requests/s added per answer while no limit is known: the rate doubles about every 0.35 s of answers.
+SLOW_START_STEP = 2.0
+
+
+@dataclass(frozen=True)
+class RatePolicy:
+    initial: float = 4.0
+    minimum: float = 0.1
+    maximum: float = 500.0
+    decrease: float = 0.5
+    backoff_base: float = 0.5
+    backoff_max: float = 60.0
+    max_retry_after: float = 300.0
+    max_connections: int = 8
+
+    @classmethod
+    def from_settings(cls, settings) -> RatePolicy:  # FetcherSettings; untyped to avoid an import cycle
+        return cls(
+            initial=settings.fetch_initial_rate,
+            minimum=settings.fetch_min_rate,
+            maximum=settings.fetch_max_rate,
+            decrease=settings.fetch_rate_decrease,
+            backoff_base=settings.fetch_backoff_base,
+            backoff_max=settings.fetch_backoff_max,
+            max_retry_after=settings.fetch_max_retry_after,
+            max_connections=settings.fetch_max_connections_per_host,
+        )
+
+
+def backoff(failures: int, base: float, cap: float, rng: Callable[[], float] = random.random) -> float:
+    """Exponential backoff with "equal jitter": half the step fixed, half random, so waits still grow."""
+    step = min(cap, base * 2 ** max(0, failures - 1))
+    return step * (0.5 + 0.5 * rng())
+
+
+class HostGate:
+    """What one host allows now. Not thread-safe: the engine calls it under its own lock."""
+
+    def __init__(self, policy: RatePolicy, rng: Callable[[], float] = random.random) -> None:
+        self.policy = policy
+        self.rng = rng
+        self.rate = policy.initial
+        self.maximum = policy.maximum
+        self.ceiling: float | None = None
+        self.next_send = 0.0
+        self.paused_until = 0.0
+        self.in_flight = 0
+        self.failures = 0  # consecutive, reset by any answer that is not a failure
+        self.last_cut = float("-inf")
+        self._latencies: deque[float] = deque(maxlen=LATENCY_MEMORY)
+        self._sent: deque[float] = deque()
+        self._answered: deque[float] = deque()
+        # Counters for reports and metrics.
+        self.requests = 0
+        self.throttled = 0
+        self.errors = 0
+
+    # -- asking ---------------------------------------------------------------------------------
+    def ready_at(self) -> float:
+        """The earliest time the next request may be sent (ignoring the connection cap)."""
+        return max(self.next_send, self.paused_until)
+
+    def can_send(self, now: float) -> bool:
+        return self.in_flight < self.policy.max_connections and now >= self.ready_at()
+
+    # -- telling --------------------------------------------------------------------------------
+    def sent(self, now: float) -> float:
+        """A request leaves now; returns its send time (to hand back with its answer)."""
+        self.in_flight += 1
+        self.requests += 1
+        self.next_send = max(self.next_send, now) + 1.0 / self.rate
+        self._sent.append(now)
+        self._trim(now)
+        return now
+
+    def answered(self, sent_at: float, now: float, latency: float) -> None:
+        """The host answered normally (an image, or a final status such as 404): it is keeping up."""
+        self.in_flight -= 1
+        self.failures = 0
+        self._answered.append(now)
+        self._trim(now)
+        self._latencies.append(latency)
+        best = min(self._latencies)  # a host that is always slow is judged against itself
+        if latency > max(4 * best, best + 2.0):
+            return  # answering more slowly than it recently could: not the moment to ask for more
+        if len(self._sent) < 0.5 * self.rate * WINDOW:
+            return  # the rate is not what limits us (few records, or the connection cap): do not inflate it
+        if self.ceiling is None:
+            self.rate += SLOW_START_STEP
+        elif self.rate < 0.9 * self.ceiling:
+            self.rate = min(0.9 * self.ceiling, self.rate + 1.0)
+        else:
+            self.rate += max(0.05 * self.ceiling, 0.1) / self.rate
+        self.rate = min(self.rate, self.maximum)
+
+    def throttled_by(self, sent_at: float, now: float, retry_after: float | None) -> float:
+        """429/503: slow down, and pause as asked. Returns how long the host is paused from now."""
+        self.in_flight -= 1
+        self.throttled += 1
+        self._cut(sent_at, now)
+        if retry_after is not None:
+            self.paused_until = max(self.paused_until, now + min(retry_after, self.policy.max_retry_after))
+        else:
+            self._fail(now)
+        return max(0.0, self.paused_until - now)
+
+    def failed(self, sent_at: float, now: float, congestion: bool = True) -> float:
+        """A timeout, connection error or server error. Returns how long the host is paused from now."""
+        self.in_flight -= 1
+        self.errors += 1
+        if congestion:
+            self._cut(sent_at, now)
+        self._fail(now)
+        return max(0.0, self.paused_until - now)
+
+    def released(self) -> None:
+        """A slot taken with `sent` was not used for a request after all (refused before connecting)."""
+        self.in_flight -= 1
+        self.requests -= 1
+
+    def limit(self, max_rate: float) -> None:
+        """An upper bound from the host itself (robots.txt Crawl-delay)."""
+        self.maximum = max(self.policy.minimum, min(self.maximum, max_rate))
+        self.rate = min(self.rate, self.maximum)
+
+    # -- inside ---------------------------------------------------------------------------------
+    def goodput(self, now: float) -> float | None:
+        """Answers per second over the last WINDOW seconds, when there are enough to judge."""
+        self._trim(now)
+        if len(self._answered) < 3:
+            return None
+        return len(self._answered) / WINDOW
+
+    def _cut(self, sent_at: float, now: float) -> None:
+        if sent_at <= self.last_cut:
+            return  # sent before the last cut: the same episode, already answered for
+        delivered = self.goodput(now)
+        base = min(self.rate, delivered) if delivered else self.rate
+        self.ceiling = base
+        self.rate = max(self.policy.minimum, base * self.policy.decrease)
+        self.last_cut = now
+        self.next_send = max(self.next_send, now + 1.0 / self.rate)
+
+    def _fail(self, now: float) -> None:
+        self.failures += 1
+        if self.failures >= 2:  # one failure is cured by the lower rate; repeated ones by waiting
+            pause = backoff(self.failures - 1, self.policy.backoff_base, self.policy.backoff_max, self.rng)
+            self.paused_until = max(self.paused_until, now + pause)
+
+    def _trim(self, now: float) -> None:
+        horizon = now - WINDOW
+        while self._sent and self._sent[0] < horizon:
+            self._sent.popleft()
+        while self._answered and self._answered[0] < horizon:
+            self._answered.popleft()
