@@ -218,6 +218,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10, help="hits to return (default 10)")
     p.set_defaults(run=cmd_search)
     integrity_cmds.add_commands(commands)
+    from taxonstream.cli import fetch_cmd  # the standalone downloader (no stack needed)
+
+    fetch_cmd.add_parser(commands)
     return top
 
 

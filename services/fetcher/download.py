@@ -194,7 +194,7 @@ class Downloader:
         """Give the connection back if its body is (or quickly can be) read to the end; otherwise drop it."""
         try:
             limit, until = DISCARD_LIMIT, time.monotonic() + DISCARD_SECONDS
-            while not response.closed and response.length_remaining != 0:
+            while not response.closed:  # even an empty body must be read for http.client to finish it
                 chunk = response.read1(CHUNK, decode_content=False)
                 limit -= len(chunk)
                 if not chunk:
@@ -224,6 +224,8 @@ def _decoder(encoding: str) -> zlib._Decompress | None:
 
 def _transport_failure(error: urllib3.exceptions.HTTPError, where: str) -> Exception:
     """Sort urllib3's errors into final failures and ones another attempt may cure."""
+    if isinstance(error, urllib3.exceptions.NewConnectionError):  # a subclass of the timeout error, sadly
+        return RetryLater(Failed("connection_error", f"cannot connect for {where}: {error}"))
     if isinstance(error, urllib3.exceptions.TimeoutError):
         return RetryLater(Failed("timeout", f"{type(error).__name__} reading {where}"))
     if isinstance(error, urllib3.exceptions.SSLError):

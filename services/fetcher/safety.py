@@ -24,6 +24,8 @@ METADATA = ipaddress.ip_address("169.254.169.254")
 
 def check_url(url: str) -> tuple[str, int]:
     """Scheme and host sanity; returns (host, port)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in url.strip()):
+        raise Failed("bad_url", f"URL contains control characters: {url!r}")
     try:
         parts = urlsplit(url.strip())
         port = parts.port

@@ -26,6 +26,16 @@ MAGIC = (
     (b"\xff\x4f\xff\x51", "JPEG2000"),
 )
 SNIFF_BYTES = 16
+# Images of formats that are not accepted: named in the failure instead of "not an image".
+OTHER_IMAGES = (
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"8BPS", "PSD"),
+    (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+    (b"\xff\x0a", "JPEG XL"),
+    (b"DDS ", "DDS"),
+    (b"%PDF", "PDF"),
+)
+HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"mif1", b"msf1", b"avif", b"avis"}
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,11 @@ def check_head(head: bytes) -> None:
     if kind:
         raise Failed("not_an_image", f"the body is {kind}, not an image (often an error or access-denied page)")
     if sniff(head) is None:
+        other = next((kind for magic, kind in OTHER_IMAGES if head.startswith(magic)), None)
+        if other is None and head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS:
+            other = "HEIF/AVIF"
+        if other:
+            raise Failed("unsupported_format", f"{other} files are not accepted")
         raise Failed("not_an_image", f"the body does not start like an image ({head[:8]!r})")
 
 

@@ -74,3 +74,87 @@ def test_an_empty_url_still_becomes_a_record(tmp_path):
     path = tmp_path / "list.csv"
     path.write_text("url,genus\n,Apis\n")
     assert [(r.url, r.metadata["genus"]) for r in read_records(path)] == [("", "Apis")]
+
+
+def test_idigbio_urls_fall_back_per_row_and_rights_are_normalised(tmp_path):
+    path = tmp_path / "multimedia.csv"
+    path.write_text(
+        "coreid,ac:accessURI,ac:bestQualityAccessURI,dcterms:identifier,dc:format,dcterms:rights,xmpRights:Owner\n"
+        "1,http://a.example/1.jpg,http://a.example/1-big.jpg,,image/jpeg,CC0,Museum A\n"
+        "2,,http://a.example/2-big.jpg,http://a.example/2-id,image/jpeg,CC-BY,\n"
+        "3,,,http://a.example/3-id,image/jpeg,,\n"
+        "4,,,,image/jpeg,,\n"
+    )
+    records = list(read_records(path))
+    assert [r.url for r in records] == [
+        "http://a.example/1.jpg", "http://a.example/2-big.jpg", "http://a.example/3-id", ""
+    ]
+    first = records[0].metadata
+    assert (first["format"], first["license"], first["rights"], first["rights_holder"]) == (
+        "image/jpeg", "CC0", "CC0", "Museum A"
+    )
+    assert first["ac:bestQualityAccessURI"] == "http://a.example/1-big.jpg"  # the other columns still travel
+    assert "ac:accessURI" not in first
+
+
+def test_idigbio_full_term_iris_are_understood(tmp_path):
+    path = tmp_path / "media.tsv"
+    path.write_text(
+        "coreid\thttp://rs.tdwg.org/ac/terms/accessURI\thttp://purl.org/dc/terms/license\n"
+        "1\thttp://a.example/1.jpg\thttp://creativecommons.org/publicdomain/zero/1.0/\n"
+    )
+    (record,) = read_records(path)
+    assert record.url == "http://a.example/1.jpg"
+    assert record.metadata["license"] == "http://creativecommons.org/publicdomain/zero/1.0/"
+
+
+def test_gbif_multimedia_keeps_still_images_only(tmp_path):
+    from taxonstream.cli.inputs import InputStats
+
+    path = tmp_path / "multimedia.txt"
+    path.write_text(
+        "gbifID,type,format,identifier,references,license,rightsHolder,creator\n"
+        "1,StillImage,image/jpeg,http://g.example/1.jpg,http://g.example/1,CC0,Herbarium,Ann\n"
+        "2,Sound,audio/mpeg,http://g.example/2.mp3,,CC0,,\n"
+        "3,,image/png,http://g.example/3.png,,CC-BY,,\n"
+        "4,,,http://g.example/4,,,,\n"
+        "5,StillImage,image/jpeg,,,,,\n"
+        "6,http://purl.org/dc/dcmitype/StillImage,,http://g.example/6.jpg,,,,\n"
+    )
+    stats = InputStats()
+    records = list(read_records(path, stats=stats))
+    assert [r.url for r in records] == ["http://g.example/1.jpg", "http://g.example/3.png", "http://g.example/6.jpg"]
+    assert (stats.kind, stats.rows, stats.not_images, stats.no_url) == ("gbif", 6, 2, 1)
+    meta = records[0].metadata
+    assert (meta["rights_holder"], meta["creator"], meta["references"], meta["license"]) == (
+        "Herbarium", "Ann", "http://g.example/1", "CC0"
+    )
+    assert meta["gbifID"] == "1" and "identifier" not in meta
+
+
+def test_malformed_rows_become_records_with_the_error_and_reading_goes_on(tmp_path):
+    path = tmp_path / "list.csv"
+    path.write_text('url,genus\nhttp://a.example/1.jpg,Apis\nhttp://a.example/2.jpg,Bombus,extra,fields\n'
+                    'http://a.example/3.jpg\nhttp://a.example/4.jpg,"Vespa\n')
+    records = list(read_records(path))
+    assert [r.url for r in records][:3] == ["http://a.example/1.jpg", "", "http://a.example/3.jpg"]
+    assert "4 fields where the header has 2" in records[1].metadata["_input_error"]
+    assert records[2].metadata["genus"] == ""  # a short row is padded, not refused
+
+
+def test_broken_json_lines_become_records_with_the_error(tmp_path):
+    path = tmp_path / "list.jsonl"
+    path.write_text('{"url": "http://a.example/1.jpg"}\n{"url": \n[1, 2]\n{"url": "http://a.example/2.jpg"}\n')
+    records = list(read_records(path))
+    assert [r.url for r in records] == ["http://a.example/1.jpg", "", "", "http://a.example/2.jpg"]
+    assert "not JSON" in records[1].metadata["_input_error"]
+    assert "not an object" in records[2].metadata["_input_error"]
+
+
+def test_an_unreadable_row_is_recorded_and_reading_goes_on(tmp_path):
+    path = tmp_path / "list.csv"
+    huge = "x" * 200_000  # beyond the csv module's field limit: csv.Error for this row only
+    path.write_text(f"url,note\nhttp://a.example/1.jpg,ok\nhttp://a.example/2.jpg,{huge}\nhttp://a.example/3.jpg,ok\n")
+    records = list(read_records(path))
+    assert [r.url for r in records] == ["http://a.example/1.jpg", "", "http://a.example/3.jpg"]
+    assert "field larger than field limit" in records[1].metadata["_input_error"]

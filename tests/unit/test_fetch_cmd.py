@@ -1,0 +1,199 @@
+"""`taxonstream fetch`: files named by a column, checksums, the buddy check, resuming, and the logs."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import http.server
+import io
+import json
+import threading
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from taxonstream.cli import fetch_cmd
+
+
+def jpeg(shade: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30), (shade, 20, 200)).save(out, format="JPEG")
+    return out.getvalue()
+
+
+IMAGES = {f"/img/{n}": jpeg(n * 30) for n in range(6)}
+PNG = io.BytesIO()
+Image.new("RGB", (20, 20)).save(PNG, format="PNG")
+IMAGES["/img/p"] = PNG.getvalue()
+
+
+class Images(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    hits: Counter = Counter()
+    lock = threading.Lock()
+
+    def log_message(self, format, *args):  # noqa: A002
+        pass
+
+    def do_GET(self):  # noqa: N802
+        with Images.lock:
+            Images.hits[self.path] += 1
+        body = IMAGES.get(self.path)
+        self.send_response(200 if body else 404)
+        self.send_header("Content-Length", str(len(body or b"")))
+        self.end_headers()
+        self.wfile.write(body or b"")
+
+
+@contextmanager
+def site():
+    Images.hits = Counter()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Images)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture()
+def base():
+    with site() as url:
+        yield url
+
+
+def write_list(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def fetch(listing: Path, out: Path, *extra: str) -> int:
+    parser = argparse.ArgumentParser()
+    fetch_cmd.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["fetch", str(listing), "--output", str(out), "--quiet",
+                              "--allow-network", "127.0.0.0/8", *extra])
+    return args.run(args)
+
+
+def report(out: Path) -> list[dict]:
+    with open(out / "_fetch" / "report.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_files_are_named_and_filed_by_columns_with_checksums_like_sum_buddy(tmp_path, base):
+    listing = write_list(tmp_path / "list.csv", ["url", "filename", "family", "md5"], [
+        [f"{base}/img/0", "moth-0.jpg", "Noctuidae", hashlib.md5(IMAGES["/img/0"]).hexdigest()],
+        [f"{base}/img/1", "moth-1", "Noctuidae", hashlib.md5(IMAGES["/img/1"]).hexdigest()],
+        [f"{base}/img/p", "bee", "Apidae", hashlib.md5(IMAGES["/img/p"]).hexdigest()],
+    ])
+    out = tmp_path / "out"
+    assert fetch(listing, out, "--name-col", "filename", "--subdir-col", "family", "--checksum-col", "md5") == 0
+    assert (out / "Noctuidae" / "moth-0.jpg").read_bytes() == IMAGES["/img/0"]
+    assert (out / "Noctuidae" / "moth-1.jpg").read_bytes() == IMAGES["/img/1"]  # suffix from the bytes
+    assert (out / "Apidae" / "bee.png").read_bytes() == IMAGES["/img/p"]
+    with open(out / "_fetch" / "checksums.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["filepath", "filename", "md5"]
+    assert {(Path(r[0]).name, r[1], r[2]) for r in rows[1:]} == {
+        ("moth-0.jpg", "moth-0.jpg", hashlib.md5(IMAGES["/img/0"]).hexdigest()),
+        ("moth-1.jpg", "moth-1.jpg", hashlib.md5(IMAGES["/img/1"]).hexdigest()),
+        ("bee.png", "bee.png", hashlib.md5(IMAGES["/img/p"]).hexdigest()),
+    }
+    success = [json.loads(line) for line in (out / "_fetch" / "success.jsonl").read_text().splitlines()]
+    assert {s["metadata"]["family"] for s in success} == {"Noctuidae", "Apidae"}  # metadata travels
+    assert all(s["sha256"] == hashlib.sha256(Path(s["path"]).read_bytes()).hexdigest() for s in success)
+
+
+def test_a_checksum_mismatch_keeps_no_file_and_the_buddy_check_lists_it(tmp_path, base, capsys):
+    listing = write_list(tmp_path / "list.csv", ["url", "name", "sha256"], [
+        [f"{base}/img/0", "a.jpg", hashlib.sha256(IMAGES["/img/0"]).hexdigest()],
+        [f"{base}/img/1", "b.jpg", "0" * 64],
+        [f"{base}/img/missing", "c.jpg", "1" * 64],
+    ])
+    out = tmp_path / "out"
+    assert fetch(listing, out, "--name-col", "name", "--checksum-col", "sha256") == 1
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["a.jpg"]
+    reasons = {r["url"].rsplit("/", 1)[-1]: r["reason"] for r in report(out)}
+    assert reasons == {"0": "", "1": "checksum_mismatch", "missing": "http_404"}
+    with open(out / "_fetch" / "missing.csv", newline="") as handle:
+        missing = list(csv.DictReader(handle))
+    assert sorted(m["reason"] for m in missing) == ["checksum_mismatch", "http_404"]
+    assert "buddy check (sha256): 1 verified, 2 missing" in capsys.readouterr().out
+
+
+def test_running_again_skips_verified_files_without_a_request(tmp_path, base):
+    listing = write_list(tmp_path / "list.csv", ["url", "name"], [[f"{base}/img/{n}", f"f{n}"] for n in range(4)])
+    out = tmp_path / "out"
+    assert fetch(listing, out, "--name-col", "name") == 0
+    first = dict(Images.hits)
+    (out / "f2.jpg").write_bytes(IMAGES["/img/2"][:100])  # damaged since: must be fetched again
+    assert fetch(listing, out, "--name-col", "name") == 0
+    states = {r["url"].rsplit("/", 1)[-1]: r["state"] for r in report(out)}
+    assert states == {"0": "present", "1": "present", "2": "stored", "3": "present"}
+    assert Images.hits["/img/2"] == first["/img/2"] + 1
+    assert all(Images.hits[f"/img/{n}"] == first[f"/img/{n}"] for n in (0, 1, 3))
+    assert (out / "f2.jpg").read_bytes() == IMAGES["/img/2"]
+    assert fetch(listing, out, "--name-col", "name", "--force") == 0
+    assert Images.hits["/img/0"] == first["/img/0"] + 1
+
+
+def test_unsafe_and_duplicate_names_fail_without_writing_anywhere_else(tmp_path, base):
+    listing = write_list(tmp_path / "list.csv", ["url", "name", "dir"], [
+        [f"{base}/img/0", "../escape.jpg", "x"],
+        [f"{base}/img/1", "ok.jpg", "../../up"],
+        [f"{base}/img/2", ".hidden.jpg", "x"],
+        [f"{base}/img/3", "same.jpg", "x"],
+        [f"{base}/img/4", "same.jpg", "x"],
+        [f"{base}/img/5", "", "x"],
+    ])
+    out = tmp_path / "out"
+    assert fetch(listing, out, "--name-col", "name", "--subdir-col", "dir") == 1
+    reasons = [r["reason"] for r in sorted(report(out), key=lambda r: int(r["row"]))]
+    assert reasons == ["bad_name", "bad_name", "bad_name", "", "duplicate_name", "bad_name"]
+    assert not (tmp_path / "escape.jpg").exists() and not (tmp_path / "up").exists()
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*.jpg")] == ["x/same.jpg"]
+
+
+def test_rows_are_named_by_number_without_a_name_column_and_the_parquet_report_has_every_row(tmp_path, base):
+    listing = write_list(tmp_path / "list.csv", ["url"], [[f"{base}/img/0"], [f"{base}/img/p"], ["ftp://x/y"]])
+    out = tmp_path / "out"
+    assert fetch(listing, out) == 1
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["00000000.jpg", "00000001.png"]
+    table = pq.read_table(out / "_fetch" / "report.parquet").to_pylist()
+    assert sorted((r["row"], r["state"], r["reason"]) for r in table) == [
+        (0, "stored", ""), (1, "stored", ""), (2, "failed", "bad_url")
+    ]
+    assert {r["width"] for r in table if r["state"] == "stored"} == {40, 20}
+
+
+def test_an_idigbio_list_uses_the_url_fallbacks(tmp_path, base):
+    header = ["coreid", "ac:accessURI", "ac:bestQualityAccessURI", "dc:rights"]
+    listing = write_list(tmp_path / "multimedia.csv", header, [
+        ["a", f"{base}/img/0", f"{base}/img/1", "CC0"],
+        ["b", "", f"{base}/img/2", "CC-BY"],
+    ])
+    out = tmp_path / "out"
+    assert fetch(listing, out, "--name-col", "coreid") == 0
+    assert (out / "a.jpg").read_bytes() == IMAGES["/img/0"]
+    assert (out / "b.jpg").read_bytes() == IMAGES["/img/2"]
+    success = [json.loads(line) for line in (out / "_fetch" / "success.jsonl").read_text().splitlines()]
+    assert {s["metadata"]["license"] for s in success} == {"CC0", "CC-BY"}
+
+
+def test_a_missing_input_or_column_is_a_usage_error(tmp_path):
+    from taxonstream.cli.inputs import InputError
+
+    with pytest.raises(InputError):
+        fetch(tmp_path / "absent.csv", tmp_path / "out")
+    listing = write_list(tmp_path / "list.csv", ["link"], [["http://a.example/1.jpg"]])
+    with pytest.raises(InputError, match="no URL column"):
+        fetch(listing, tmp_path / "out")
