@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from tqdm import tqdm
 
 from taxonstream.integrity.checksums import BLAKE_MAX, Algorithm, ChecksumError, WorkerPool, available_cpus
-from taxonstream.integrity.sumbuddy import Entry, checksum_entries, plan, write_output
+from taxonstream.integrity.sumbuddy import Entry, checksum_entries, iter_plan, plan, write_output
 
 CHECKSUM_HELP = """\
 Write a CSV of filepath, filename and checksum for every file under PATH (or for PATH itself), exactly as
@@ -107,16 +107,13 @@ def cmd_checksum(args: argparse.Namespace) -> int:
             print("Warning: -i and -H are ignored when the input is a single file.", file=sys.stderr)
         if algorithm.name in BLAKE_MAX and not algorithm.length:
             print(f"Using default length of {BLAKE_MAX[algorithm.name]} bytes for {algorithm.name}", file=sys.stderr)
-        entries = plan(args.input_path, output, args.ignore_file, args.include_hidden, args.archive_dive)
+        # Walked while hashing, so the progress bar counts files without knowing the total.
+        entries = iter_plan(args.input_path, output, args.ignore_file, args.include_hidden, args.archive_dive)
         with WorkerPool(args.jobs) as pool:
             rows: Iterator[tuple[Entry, str]] = checksum_entries(entries, algorithm, pool)
             if output:  # a progress bar only when stdout is not the CSV (as sum-buddy)
-                rows = tqdm(
-                    rows,
-                    total=len(entries),
-                    desc=f"Calculating {args.algorithm} checksums on {args.input_path}",
-                    file=sys.stderr,
-                )
+                description = f"Calculating {args.algorithm} checksums on {args.input_path}"
+                rows = tqdm(rows, unit=" files", desc=description, file=sys.stderr)
             write_output(rows, output, args.algorithm)
     except ChecksumError as error:
         return _fail(str(error))

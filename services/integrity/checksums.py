@@ -4,8 +4,8 @@ Why processes by default: hashlib drops the GIL only while hashing one buffer of
 file also costs Python work (open, stat, loop, result) that holds it; with thousands of small specimen
 photos that per-file work is what serialises threads. Worker processes share nothing, so N cores give
 close to N times one core (`tools/bench/checksum` measures both backends). Work goes out in batches of
-files (by bytes and count) so the per-task cost of a process pool is paid per batch, not per file, and
-results come back in submission order so output is deterministic.
+files (by bytes and count) so the per-task cost of a process pool is paid per batch, not per file, while
+the folder is still being walked; results come back in submission order so output is deterministic.
 
 Algorithm rules follow sum-buddy: any name in `hashlib.algorithms_available`; shake_* need a digest length
 in bytes; blake2b/blake2s take an optional digest size; fixed-length algorithms refuse a length.
@@ -14,8 +14,10 @@ in bytes; blake2b/blake2s take an optional digest size; fixed-length algorithms 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import multiprocessing
 import os
+import threading
 import zipfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -23,15 +25,17 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, NamedTuple, TypeVar
+from typing import Any, BinaryIO, Literal, NamedTuple, Protocol, TypeVar
 
 Backend = Literal["process", "thread", "serial"]
 R = TypeVar("R")
 
 # Read size: large enough that hashing, not the read loop, dominates; small enough to stay in L2.
 BUFFER_SIZE = 1 << 20
-# Below this many bytes in all, hashing in this process beats starting worker processes (~0.3 s).
+# Below this many bytes in all, hashing in this process beats starting a fork server and workers (~0.3 s).
 SERIAL_BELOW = 64 << 20
+BATCH_BYTES = 4 << 20
+BATCH_ITEMS = 128
 SHAKE = frozenset({"shake_128", "shake_256"})
 BLAKE_MAX = {"blake2b": 64, "blake2s": 32}
 
@@ -165,24 +169,39 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
-def _batches(items: Sequence[Item], sizes: Sequence[int] | None, workers: int) -> Iterator[list[Item]]:
-    """Consecutive runs of items, each about `target` bytes (or up to 256 items when sizes are unknown).
+def _fork_is_safe() -> bool:
+    return threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
 
-    Sixteen batches per worker keep every core busy to the end even when file sizes are uneven.
+
+class Work(Protocol):
+    """A unit of work: what to read, and about how many bytes it is (to size batches)."""
+
+    @property
+    def item(self) -> Item: ...
+    @property
+    def size(self) -> int: ...
+
+
+class Unit(NamedTuple):
+    item: Item
+    size: int = 0
+
+
+W = TypeVar("W", bound=Work)
+
+
+def _batches(work: Iterable[W]) -> Iterator[list[W]]:
+    """Consecutive runs of about BATCH_BYTES or BATCH_ITEMS, whichever comes first, as the work arrives.
+
+    Small enough that every core stays busy to the end (and the walk and the hashing overlap from the first
+    batch); large enough that a batch's dispatch (~0.2 ms) is a few percent of its hashing time.
     """
-    if sizes is None:
-        count = max(1, min(256, len(items) // (workers * 16) or 1))
-        for start in range(0, len(items), count):
-            yield list(items[start : start + count])
-        return
-    total = sum(sizes)
-    target = min(32 << 20, max(256 << 10, total // (workers * 16)))
-    batch: list[Item] = []
+    batch: list[W] = []
     batch_bytes = 0
-    for item, size in zip(items, sizes, strict=True):
-        batch.append(item)
-        batch_bytes += size
-        if batch_bytes >= target or len(batch) >= 256:
+    for unit in work:
+        batch.append(unit)
+        batch_bytes += unit.size
+        if batch_bytes >= BATCH_BYTES or len(batch) >= BATCH_ITEMS:
             yield batch
             batch, batch_bytes = [], 0
     if batch:
@@ -201,6 +220,11 @@ class WorkerPool:
         self._pool: Executor | None = None
 
     def __enter__(self) -> WorkerPool:
+        if self.backend == "process" and _fork_is_safe():
+            # No other thread yet (the CLI enters the pool before tqdm starts its monitor): fork the workers now.
+            # They start at once with everything imported, and no other thread can have held a lock they copy.
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"))
+            self._pool.submit(os.getpid).result()  # with fork, the first task launches every worker
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -211,43 +235,62 @@ class WorkerPool:
     def _executor(self, module: str) -> Executor:
         if self._pool is None:
             if self.backend == "process":
-                # forkserver, not fork: forking a process that already runs threads (tqdm's monitor, gRPC)
-                # can deadlock the child. The server preloads the batch function's module once, so each
-                # worker starts with it imported.
+                # Other threads run (a gRPC server, say), and forking could copy a lock one of them holds: workers
+                # come from a fork server instead. It imports the main script and the batch function's module
+                # once; without "__main__" there, every worker would re-run the script's imports (0.2-0.5 s each).
                 context = multiprocessing.get_context("forkserver")
-                context.set_forkserver_preload([module])
+                context.set_forkserver_preload(["__main__", module])
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
             else:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="integrity")
         return self._pool
 
     def map_batches(
-        self,
-        function: Callable[..., list[R]],
-        items: Sequence[Item],
-        sizes: Sequence[int] | None = None,
-        *args: Any,
-        serial_below: int = 0,
-    ) -> Iterator[R]:
-        """`function(batch, *args)` over consecutive batches of items; yields one result per item, in order.
+        self, function: Callable[..., list[R]], work: Iterable[W], *args: Any, serial_below: int = 0
+    ) -> Iterator[tuple[W, R]]:
+        """(unit, result) for each unit, in order: `function([unit.item, …], *args)` runs on batches of them.
 
-        `function` must be a module-level function (it is pickled by name for worker processes). Work smaller
-        than `serial_below` bytes (by `sizes`) runs here: starting workers would take longer than the work.
+        `work` may be a generator (a folder still being walked): batches go out as they fill. `function` must be
+        module-level (worker processes get it by name). When no workers are running yet and all the work comes to
+        less than `serial_below` bytes, it runs here: starting workers would take longer than the work.
         """
-        small = sizes is not None and sum(sizes) < serial_below and self._pool is None
-        if self.backend == "serial" or small:
-            for batch in _batches(items, sizes, 1):
-                yield from function(batch, *args)
+        work = iter(work)
+        head: list[W] = []
+        if self.backend != "serial" and self._pool is None and serial_below:
+            seen = 0
+            for unit in work:
+                head.append(unit)
+                seen += unit.size
+                if seen >= serial_below:
+                    break
+            else:  # the whole of it is small
+                for batch in _batches(head):
+                    yield from zip(batch, function([u.item for u in batch], *args), strict=True)
+                return
+        stream = itertools.chain(head, work)
+        if self.backend == "serial":
+            for batch in _batches(stream):
+                yield from zip(batch, function([u.item for u in batch], *args), strict=True)
             return
         pool = self._executor(function.__module__)
-        pending: deque[Future[list[R]]] = deque()
+        pending: deque[tuple[list[W], Future[list[R]]]] = deque()
         window = self.workers * 4  # enough queued work to keep every worker busy, bounded memory
-        for batch in _batches(items, sizes, self.workers):
-            pending.append(pool.submit(function, batch, *args))
+        for batch in _batches(stream):
+            pending.append((batch, pool.submit(function, [u.item for u in batch], *args)))
             if len(pending) >= window:
-                yield from pending.popleft().result()
+                done, future = pending.popleft()
+                yield from zip(done, future.result(), strict=True)
         while pending:
-            yield from pending.popleft().result()
+            done, future = pending.popleft()
+            yield from zip(done, future.result(), strict=True)
+
+
+def digest_entries(
+    work: Iterable[W], algorithms: Sequence[Algorithm], pool: WorkerPool | None = None
+) -> Iterator[tuple[W, FileDigest]]:
+    """(unit, FileDigest) for each unit of work, in order; failures carry `error` instead of digests."""
+    with WorkerPool() if pool is None else nullcontext(pool) as chosen:
+        yield from chosen.map_batches(_digest_batch, work, tuple(algorithms), serial_below=SERIAL_BELOW)
 
 
 def digest_items(
@@ -257,5 +300,6 @@ def digest_items(
     pool: WorkerPool | None = None,
 ) -> Iterator[FileDigest]:
     """One FileDigest per item, in the order given; failures carry `error` instead of digests."""
-    with WorkerPool() if pool is None else nullcontext(pool) as chosen:
-        yield from chosen.map_batches(_digest_batch, items, sizes, tuple(algorithms), serial_below=SERIAL_BELOW)
+    units = [Unit(item, size) for item, size in zip(items, sizes or [0] * len(items), strict=True)]
+    for _, result in digest_entries(units, algorithms, pool):
+        yield result

@@ -43,9 +43,8 @@ class DupesReport:
 
 
 def fingerprints(entries: Sequence[Entry], pool: WorkerPool) -> list[Fingerprint]:
-    items, sizes = [e.item for e in entries], [e.size for e in entries]
     # Decoding costs ~50 ms per MB of JPEG: a few MB already pay for starting the workers.
-    return list(pool.map_batches(fingerprint_batch, items, sizes, serial_below=4 << 20))
+    return [fp for _, fp in pool.map_batches(fingerprint_batch, entries, serial_below=4 << 20)]
 
 
 def find_duplicates(entries: Sequence[Entry], max_distance: int = 8, workers: int | None = None) -> DupesReport:

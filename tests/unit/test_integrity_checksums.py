@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 
 from taxonstream.integrity.checksums import (
+    BATCH_BYTES,
+    BATCH_ITEMS,
     BUFFER_SIZE,
     Algorithm,
     ChecksumError,
     Item,
+    Unit,
     WorkerPool,
     _batches,
     _digest_batch,
@@ -76,11 +79,13 @@ def _files(root: Path, count: int) -> tuple[list[Item], list[int], list[str]]:
 
 @pytest.mark.parametrize("backend", ["process", "thread", "serial"])
 def test_every_backend_returns_results_in_input_order(tmp_path: Path, backend: str) -> None:
-    items, sizes, md5s = _files(tmp_path, 60)
+    items, sizes, md5s = _files(tmp_path, 300)
+    work = (Unit(item, size) for item, size in zip(items, sizes, strict=True))  # a generator, like a walk
     with WorkerPool(2, backend) as pool:  # type: ignore[arg-type]
         # serial_below=0: use the pool even for these few bytes
-        got = list(pool.map_batches(_digest_batch, items, sizes, (Algorithm("md5"),)))
-    assert [g.digests["md5"] for g in got] == md5s
+        got = list(pool.map_batches(_digest_batch, work, (Algorithm("md5"),)))
+    assert [unit.item for unit, _ in got] == items
+    assert [result.digests["md5"] for _, result in got] == md5s
 
 
 def test_an_unreadable_item_is_reported_and_the_rest_still_hashed(tmp_path: Path) -> None:
@@ -104,14 +109,24 @@ def test_zip_members_are_read_decompressed_by_name(tmp_path: Path) -> None:
     assert got[2].error and "absent" in got[2].error
 
 
-def test_batches_cover_every_item_once_in_order() -> None:
-    items = [Item(str(n)) for n in range(1000)]
-    sizes = [random.Random(n).randrange(1, 5_000_000) for n in range(1000)]
-    for known in (sizes, None):
-        batches = list(_batches(items, known, 4))
-        assert [i for b in batches for i in b] == items
-        assert len(batches) >= 16  # enough pieces for four workers to share evenly
-        assert max(len(b) for b in batches) <= 256
+def test_batches_cover_every_item_once_in_order_and_bounded() -> None:
+    sizes = [random.Random(n).choice([0, 10, 50_000, 3_000_000, 9_000_000]) for n in range(2000)]
+    units = [Unit(Item(str(n)), size) for n, size in enumerate(sizes)]
+    batches = list(_batches(iter(units)))
+    assert [u for b in batches for u in b] == units
+    assert all(len(b) <= BATCH_ITEMS for b in batches)
+    # A batch closes as soon as it reaches BATCH_BYTES: only its last unit can take it past that.
+    assert all(sum(u.size for u in b[:-1]) < BATCH_BYTES for b in batches)
+
+
+def test_small_work_runs_without_starting_workers(tmp_path: Path) -> None:
+    items, sizes, md5s = _files(tmp_path, 10)
+    pool = WorkerPool(2, "thread")
+    with pool:
+        got = list(pool.map_batches(_digest_batch, [Unit(i, s) for i, s in zip(items, sizes, strict=True)],
+                                    (Algorithm("md5"),), serial_below=1 << 40))
+        assert pool._pool is None  # no executor was created
+    assert [r.digests["md5"] for _, r in got] == md5s
 
 
 def test_available_cpus_is_at_least_one() -> None:
