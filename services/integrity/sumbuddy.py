@@ -28,7 +28,7 @@ from typing import TextIO
 import pathspec
 from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
 
-from taxonstream.integrity.checksums import Algorithm, ChecksumError, Item, WorkerPool, digest_entries
+from taxonstream.integrity.checksums import Algorithm, Backend, ChecksumError, Item, WorkerPool, digest_entries
 
 
 class TreeError(ChecksumError):
@@ -234,9 +234,10 @@ def checksum_to_csv(
     length: int | None = None,
     archive_dive: bool = True,
     workers: int | None = None,
+    backend: Backend = "process",
 ) -> int:
     """Library form of `taxonstream checksum`: the CSV to `output_path` (else stdout); returns rows written."""
     chosen = Algorithm.parse(algorithm, length)
     entries = iter_plan(input_path, output_path, ignore_file, include_hidden, archive_dive)
-    with WorkerPool(workers) as pool:
+    with WorkerPool(workers, backend) as pool:
         return write_output(checksum_entries(entries, chosen, pool), output_path, algorithm)

@@ -9,14 +9,17 @@ times each:
   hashlib 1 core   this process, the same files in the same order, 1 MiB reads: the single-core ceiling
   sum-buddy        the real one (PyPI, in .stack/sumbuddy-venv; installed there if missing), -o FILE
   taxonstream      `taxonstream checksum -o FILE` (worker processes on every core), end to end
-  library          the same hashing in this process (no CLI start-up, no CSV), with worker processes and,
-                   for the record, with threads
+  in process       the same walk, hashing and CSV (`checksum_to_csv`) called in this process: taxonstream
+                   without the command's start-up (Python, and the imports of every subcommand); with worker
+                   processes (the default) and, for the record, with threads
 
 and checks that taxonstream's CSV is byte-identical to sum-buddy's. The goal of the issue is
 taxonstream ≥ 0.9 × cores × hashlib-single-core; the ratio to it is printed. Best-of-N times are reported
 (the least disturbed run of each). On a shared machine the cores may not all be free: the run also measures
 what `cores` processes hashing memory (no files, no Python per-file work) reach at the same time, the real
-ceiling for any parallel checksummer there, and prints taxonstream's ratio to that too.
+ceiling for any parallel checksummer there, and prints taxonstream's ratio to that too, and the CPU time
+each contestant used (its own and its children's): hashlib's CPU time over taxonstream's bounds what
+taxonstream reaches, as a fraction of cores × one core, when the cores are free.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import argparse
 import hashlib
 import importlib.metadata
 import json
+import multiprocessing
 import os
 import random
+import resource
 import subprocess
 import sys
 import time
@@ -90,18 +95,30 @@ def _hash_memory(megabytes: int, algorithm: str) -> None:
         hashlib.new(algorithm, block).hexdigest()
 
 
-def parallel_ceiling(pool: ProcessPoolExecutor, workers: int, megabytes: int, algorithm: str) -> float:
-    """MB/s of `workers` processes hashing memory: what this machine's cores deliver right now, no I/O at all."""
+def parallel_ceiling(workers: int, megabytes: int, algorithm: str) -> float:
+    """MB/s of `workers` processes hashing memory: what this machine's cores deliver right now, no I/O at all.
+
+    The pool is gone again before the contestants run, so this process has no extra thread (which would
+    make taxonstream's pool use a fork server instead of plain fork)."""
     share = max(1, megabytes // workers)
-    started = time.perf_counter()
-    list(pool.map(_hash_memory, [share] * workers, [algorithm] * workers))
-    return share * workers / (time.perf_counter() - started)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        list(pool.map(_hash_memory, [1] * workers, [algorithm] * workers))  # workers started
+        started = time.perf_counter()
+        list(pool.map(_hash_memory, [share] * workers, [algorithm] * workers))
+        return share * workers / (time.perf_counter() - started)
 
 
-def timed(function) -> float:
-    started = time.perf_counter()
+def _cpu_seconds() -> float:
+    """CPU time of this process and of every child it has waited for (subprocesses, joined workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(function) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one call."""
+    cpu, started = _cpu_seconds(), time.perf_counter()
     function()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, _cpu_seconds() - cpu
 
 
 def main() -> int:
@@ -114,8 +131,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
-    from taxonstream.integrity.checksums import Algorithm, WorkerPool, available_cpus, digest_items
-    from taxonstream.integrity.sumbuddy import plan
+    from taxonstream.integrity.checksums import available_cpus
+    from taxonstream.integrity.sumbuddy import checksum_to_csv, plan
 
     cores = available_cpus()
     data = args.dir / ("thumbnails" if args.small else "photos")
@@ -139,45 +156,49 @@ def main() -> int:
         subprocess.run([str(TAXONSTREAM), "checksum", "-f", "-a", args.algorithm, "-o", str(ours_csv), str(data)],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def library(backend: str) -> None:
-        items, sizes = [e.item for e in entries], [e.size for e in entries]
-        with WorkerPool(cores, backend) as pool:  # type: ignore[arg-type]
-            for result in digest_items(items, [Algorithm.parse(args.algorithm)], sizes, pool):
-                assert result.error is None
+    def in_process(backend: str) -> None:
+        checksum_to_csv(str(data), str(args.dir / f"{backend}.csv"), algorithm=args.algorithm, workers=cores,
+                        backend=backend)  # type: ignore[arg-type]
+        (args.dir / f"{backend}.csv").unlink()
 
     contestants = {
         "hashlib, 1 core": lambda: hashlib_single_core(ordered, args.algorithm),
         "sum-buddy": run_sum_buddy,
         "taxonstream checksum": run_taxonstream,
-        f"library, {cores} processes": lambda: library("process"),
-        f"library, {cores} threads": lambda: library("thread"),
+        f"in process, {cores} processes": lambda: in_process("process"),
+        f"in process, {cores} threads": lambda: in_process("thread"),
     }
     best = {name: float("inf") for name in contestants}
+    cpu = {name: float("inf") for name in contestants}
     ceiling = 0.0
-    with ProcessPoolExecutor(cores) as pool:
-        list(pool.map(_hash_memory, [1] * cores, [args.algorithm] * cores))  # workers started
-        for _ in range(args.repeat):
-            for name, function in contestants.items():
-                best[name] = min(best[name], timed(function))
-            ceiling = max(ceiling, parallel_ceiling(pool, cores, int(megabytes), args.algorithm))
+    for _ in range(args.repeat):
+        for name, function in contestants.items():
+            wall, used = timed(function)
+            best[name], cpu[name] = min(best[name], wall), min(cpu[name], used)
+        ceiling = max(ceiling, parallel_ceiling(cores, int(megabytes), args.algorithm))
     identical = ours_csv.read_bytes() == theirs_csv.read_bytes()
 
     single = megabytes / best["hashlib, 1 core"]
     goal = 0.9 * cores * single
-    print(f"\n{'':<32}{'seconds':>9}{'MB/s':>9}")
+    print(f"\n{'':<32}{'seconds':>9}{'MB/s':>9}{'CPU s':>9}{'MB/CPU s':>10}")
     for name, seconds in best.items():
-        print(f"{name:<32}{seconds:>9.2f}{megabytes / seconds:>9.0f}")
+        print(f"{name:<32}{seconds:>9.2f}{megabytes / seconds:>9.0f}{cpu[name]:>9.2f}{megabytes / cpu[name]:>10.0f}")
     ours = megabytes / best["taxonstream checksum"]
     print(f"\ngoal 0.9 × {cores} cores × {single:.0f} MB/s = {goal:.0f} MB/s; taxonstream {ours:.0f} MB/s "
           f"= {ours / goal:.2f} × goal, {ours / (megabytes / best['sum-buddy']):.1f} × sum-buddy")
     print(f"what {cores} processes hashing memory (no files) reach on this machine now: {ceiling:.0f} MB/s "
           f"= {ceiling / single:.2f} × one core; taxonstream = {ours / (0.9 * ceiling):.2f} × 0.9 × that")
+    base = cpu["hashlib, 1 core"]
+    for name in ("taxonstream checksum", f"in process, {cores} processes"):
+        print(f"CPU: hashlib {base:.2f} s, {name} {cpu[name]:.2f} s (walk, workers, CSV"
+              f"{', command start-up' if 'checksum' in name else ''}): on {cores} free cores it could reach "
+              f"at most {base / cpu[name]:.2f} × {cores} × one core")
     print(f"taxonstream CSV byte-identical to sum-buddy's: {identical}")
     if args.json:
         args.json.write_text(json.dumps({
             "files": len(entries), "megabytes": megabytes, "cores": cores, "algorithm": args.algorithm,
             "seconds": best, "goal_mb_s": goal, "taxonstream_mb_s": ours, "identical": identical,
-            "parallel_memory_ceiling_mb_s": ceiling,
+            "parallel_memory_ceiling_mb_s": ceiling, "cpu_seconds": cpu,
         }, indent=2))
     return 0 if identical else 1
 
