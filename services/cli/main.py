@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 from tqdm import tqdm
 
-from taxonstream.cli import integrity_cmds, stack
+from taxonstream.cli import eval_cmds, integrity_cmds, stack
 from taxonstream.cli.inputs import URL_COLUMNS, InputError, read_records
 from taxonstream.v1 import fetcher_pb2, fetcher_pb2_grpc, indexer_pb2, indexer_pb2_grpc
 from taxonstream.v1.messages_pb2 import Outcome
@@ -221,6 +221,7 @@ def parser() -> argparse.ArgumentParser:
     from taxonstream.cli import fetch_cmd  # the standalone downloader (no stack needed)
 
     fetch_cmd.add_parser(commands)
+    eval_cmds.add_commands(commands)
     return top
 
 

@@ -62,13 +62,27 @@ def _flat_view(index: faiss.Index) -> np.ndarray:
 
 
 class _Selection:
-    """A bitmap of slots and the FAISS selector reading it (which must not outlive the bitmap)."""
+    """The live slots a search may return: a sorted slot list or a bitmap, each made from the other when
+    needed, and the FAISS selector reading the bitmap (which must not outlive it)."""
 
-    def __init__(self, mask: np.ndarray) -> None:
-        self.mask = mask
-        self.count = int(mask.sum())
-        self.bits = np.packbits(mask, bitorder="little")
-        self.selector = faiss.IDSelectorBitmap(len(self.bits), faiss.swig_ptr(self.bits))
+    def __init__(self, n: int, mask: np.ndarray | None = None, slots: np.ndarray | None = None) -> None:
+        self.n, self._mask, self._slots = n, mask, slots
+        self.count = len(slots) if slots is not None else int(mask.sum())  # type: ignore[union-attr]
+        self._bits: np.ndarray | None = None
+
+    @property
+    def slots(self) -> np.ndarray:
+        if self._slots is None:
+            self._slots = np.flatnonzero(self._mask)
+        return self._slots
+
+    @property
+    def selector(self) -> faiss.IDSelector:
+        if self._mask is None:
+            self._mask = np.zeros(self.n, dtype=bool)
+            self._mask[self._slots] = True
+        self._bits = np.packbits(self._mask, bitorder="little")
+        return faiss.IDSelectorBitmap(len(self._bits), faiss.swig_ptr(self._bits))
 
 
 class FaissIndex:
@@ -83,11 +97,19 @@ class FaissIndex:
         self._kind = "flat"
         self._built_for = 0  # live vectors at the last (re)build: IVF-PQ retrains after 4× growth
         self._ids: list[str] = []  # slot → image id (tombstoned slots keep theirs)
-        self._live = np.zeros(0, dtype=bool)
         self._n = 0  # slots used
         self._slot: dict[str, int] = {}  # image id → its live slot
         self._raw16: np.ndarray | None = None  # IVF-PQ only: float16 vectors by slot
+        self._reset_slots(0)
+
+    def _reset_slots(self, capacity: int) -> None:
+        """Empty slot-indexed state: liveness and the metadata indexes."""
+        self._live = np.zeros(capacity, dtype=bool)
+        # Inverted index (field, value) → slots: where a sparse filter's candidates come from…
         self._postings: dict[tuple[str, str], array] = {}
+        # …and a column per field, slot → value code (-1: none): how a candidate is checked on other fields.
+        self._values: dict[str, dict[str, int]] = {f: {} for f in flt.FIELDS}
+        self._codes: dict[str, np.ndarray] = {f: np.full(capacity, -1, dtype=np.int32) for f in flt.FIELDS}
 
     # ---- size and kind ---------------------------------------------------------------------------
 
@@ -136,6 +158,10 @@ class FaissIndex:
             live = np.zeros(capacity, dtype=bool)
             live[: self._n] = self._live[: self._n]
             self._live = live
+            for field_, old in self._codes.items():
+                codes = np.full(capacity, -1, dtype=np.int32)
+                codes[: self._n] = old[: self._n]
+                self._codes[field_] = codes
         if self._kind == "ivfpq" and self._raw16 is not None and need > len(self._raw16):
             raw = np.empty((max(need, 2 * len(self._raw16)), self.dim), dtype=np.float16)
             raw[: self._n] = self._raw16[: self._n]
@@ -149,8 +175,10 @@ class FaissIndex:
         return _flat_view(self._index)[slots]
 
     def _facet_slots(self, slot: int, metadata: Mapping[str, str]) -> None:
-        for key in flt.facets(metadata).items():
-            self._postings.setdefault(key, array("q")).append(slot)
+        for field_, value in flt.facets(metadata).items():
+            self._postings.setdefault((field_, value), array("q")).append(slot)
+            values = self._values[field_]
+            self._codes[field_][slot] = values.setdefault(value, len(values))
 
     def _append(self, image_ids: list[str], vectors: np.ndarray) -> None:
         """Add vectors as new slots (the caller has tombstoned older slots of the same ids)."""
@@ -194,10 +222,9 @@ class FaissIndex:
                 new.add(np.ascontiguousarray(chunk))
         self._index, self._kind, self._raw16 = new, kind, raw
         self._ids, self._n = ids, len(ids)
-        self._live = np.zeros(max(len(ids), 1024), dtype=bool)
+        self._reset_slots(max(len(ids), 1024))
         self._live[: len(ids)] = True
         self._slot = {image_id: slot for slot, image_id in enumerate(ids)}
-        self._postings = {}
         for slot, image_id in enumerate(ids):
             self._facet_slots(slot, self.metadata[image_id])
 
@@ -270,21 +297,41 @@ class FaissIndex:
     def _selection(self, wanted: dict[str, frozenset[str]]) -> _Selection | None:
         """Live slots matching the filters; None when that is every slot (no filter, no tombstones)."""
         live = self._live[: self._n]
-        if not wanted and len(self._slot) == self._n:
-            return None
+        if not wanted:
+            return None if len(self._slot) == self._n else _Selection(self._n, mask=live.copy())
+        allowed = {
+            f: np.array([self._values[f][v] for v in values if v in self._values[f]], dtype=np.int32)
+            for f, values in wanted.items()
+        }
+        if any(len(codes) == 0 for codes in allowed.values()):
+            return _Selection(self._n, slots=np.empty(0, dtype=np.int64))
+        sizes = {f: sum(len(self._postings[(f, v)]) for v in wanted[f] if (f, v) in self._postings) for f in wanted}
+        rarest = min(sizes, key=sizes.__getitem__)
+        if sizes[rarest] <= max(4 * self.config.exact_below, self._n // 64):
+            # Sparse: candidates from the rarest field's postings (disjoint across its values), checked on
+            # the other fields through their columns — no pass over every slot.
+            cand = np.sort(
+                np.concatenate(
+                    [
+                        np.frombuffer(self._postings[(rarest, v)], dtype=np.int64)
+                        for v in wanted[rarest]
+                        if (rarest, v) in self._postings
+                    ]
+                )
+            )
+            keep = live[cand]
+            for f, codes in allowed.items():
+                if f != rarest:
+                    keep &= np.isin(self._codes[f][cand], codes)
+            return _Selection(self._n, slots=cand[keep])
         mask = live.copy()
-        for field_, values in wanted.items():
-            allowed = np.zeros(self._n, dtype=bool)
-            for value in values:
-                posting = self._postings.get((field_, value))
-                if posting is not None and len(posting):
-                    allowed[np.frombuffer(posting, dtype=np.int64)] = True
-            mask &= allowed
-        return _Selection(mask)
+        for f, codes in allowed.items():
+            mask &= np.isin(self._codes[f][: self._n], codes)
+        return _Selection(self._n, mask=mask)
 
     def _exact(self, queries: np.ndarray, k: int, selection: _Selection | None) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k over the selected slots (all slots when None), in chunks of slots."""
-        slots_all = np.arange(self._n) if selection is None else np.flatnonzero(selection.mask)
+        slots_all = np.arange(self._n) if selection is None else selection.slots
         best_s = np.full((len(queries), 0), -np.inf, dtype=np.float32)
         best_i = np.empty((len(queries), 0), dtype=np.int64)
         for start in range(0, len(slots_all), _CHUNK):
@@ -368,11 +415,11 @@ class FaissIndex:
     def stats(self) -> IndexStats:
         with self._lock:
             live = self._live[: self._n]
-            by_field: dict[str, dict[str, int]] = {f: {} for f in flt.FIELDS}
-            for (field_, value), posting in self._postings.items():
-                count = int(live[np.frombuffer(posting, dtype=np.int64)].sum())
-                if count:
-                    by_field[field_][value] = count
+            by_field: dict[str, dict[str, int]] = {}
+            for field_, values in self._values.items():
+                codes = self._codes[field_][: self._n][live]
+                counts = np.bincount(codes[codes >= 0], minlength=len(values))
+                by_field[field_] = {value: int(counts[code]) for value, code in values.items() if counts[code]}
             return IndexStats(images=len(self._slot), kind=self._kind, by_field=by_field)
 
     # ---- snapshots -------------------------------------------------------------------------------
@@ -433,7 +480,7 @@ class FaissIndex:
             self._index = faiss.deserialize_index(parts["index"])
             self._ids = json.loads(parts["ids"].tobytes())
             self._n = len(self._ids)
-            self._live = np.zeros(max(self._n, 1024), dtype=bool)
+            self._reset_slots(max(self._n, 1024))
             self._live[: self._n] = np.unpackbits(parts["live"], count=self._n, bitorder="little").astype(bool)
             if "raw16" in parts:
                 self._raw16 = np.array(parts["raw16"])
