@@ -276,7 +276,7 @@ class FetchEngine:
                 item.disallowed_reason = "robots_unreachable" if slot.robots.disallow_all else "robots_disallowed"
                 self._in_flight += 1
                 return item
-        item.sent_at = slot.gate.sent(now)
+        item.sent_at = slot.gate.sent(now, backlog=bool(slot.queue))
         item.attempts += 0 if item.robots else 1
         if item.first_sent is None:
             item.first_sent = now
@@ -385,10 +385,12 @@ class FetchEngine:
     @staticmethod
     def _setback(item: _Pending, retry: RetryLater) -> Callable[[HostGate, float], float]:
         """How the gate hears of a failed request: throttled (429/503, maybe Retry-After) or an error."""
-        sent_at, delay = item.sent_at, retry.delay
+        sent_at, delay, reason = item.sent_at, retry.delay, retry.failure.reason
         if retry.throttled:
-            return lambda gate, now: gate.throttled_by(sent_at, now, delay)
-        return lambda gate, now: gate.failed(sent_at, now)
+            return lambda gate, now: gate.throttled_by(sent_at, now, delay, limit=reason == "http_429")
+        # A body cut short says little about load (often one broken file); timeouts and resets do.
+        congestion = reason != "incomplete_body"
+        return lambda gate, now: gate.failed(sent_at, now, congestion)
 
     def _validate_and_store(self, item: _Pending, got: Downloaded) -> Result:
         s = self.settings

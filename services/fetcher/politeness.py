@@ -7,7 +7,9 @@ save up requests). The rate adapts like TCP congestion control, but measured in 
   about every 0.35 s) as long as answers stay quick and the rate is what holds us back;
 - on 429, 503, a timeout or a connection error the rate falls multiplicatively — once per episode:
   answers to requests sent before the cut are the same episode and cut nothing more — to `decrease`
-  times the goodput the host actually delivered, which is remembered as its ceiling;
+  times the goodput the host actually delivered; after a 429 that goodput is remembered as the host's
+  ceiling (503s and network errors cut the rate but never lower the ceiling: random failures would
+  otherwise ratchet it down to nothing);
 - below 90 % of the ceiling the rate climbs back quickly; above it, it probes slowly (5 % of the
   ceiling per second), so a host's limit is approached gently and rarely overshot;
 - a host whose answers slow down (latency well above its best) is not pushed harder;
@@ -26,6 +28,8 @@ from dataclasses import dataclass
 
 # Seconds of history used to measure what a host delivers.
 WINDOW = 2.0
+# At most one rate cut per this many seconds.
+CUT_HOLD = 1.0
 # Answers remembered to know how quickly a host can answer.
 LATENCY_MEMORY = 64
 # Requests/s added per answer while no limit is known: the rate doubles about every 0.35 s of answers.
@@ -78,7 +82,7 @@ class HostGate:
         self.failures = 0  # consecutive, reset by any answer that is not a failure
         self.last_cut = float("-inf")
         self._latencies: deque[float] = deque(maxlen=LATENCY_MEMORY)
-        self._sent: deque[float] = deque()
+        self._rate_bound = False
         self._answered: deque[float] = deque()
         # Counters for reports and metrics.
         self.requests = 0
@@ -94,13 +98,17 @@ class HostGate:
         return self.in_flight < self.policy.max_connections and now >= self.ready_at()
 
     # -- telling --------------------------------------------------------------------------------
-    def sent(self, now: float) -> float:
-        """A request leaves now; returns its send time (to hand back with its answer)."""
+    def sent(self, now: float, backlog: bool = True) -> float:
+        """A request leaves now; returns its send time (to hand back with its answer).
+
+        `backlog`: more of this host's work is waiting. Only then is the rate what holds us back, and
+        only then may answers raise it (otherwise a host with few records, or held by the connection
+        cap, would see its rate inflated to numbers it never served).
+        """
         self.in_flight += 1
         self.requests += 1
         self.next_send = max(self.next_send, now) + 1.0 / self.rate
-        self._sent.append(now)
-        self._trim(now)
+        self._rate_bound = backlog and self.in_flight < self.policy.max_connections
         return now
 
     def answered(self, sent_at: float, now: float, latency: float) -> None:
@@ -113,7 +121,7 @@ class HostGate:
         best = min(self._latencies)  # a host that is always slow is judged against itself
         if latency > max(4 * best, best + 2.0):
             return  # answering more slowly than it recently could: not the moment to ask for more
-        if len(self._sent) < 0.5 * self.rate * WINDOW:
+        if not self._rate_bound:
             return  # the rate is not what limits us (few records, or the connection cap): do not inflate it
         if self.ceiling is None:
             self.rate += SLOW_START_STEP
@@ -123,11 +131,14 @@ class HostGate:
             self.rate += max(0.05 * self.ceiling, 0.1) / self.rate
         self.rate = min(self.rate, self.maximum)
 
-    def throttled_by(self, sent_at: float, now: float, retry_after: float | None) -> float:
-        """429/503: slow down, and pause as asked. Returns how long the host is paused from now."""
+    def throttled_by(self, sent_at: float, now: float, retry_after: float | None, limit: bool = True) -> float:
+        """429 (`limit`: the host states a rate limit) or 503: slow down, and pause as asked.
+
+        Returns how long the host is paused from now.
+        """
         self.in_flight -= 1
         self.throttled += 1
-        self._cut(sent_at, now)
+        self._cut(sent_at, now, limit)
         if retry_after is not None:
             self.paused_until = max(self.paused_until, now + min(retry_after, self.policy.max_retry_after))
         else:
@@ -138,9 +149,9 @@ class HostGate:
         """A timeout, connection error or server error. Returns how long the host is paused from now."""
         self.in_flight -= 1
         self.errors += 1
-        if congestion:
-            self._cut(sent_at, now)
-        self._fail(now)
+        if congestion:  # otherwise (one broken transfer) the record is retried, the host left alone
+            self._cut(sent_at, now, limit=False)
+            self._fail(now)
         return max(0.0, self.paused_until - now)
 
     def released(self) -> None:
@@ -161,12 +172,22 @@ class HostGate:
             return None
         return len(self._answered) / WINDOW
 
-    def _cut(self, sent_at: float, now: float) -> None:
-        if sent_at <= self.last_cut:
-            return  # sent before the last cut: the same episode, already answered for
+    def _cut(self, sent_at: float, now: float, limit: bool) -> None:
+        if sent_at <= self.last_cut or now - self.last_cut < CUT_HOLD:
+            # Sent before the last cut, or too soon after it: the same episode, already answered for.
+            # Failures that go on are met by the backoff pauses, not by halving again and again.
+            return
         delivered = self.goodput(now)
-        base = min(self.rate, delivered) if delivered else self.rate
-        self.ceiling = base
+        # After a 429 the goodput is the best estimate of the limit (a token bucket lets through about
+        # its rate however hard it is pushed); other failures just halve what we were asking.
+        base = min(self.rate, delivered) if delivered and limit else self.rate
+        if limit:
+            self.ceiling = base  # a 429 marks the host's limit
+        elif self.ceiling is not None:
+            # 503s, timeouts and resets may have nothing to do with our rate (a flaky host fails at any
+            # rate): cut, but neither lower the remembered limit nor invent one, or random failures
+            # ratchet the rate down to nothing.
+            self.ceiling = max(self.ceiling, base)
         self.rate = max(self.policy.minimum, base * self.policy.decrease)
         self.last_cut = now
         self.next_send = max(self.next_send, now + 1.0 / self.rate)
@@ -179,7 +200,5 @@ class HostGate:
 
     def _trim(self, now: float) -> None:
         horizon = now - WINDOW
-        while self._sent and self._sent[0] < horizon:
-            self._sent.popleft()
         while self._answered and self._answered[0] < horizon:
             self._answered.popleft()

@@ -74,9 +74,27 @@ def test_one_episode_cuts_the_rate_once():
         gate.throttled_by(sent, 0.02, None)
     assert after_first == pytest.approx(20.0)
     assert gate.rate == after_first  # the other five were sent before the cut
+    soon = gate.sent(0.5)
+    gate.throttled_by(soon, 0.51, None)
+    assert gate.rate == after_first  # within a second of the cut: the backoff answers it, not another cut
     later = gate.sent(5.0)
     gate.throttled_by(later, 5.01, None)
     assert gate.rate == pytest.approx(10.0)
+
+
+def test_random_503s_do_not_ratchet_the_rate_down():
+    gate = HostGate(RatePolicy(initial=4), rng=random.Random(3).random)
+    failures = random.Random(5)
+    now = 0.0
+    for _ in range(3000):
+        now = max(now + 0.001, gate.ready_at())
+        sent = gate.sent(now)
+        if failures.random() < 0.1:
+            gate.throttled_by(sent, now + 0.002, None, limit=False)
+        else:
+            gate.answered(sent, now + 0.002, 0.002)
+    assert gate.ceiling is None  # a 503 is not a stated limit
+    assert 3000 / now > 15  # still well above where it started, however many 503s there were
 
 
 def test_failures_back_off_exponentially_with_jitter_and_an_answer_resets_them():
@@ -120,15 +138,22 @@ def test_quick_answers_raise_the_rate_and_slow_ones_do_not():
             sent = gate.sent(now)
             gate.answered(sent, now, latency)
     assert quick.rate > 20
-    assert slow.rate <= 5  # answers 100 times slower than the host's best never raise it
+    assert slow.rate <= 4 + 2  # only its first, quick answer counted: 100 times slower never raises it
 
 
 def test_the_rate_is_not_inflated_when_it_is_not_what_limits():
     gate = HostGate(RatePolicy(initial=4))
-    for step in range(200):  # one request every 2 s: far below the allowed rate
+    for step in range(200):  # one request at a time, nothing else waiting: the rate holds nothing back
         now = step * 2.0
-        gate.answered(gate.sent(now), now + 0.01, 0.01)
-    assert gate.rate < 10
+        gate.answered(gate.sent(now, backlog=False), now + 0.01, 0.01)
+    assert gate.rate == 4
+    capped = HostGate(RatePolicy(initial=4, max_connections=2))
+    for step in range(200):  # plenty waiting, but the connection cap is what binds
+        now = step * 0.01
+        first, second = capped.sent(now), capped.sent(now)
+        capped.answered(first, now, 0.01)
+        capped.answered(second, now, 0.01)
+    assert capped.rate == 4
 
 
 def test_crawl_delay_caps_the_rate():
