@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from taxonstream.v1 import messages_pb2 as taxonstream_dot_v1_dot_messages__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n taxonstream/v1/checksummer.proto\x12\x0etaxonstream.v1\"U\n\x0f\x43hecksumRequest\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\x14\n\nobject_key\x18\x02 \x01(\tH\x00\x12\x12\n\nalgorithms\x18\x03 \x03(\tB\x08\n\x06source\"\x96\x01\n\x10\x43hecksumResponse\x12>\n\x07\x64igests\x18\x01 \x03(\x0b\x32-.taxonstream.v1.ChecksumResponse.DigestsEntry\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x1a.\n\x0c\x44igestsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\'\n\x15\x46indDuplicatesRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\">\n\x16\x46indDuplicatesResponse\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x12\n\nrecord_ids\x18\x02 \x03(\t2\xbd\x01\n\x0b\x43hecksummer\x12M\n\x08\x43hecksum\x12\x1f.taxonstream.v1.ChecksumRequest\x1a .taxonstream.v1.ChecksumResponse\x12_\n\x0e\x46indDuplicates\x12%.taxonstream.v1.FindDuplicatesRequest\x1a&.taxonstream.v1.FindDuplicatesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n taxonstream/v1/checksummer.proto\x12\x0etaxonstream.v1\x1a\x1dtaxonstream/v1/messages.proto\"U\n\x0f\x43hecksumRequest\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\x14\n\nobject_key\x18\x02 \x01(\tH\x00\x12\x12\n\nalgorithms\x18\x03 \x03(\tB\x08\n\x06source\"\x96\x01\n\x10\x43hecksumResponse\x12>\n\x07\x64igests\x18\x01 \x03(\x0b\x32-.taxonstream.v1.ChecksumResponse.DigestsEntry\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x1a.\n\x0c\x44igestsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\x15\x46indDuplicatesRequest\x12\x10\n\x06sha256\x18\x01 \x01(\tH\x00\x12\x0f\n\x05image\x18\x02 \x01(\x0cH\x00\x12\x14\n\x0cmax_distance\x18\x03 \x01(\x05\x42\x07\n\x05query\"g\n\x16\x46indDuplicatesResponse\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x12\n\nrecord_ids\x18\x02 \x03(\t\x12\'\n\x04near\x18\x03 \x03(\x0b\x32\x19.taxonstream.v1.NearImage\"\xa5\x01\n\x11\x45xpectedChecksums\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x41\n\x08\x65xpected\x18\x03 \x03(\x0b\x32/.taxonstream.v1.ExpectedChecksums.ExpectedEntry\x1a/\n\rExpectedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\x11\x42uddyCheckRequest\x12/\n\x04rows\x18\x01 \x03(\x0b\x32!.taxonstream.v1.ExpectedChecksums\"=\n\x10\x42uddyCheckResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0f\n\x07problem\x18\x03 \x01(\t\"l\n\x12\x42uddyCheckResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .taxonstream.v1.BuddyCheckResult\x12\x12\n\nmismatched\x18\x02 \x01(\x03\x12\x0f\n\x07missing\x18\x03 \x01(\x03\x32\x92\x02\n\x0b\x43hecksummer\x12M\n\x08\x43hecksum\x12\x1f.taxonstream.v1.ChecksumRequest\x1a .taxonstream.v1.ChecksumResponse\x12_\n\x0e\x46indDuplicates\x12%.taxonstream.v1.FindDuplicatesRequest\x1a&.taxonstream.v1.FindDuplicatesResponse\x12S\n\nBuddyCheck\x12!.taxonstream.v1.BuddyCheckRequest\x1a\".taxonstream.v1.BuddyCheckResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,16 +34,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CHECKSUMRESPONSE_DIGESTSENTRY']._loaded_options = None
   _globals['_CHECKSUMRESPONSE_DIGESTSENTRY']._serialized_options = b'8\001'
-  _globals['_CHECKSUMREQUEST']._serialized_start=52
-  _globals['_CHECKSUMREQUEST']._serialized_end=137
-  _globals['_CHECKSUMRESPONSE']._serialized_start=140
-  _globals['_CHECKSUMRESPONSE']._serialized_end=290
-  _globals['_CHECKSUMRESPONSE_DIGESTSENTRY']._serialized_start=244
-  _globals['_CHECKSUMRESPONSE_DIGESTSENTRY']._serialized_end=290
-  _globals['_FINDDUPLICATESREQUEST']._serialized_start=292
-  _globals['_FINDDUPLICATESREQUEST']._serialized_end=331
-  _globals['_FINDDUPLICATESRESPONSE']._serialized_start=333
-  _globals['_FINDDUPLICATESRESPONSE']._serialized_end=395
-  _globals['_CHECKSUMMER']._serialized_start=398
-  _globals['_CHECKSUMMER']._serialized_end=587
+  _globals['_EXPECTEDCHECKSUMS_EXPECTEDENTRY']._loaded_options = None
+  _globals['_EXPECTEDCHECKSUMS_EXPECTEDENTRY']._serialized_options = b'8\001'
+  _globals['_CHECKSUMREQUEST']._serialized_start=83
+  _globals['_CHECKSUMREQUEST']._serialized_end=168
+  _globals['_CHECKSUMRESPONSE']._serialized_start=171
+  _globals['_CHECKSUMRESPONSE']._serialized_end=321
+  _globals['_CHECKSUMRESPONSE_DIGESTSENTRY']._serialized_start=275
+  _globals['_CHECKSUMRESPONSE_DIGESTSENTRY']._serialized_end=321
+  _globals['_FINDDUPLICATESREQUEST']._serialized_start=323
+  _globals['_FINDDUPLICATESREQUEST']._serialized_end=412
+  _globals['_FINDDUPLICATESRESPONSE']._serialized_start=414
+  _globals['_FINDDUPLICATESRESPONSE']._serialized_end=517
+  _globals['_EXPECTEDCHECKSUMS']._serialized_start=520
+  _globals['_EXPECTEDCHECKSUMS']._serialized_end=685
+  _globals['_EXPECTEDCHECKSUMS_EXPECTEDENTRY']._serialized_start=638
+  _globals['_EXPECTEDCHECKSUMS_EXPECTEDENTRY']._serialized_end=685
+  _globals['_BUDDYCHECKREQUEST']._serialized_start=687
+  _globals['_BUDDYCHECKREQUEST']._serialized_end=755
+  _globals['_BUDDYCHECKRESULT']._serialized_start=757
+  _globals['_BUDDYCHECKRESULT']._serialized_end=818
+  _globals['_BUDDYCHECKRESPONSE']._serialized_start=820
+  _globals['_BUDDYCHECKRESPONSE']._serialized_end=928
+  _globals['_CHECKSUMMER']._serialized_start=931
+  _globals['_CHECKSUMMER']._serialized_end=1205
 # @@protoc_insertion_point(module_scope)

@@ -1,8 +1,9 @@
+from taxonstream.v1 import messages_pb2 as _messages_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -32,15 +33,64 @@ class ChecksumResponse(_message.Message):
     def __init__(self, digests: _Optional[_Mapping[str, str]] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class FindDuplicatesRequest(_message.Message):
-    __slots__ = ("sha256",)
+    __slots__ = ("sha256", "image", "max_distance")
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MAX_DISTANCE_FIELD_NUMBER: _ClassVar[int]
     sha256: str
-    def __init__(self, sha256: _Optional[str] = ...) -> None: ...
+    image: bytes
+    max_distance: int
+    def __init__(self, sha256: _Optional[str] = ..., image: _Optional[bytes] = ..., max_distance: _Optional[int] = ...) -> None: ...
 
 class FindDuplicatesResponse(_message.Message):
-    __slots__ = ("image_id", "record_ids")
+    __slots__ = ("image_id", "record_ids", "near")
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     RECORD_IDS_FIELD_NUMBER: _ClassVar[int]
+    NEAR_FIELD_NUMBER: _ClassVar[int]
     image_id: str
     record_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, image_id: _Optional[str] = ..., record_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    near: _containers.RepeatedCompositeFieldContainer[_messages_pb2.NearImage]
+    def __init__(self, image_id: _Optional[str] = ..., record_ids: _Optional[_Iterable[str]] = ..., near: _Optional[_Iterable[_Union[_messages_pb2.NearImage, _Mapping]]] = ...) -> None: ...
+
+class ExpectedChecksums(_message.Message):
+    __slots__ = ("name", "sha256", "expected")
+    class ExpectedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    sha256: str
+    expected: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., expected: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class BuddyCheckRequest(_message.Message):
+    __slots__ = ("rows",)
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[ExpectedChecksums]
+    def __init__(self, rows: _Optional[_Iterable[_Union[ExpectedChecksums, _Mapping]]] = ...) -> None: ...
+
+class BuddyCheckResult(_message.Message):
+    __slots__ = ("name", "ok", "problem")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    ok: bool
+    problem: str
+    def __init__(self, name: _Optional[str] = ..., ok: _Optional[bool] = ..., problem: _Optional[str] = ...) -> None: ...
+
+class BuddyCheckResponse(_message.Message):
+    __slots__ = ("results", "mismatched", "missing")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    MISMATCHED_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[BuddyCheckResult]
+    mismatched: int
+    missing: int
+    def __init__(self, results: _Optional[_Iterable[_Union[BuddyCheckResult, _Mapping]]] = ..., mismatched: _Optional[int] = ..., missing: _Optional[int] = ...) -> None: ...

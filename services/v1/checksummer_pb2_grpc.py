@@ -44,6 +44,11 @@ class ChecksummerStub:
                 request_serializer=taxonstream_dot_v1_dot_checksummer__pb2.FindDuplicatesRequest.SerializeToString,
                 response_deserializer=taxonstream_dot_v1_dot_checksummer__pb2.FindDuplicatesResponse.FromString,
                 _registered_method=True)
+        self.BuddyCheck = channel.unary_unary(
+                '/taxonstream.v1.Checksummer/BuddyCheck',
+                request_serializer=taxonstream_dot_v1_dot_checksummer__pb2.BuddyCheckRequest.SerializeToString,
+                response_deserializer=taxonstream_dot_v1_dot_checksummer__pb2.BuddyCheckResponse.FromString,
+                _registered_method=True)
 
 
 class ChecksummerServicer:
@@ -61,6 +66,13 @@ class ChecksummerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BuddyCheck(self, request, context):
+        """Stored objects against expected checksums (cautious-robot's buddy check, on the collection).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChecksummerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +85,11 @@ def add_ChecksummerServicer_to_server(servicer, server):
                     servicer.FindDuplicates,
                     request_deserializer=taxonstream_dot_v1_dot_checksummer__pb2.FindDuplicatesRequest.FromString,
                     response_serializer=taxonstream_dot_v1_dot_checksummer__pb2.FindDuplicatesResponse.SerializeToString,
+            ),
+            'BuddyCheck': grpc.unary_unary_rpc_method_handler(
+                    servicer.BuddyCheck,
+                    request_deserializer=taxonstream_dot_v1_dot_checksummer__pb2.BuddyCheckRequest.FromString,
+                    response_serializer=taxonstream_dot_v1_dot_checksummer__pb2.BuddyCheckResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +146,33 @@ class Checksummer:
             '/taxonstream.v1.Checksummer/FindDuplicates',
             taxonstream_dot_v1_dot_checksummer__pb2.FindDuplicatesRequest.SerializeToString,
             taxonstream_dot_v1_dot_checksummer__pb2.FindDuplicatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BuddyCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taxonstream.v1.Checksummer/BuddyCheck',
+            taxonstream_dot_v1_dot_checksummer__pb2.BuddyCheckRequest.SerializeToString,
+            taxonstream_dot_v1_dot_checksummer__pb2.BuddyCheckResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,11 @@ class EmbedderStub:
                 request_serializer=taxonstream_dot_v1_dot_embedder__pb2.EmbedImagesRequest.SerializeToString,
                 response_deserializer=taxonstream_dot_v1_dot_embedder__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.EmbedTexts = channel.unary_unary(
+                '/taxonstream.v1.Embedder/EmbedTexts',
+                request_serializer=taxonstream_dot_v1_dot_embedder__pb2.EmbedTextsRequest.SerializeToString,
+                response_deserializer=taxonstream_dot_v1_dot_embedder__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class EmbedderServicer:
@@ -50,12 +55,24 @@ class EmbedderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EmbedTexts(self, request, context):
+        """CLIP text embeddings (BPE, 77 tokens) in the same space as the images, e.g. for zero-shot labels.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbedderServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'EmbedImages': grpc.unary_unary_rpc_method_handler(
                     servicer.EmbedImages,
                     request_deserializer=taxonstream_dot_v1_dot_embedder__pb2.EmbedImagesRequest.FromString,
+                    response_serializer=taxonstream_dot_v1_dot_embedder__pb2.EmbedResponse.SerializeToString,
+            ),
+            'EmbedTexts': grpc.unary_unary_rpc_method_handler(
+                    servicer.EmbedTexts,
+                    request_deserializer=taxonstream_dot_v1_dot_embedder__pb2.EmbedTextsRequest.FromString,
                     response_serializer=taxonstream_dot_v1_dot_embedder__pb2.EmbedResponse.SerializeToString,
             ),
     }
@@ -85,6 +102,33 @@ class Embedder:
             target,
             '/taxonstream.v1.Embedder/EmbedImages',
             taxonstream_dot_v1_dot_embedder__pb2.EmbedImagesRequest.SerializeToString,
+            taxonstream_dot_v1_dot_embedder__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedTexts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taxonstream.v1.Embedder/EmbedTexts',
+            taxonstream_dot_v1_dot_embedder__pb2.EmbedTextsRequest.SerializeToString,
             taxonstream_dot_v1_dot_embedder__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,

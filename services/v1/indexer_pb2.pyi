@@ -65,3 +65,45 @@ class StatsResponse(_message.Message):
     model_version: str
     offsets: _containers.ScalarMap[str, int]
     def __init__(self, images: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., offsets: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class ClassifyRequest(_message.Message):
+    __slots__ = ("image", "image_id", "labels", "rank", "k", "templates", "bank")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    BANK_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    image_id: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    rank: str
+    k: int
+    templates: _containers.RepeatedScalarFieldContainer[str]
+    bank: str
+    def __init__(self, image: _Optional[bytes] = ..., image_id: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., rank: _Optional[str] = ..., k: _Optional[int] = ..., templates: _Optional[_Iterable[str]] = ..., bank: _Optional[str] = ...) -> None: ...
+
+class Prediction(_message.Message):
+    __slots__ = ("label", "score", "taxon", "common_name")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    TAXON_FIELD_NUMBER: _ClassVar[int]
+    COMMON_NAME_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    score: float
+    taxon: _containers.RepeatedScalarFieldContainer[str]
+    common_name: str
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., taxon: _Optional[_Iterable[str]] = ..., common_name: _Optional[str] = ...) -> None: ...
+
+class ClassifyResponse(_message.Message):
+    __slots__ = ("predictions", "model", "model_version", "rank")
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
+    model: str
+    model_version: str
+    rank: str
+    def __init__(self, predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., rank: _Optional[str] = ...) -> None: ...

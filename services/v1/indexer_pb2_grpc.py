@@ -44,6 +44,11 @@ class IndexerStub:
                 request_serializer=taxonstream_dot_v1_dot_indexer__pb2.StatsRequest.SerializeToString,
                 response_deserializer=taxonstream_dot_v1_dot_indexer__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.Classify = channel.unary_unary(
+                '/taxonstream.v1.Indexer/Classify',
+                request_serializer=taxonstream_dot_v1_dot_indexer__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=taxonstream_dot_v1_dot_indexer__pb2.ClassifyResponse.FromString,
+                _registered_method=True)
 
 
 class IndexerServicer:
@@ -61,6 +66,13 @@ class IndexerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Classify(self, request, context):
+        """Zero-shot over custom labels, or open-ended to a taxonomic rank with a label-embedding bank.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IndexerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +85,11 @@ def add_IndexerServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=taxonstream_dot_v1_dot_indexer__pb2.StatsRequest.FromString,
                     response_serializer=taxonstream_dot_v1_dot_indexer__pb2.StatsResponse.SerializeToString,
+            ),
+            'Classify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Classify,
+                    request_deserializer=taxonstream_dot_v1_dot_indexer__pb2.ClassifyRequest.FromString,
+                    response_serializer=taxonstream_dot_v1_dot_indexer__pb2.ClassifyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +146,33 @@ class Indexer:
             '/taxonstream.v1.Indexer/Stats',
             taxonstream_dot_v1_dot_indexer__pb2.StatsRequest.SerializeToString,
             taxonstream_dot_v1_dot_indexer__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Classify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taxonstream.v1.Indexer/Classify',
+            taxonstream_dot_v1_dot_indexer__pb2.ClassifyRequest.SerializeToString,
+            taxonstream_dot_v1_dot_indexer__pb2.ClassifyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,15 +63,36 @@ class FetchedImage(_message.Message):
     attempts: int
     def __init__(self, record: _Optional[_Union[Record, _Mapping]] = ..., sha256: _Optional[str] = ..., object_key: _Optional[str] = ..., size_bytes: _Optional[int] = ..., mime: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., attempts: _Optional[int] = ...) -> None: ...
 
+class NearImage(_message.Message):
+    __slots__ = ("image_id", "distance")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    distance: int
+    def __init__(self, image_id: _Optional[str] = ..., distance: _Optional[int] = ...) -> None: ...
+
 class VerifiedImage(_message.Message):
-    __slots__ = ("image_id", "fetched", "md5")
+    __slots__ = ("image_id", "fetched", "md5", "digests", "phash", "near")
+    class DigestsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     FETCHED_FIELD_NUMBER: _ClassVar[int]
     MD5_FIELD_NUMBER: _ClassVar[int]
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    PHASH_FIELD_NUMBER: _ClassVar[int]
+    NEAR_FIELD_NUMBER: _ClassVar[int]
     image_id: str
     fetched: FetchedImage
     md5: str
-    def __init__(self, image_id: _Optional[str] = ..., fetched: _Optional[_Union[FetchedImage, _Mapping]] = ..., md5: _Optional[str] = ...) -> None: ...
+    digests: _containers.ScalarMap[str, str]
+    phash: str
+    near: _containers.RepeatedCompositeFieldContainer[NearImage]
+    def __init__(self, image_id: _Optional[str] = ..., fetched: _Optional[_Union[FetchedImage, _Mapping]] = ..., md5: _Optional[str] = ..., digests: _Optional[_Mapping[str, str]] = ..., phash: _Optional[str] = ..., near: _Optional[_Iterable[_Union[NearImage, _Mapping]]] = ...) -> None: ...
 
 class Box(_message.Message):
     __slots__ = ("left", "top", "right", "bottom")
