@@ -222,6 +222,9 @@ def parser() -> argparse.ArgumentParser:
 
     fetch_cmd.add_parser(commands)
     eval_cmds.add_commands(commands)
+    from taxonstream.cli import models_cmds  # predict, models (handlers import torch lazily)
+
+    models_cmds.add_commands(commands)
     return top
 
 

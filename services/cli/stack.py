@@ -166,10 +166,30 @@ def _tail(name: str, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
 
 
-def ensure_models() -> Path:
-    from taxonstream.models.repository import ensure_repository
+def ensure_models() -> bool:
+    """Write the model repository if its recipe changed (and fetch the tokenizer vocabulary once).
 
-    return ensure_repository(model_repository(), target="local")
+    True when the repository was rewritten: a Triton already running then reloads its models.
+    """
+    from taxonstream.models.repository import ensure_repository, read_manifest
+    from taxonstream.models.tokenizer import ensure_vocab
+
+    ensure_vocab()
+    before = (read_manifest(model_repository()) or {}).get("content_hash")
+    ensure_repository(model_repository(), target="local")
+    return (read_manifest(model_repository()) or {}).get("content_hash") != before
+
+
+def reload_triton_models() -> None:
+    """Load every model of the repository again (Triton runs with explicit model control)."""
+    import httpx
+
+    from taxonstream.models.repository import read_manifest
+
+    for entry in (read_manifest(model_repository()) or {}).get("models", []):
+        answer = httpx.post(f"http://127.0.0.1:28000/v2/repository/models/{entry['name']}/load", timeout=300)
+        if answer.status_code != 200:
+            raise StackError(f"triton could not load {entry['name']}: {answer.text[:500]}")
 
 
 def up(allow_networks: Iterable[str] = (), services: bool = True, echo=print) -> None:
@@ -178,10 +198,13 @@ def up(allow_networks: Iterable[str] = (), services: bool = True, echo=print) ->
         if _script(component, "start").returncode != 0:
             raise StackError(f"{component} did not start (see {stack_dir() / 'logs'})")
     echo("writing the model repository …")
-    ensure_models()
+    changed = ensure_models()
     echo("starting triton …")
     if _script("triton", "start").returncode != 0:
         raise StackError(f"triton did not start (see {stack_dir() / 'logs'})")
+    if changed:  # a Triton that was already running still serves the old files until it loads them again
+        echo("loading the changed models into triton …")
+        reload_triton_models()
     if services:
         allow = list(allow_networks)
         for spec in SERVICES:

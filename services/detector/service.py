@@ -33,6 +33,8 @@ class DetectorSettings(CoreSettings):
     # Crop = best box enlarged this much about its centre (the BIOSCAN crop tool uses 1.4).
     detector_crop_pad: float = 1.4
     detector_min_side: int = 8
+    # Derivatives of the original and the crop, this many pixels on the shorter side (never enlarged).
+    detector_derivative_side: int = 256
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,25 @@ class Detection:
     score: float
     size: tuple[int, int]
     crop_jpeg: bytes
+    crop: Image.Image | None = None
+
+
+def shorter_side(image: Image.Image, side: int) -> Image.Image:
+    """`image` scaled so its shorter side is `side` px (aspect kept); a smaller image is left as it is."""
+    width, height = image.size
+    scale = side / min(width, height)
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def derivative_keys(image_id: str, model: str, version: str) -> dict[str, str]:
+    """Where the detector stores what it derives from one image: under the image id and the model version."""
+    prefix = f"derivatives/{image_id}/{model}/{version}/"
+    names = {"crop": "crop.jpg", "crop_small": "crop_256.jpg", "original_small": "original_256.jpg",
+             "lineage": "detection.json"}
+    return {kind: prefix + name for kind, name in names.items()}
 
 
 def open_image(data: bytes, min_side: int) -> Image.Image:
@@ -87,7 +108,7 @@ class Detector:
             crop = image.crop(pixels)
         else:  # nothing confident: keep the whole image, and say so in the lineage
             pixels, crop = (0, 0, *image.size), image
-        return Detection(detected, pixels, score, image.size, encode_jpeg(crop))
+        return Detection(detected, pixels, score, image.size, encode_jpeg(crop), crop)
 
     def detect(self, image: Image.Image) -> Detection:
         return self.finish(image, self.infer([image])[0])
@@ -107,14 +128,37 @@ class DetectWorker:
             raise Failed("missing_object", f"original {verified.fetched.object_key} is not in the store") from None
         return open_image(data, self.settings.detector_min_side)
 
+    def store_derivatives(self, verified: VerifiedImage, image: Image.Image, detection: Detection) -> str:
+        """Crop, 256-px derivatives of original and crop, and the lineage record; returns the crop's key."""
+        s = self.settings
+        keys = derivative_keys(verified.image_id, s.detector_model, s.detector_model_version)
+        side = s.detector_derivative_side
+        self.store.put(keys["original_small"], encode_jpeg(shorter_side(image, side)), "image/jpeg")
+        self.store.put(keys["crop_small"], encode_jpeg(shorter_side(detection.crop or image, side)), "image/jpeg")
+        self.store.put_json(keys["lineage"], {
+            "image_id": verified.image_id,
+            "detected": detection.detected,  # false: nothing above the threshold, the whole image was kept
+            "box": list(detection.box),      # left, top, right, bottom in the upright original's pixels
+            "score": detection.score,
+            "original_size": list(detection.size),
+            "pad": s.detector_crop_pad,
+            "threshold": s.detector_threshold,
+            "model": s.detector_model,
+            "model_version": s.detector_model_version,
+            "derivative_side": side,
+            "keys": keys,
+        })
+        # The crop last: the message that names it goes out only after every derivative is stored.
+        self.store.put(keys["crop"], detection.crop_jpeg, "image/jpeg")
+        return keys["crop"]
+
     def run(self, images: list[Image.Image]) -> list[tuple[Image.Image, tuple[np.ndarray, float]]]:
         return list(zip(images, self.detector.infer(images), strict=True))
 
     def finish(self, verified: VerifiedImage, inferred: tuple[Image.Image, tuple[np.ndarray, float]]) -> list[Emit]:
         detection = self.detector.finish(*inferred)
         s = self.settings
-        key = f"derivatives/{verified.image_id}/{s.detector_model}/{s.detector_model_version}/crop.jpg"
-        self.store.put(key, detection.crop_jpeg, "image/jpeg")
+        key = self.store_derivatives(verified, inferred[0], detection)
         left, top, right, bottom = detection.box
         crop = Crop(
             image_id=verified.image_id,

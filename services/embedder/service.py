@@ -1,4 +1,4 @@
-"""Embedder service: EmbedImages over gRPC, and the worker cropped → embedded."""
+"""Embedder service: EmbedImages and EmbedTexts over gRPC, and the worker cropped → embedded."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from taxonstream.core.bus import Bus, Emit
-from taxonstream.core.errors import Failed
+from taxonstream.core.errors import Failed, Transient
 from taxonstream.core.server import Service, connect, registrar
 from taxonstream.core.settings import CoreSettings
 from taxonstream.core.store import ObjectStore
@@ -27,6 +27,11 @@ class EmbedderSettings(CoreSettings):
     metrics_port: int = 9164
     embed_model: str = "clip_standin_image"
     embed_model_version: str = "1"
+    # The text tower of the same CLIP model (its vectors share the image vectors' space).
+    embed_text_model: str = "clip_standin_text"
+    embed_text_model_version: str = "1"
+    # Texts per Triton request: the text model's max_batch_size.
+    embed_text_batch: int = 128
 
 
 def pixel_values(data: bytes) -> np.ndarray:
@@ -50,6 +55,29 @@ class Encoder:
     def embed(self, pixels: list[np.ndarray]) -> np.ndarray:
         out = self.model.infer({"pixel_values": np.stack(pixels)}, ["embeddings"])["embeddings"]
         return l2_normalise(out.astype(np.float32))
+
+
+class TextEncoder:
+    """Texts -> L2-normalised CLIP text vectors, tokenized here (CLIP BPE, 77 tokens), embedded on Triton."""
+
+    def __init__(self, settings: EmbedderSettings) -> None:
+        self.batch = settings.embed_text_batch
+        self.model = TritonModel(settings.triton_url, settings.embed_text_model, settings.embed_text_model_version)
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:  # loaded on first use: it may fetch the vocabulary once per machine
+            from taxonstream.models.tokenizer import ClipTokenizer
+
+            self._tokenizer = ClipTokenizer()
+        return self._tokenizer
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        ids = self.tokenizer(texts)
+        parts = [self.model.infer({"input_ids": ids[i:i + self.batch]}, ["embeddings"])["embeddings"]
+                 for i in range(0, len(ids), self.batch)]
+        return l2_normalise(np.concatenate(parts).astype(np.float32))
 
 
 class EmbedWorker:
@@ -77,9 +105,23 @@ class EmbedWorker:
 
 
 class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
-    def __init__(self, settings: EmbedderSettings, encoder: Encoder) -> None:
+    def __init__(self, settings: EmbedderSettings, encoder: Encoder, text_encoder: TextEncoder | None = None) -> None:
         self.settings = settings
         self.encoder = encoder
+        self.text_encoder = text_encoder or TextEncoder(settings)
+
+    def EmbedTexts(self, request, context) -> embedder_pb2.EmbedResponse:
+        if not request.texts:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no texts given")
+        try:
+            vectors = self.text_encoder.embed(list(request.texts))
+        except Transient as error:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+        return embedder_pb2.EmbedResponse(
+            vectors=[embedder_pb2.Vector(values=v.tolist()) for v in vectors],
+            model=self.settings.embed_model,
+            model_version=self.settings.embed_model_version,
+        )
 
     def EmbedImages(self, request, context) -> embedder_pb2.EmbedResponse:
         if not request.images:
@@ -88,7 +130,10 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             pixels = [pixel_values(data) for data in request.images]
         except Failed as failure:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, failure.message)
-        vectors = self.encoder.embed(pixels)
+        try:
+            vectors = self.encoder.embed(pixels)
+        except Transient as error:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
         return embedder_pb2.EmbedResponse(
             vectors=[embedder_pb2.Vector(values=v.tolist()) for v in vectors],
             model=self.settings.embed_model,

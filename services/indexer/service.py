@@ -186,6 +186,18 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
             offsets={str(tp.partition): o for tp, o in self.work.offsets.items()},
         )
 
+    def Classify(self, request, context) -> indexer_pb2.ClassifyResponse:
+        # The query vector comes the way Search gets it; the scoring lives in taxonstream.classify.
+        from taxonstream.classify.service import ClassifyError, classify_response
+
+        vector = self._query_vector(request, context)
+        try:
+            return classify_response(self, request, vector)
+        except ClassifyError as error:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        except grpc.RpcError as error:
+            context.abort(error.code(), f"text embeddings: {error.details()}")
+
 
 def build(settings: IndexerSettings) -> Service:
     bus, store = connect(settings)

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .contract import CLIP_IMAGE_SIZE, EMBEDDING_DIM
+from .contract import CLIP_CONTEXT_LENGTH, CLIP_IMAGE_SIZE, CLIP_VOCAB_SIZE, EMBEDDING_DIM
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class VisionTowerConfig:
     class_embedding_gain: float = 0.1
     qk_gain: float = 2.0
     residual_gain: float = 3.0
+    quick_gelu: bool = False
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -68,18 +69,28 @@ class SelfAttention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         batch, tokens, width = x.shape
         qkv = nn.functional.linear(x, self.in_proj_weight, self.in_proj_bias)
         qkv = qkv.reshape(batch, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        weights = torch.softmax((q @ k.transpose(-2, -1)) * self.scale, dim=-1)
+        scores = (q @ k.transpose(-2, -1)) * self.scale
+        if mask is not None:  # additive: -inf where a token may not look (the text tower's causal mask)
+            scores = scores + mask
+        weights = torch.softmax(scores, dim=-1)
         mixed = (weights @ v).transpose(1, 2).reshape(batch, tokens, width)
         return self.out_proj(mixed)
 
 
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the activation of OpenAI's CLIP weights (open_clip's `quick_gelu` models)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
 class ResidualAttentionBlock(nn.Module):
-    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, width: int, heads: int, mlp_ratio: float, quick_gelu: bool = False) -> None:
         super().__init__()
         hidden = int(width * mlp_ratio)
         self.ln_1 = nn.LayerNorm(width)
@@ -87,23 +98,24 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(OrderedDict([
             ("c_fc", nn.Linear(width, hidden)),
-            ("gelu", nn.GELU()),
+            ("gelu", QuickGELU() if quick_gelu else nn.GELU()),
             ("c_proj", nn.Linear(hidden, width)),
         ]))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask)
         return x + self.mlp(self.ln_2(x))
 
 
 class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, quick_gelu: bool = False) -> None:
         super().__init__()
-        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, mlp_ratio) for _ in range(layers))
+        self.resblocks = nn.ModuleList(
+            ResidualAttentionBlock(width, heads, mlp_ratio, quick_gelu) for _ in range(layers))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         for block in self.resblocks:
-            x = block(x)
+            x = block(x, mask)
         return x
 
 
@@ -121,7 +133,7 @@ class ClipStandinImageEncoder(nn.Module):
         self.class_embedding = nn.Parameter(torch.empty(width))
         self.positional_embedding = nn.Parameter(torch.empty(grid * grid + 1, width))
         self.ln_pre = nn.LayerNorm(width)
-        self.transformer = Transformer(width, config.layers, config.heads, config.mlp_ratio)
+        self.transformer = Transformer(width, config.layers, config.heads, config.mlp_ratio, config.quick_gelu)
         self.ln_post = nn.LayerNorm(width)
         self.proj = nn.Parameter(torch.empty(width, config.output_dim))
         self._initialise(config)
@@ -166,3 +178,78 @@ class ClipStandinImageEncoder(nn.Module):
 def build_clip_standin(config: VisionTowerConfig = VisionTowerConfig()) -> ClipStandinImageEncoder:
     """The stand-in encoder in eval mode; the same config always gives the same weights."""
     return ClipStandinImageEncoder(config).eval()
+
+
+@dataclass(frozen=True)
+class TextTowerConfig:
+    """open_clip's text tower (CLIP's causal transformer over BPE tokens); the defaults are the stand-in's."""
+
+    vocab_size: int = CLIP_VOCAB_SIZE
+    context_length: int = CLIP_CONTEXT_LENGTH
+    width: int = 64
+    layers: int = 2
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    output_dim: int = EMBEDDING_DIM
+    quick_gelu: bool = False
+    seed: int = 20240609
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class ClipTextEncoder(nn.Module):
+    """input_ids [B, 77] (open_clip tokens: zero-padded, EOT = the largest id) -> embeddings [B, output_dim].
+
+    Parameter names are open_clip's top-level text keys (`token_embedding`, `positional_embedding`,
+    `transformer.resblocks.N.*`, `ln_final`, `text_projection`), so a CLIP checkpoint's text half loads as
+    is. As in open_clip, the embedding is read at the end-of-text token, found as the argmax of the ids.
+    """
+
+    def __init__(self, config: TextTowerConfig = TextTowerConfig()) -> None:
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.width)
+        self.positional_embedding = nn.Parameter(torch.empty(config.context_length, config.width))
+        self.transformer = Transformer(config.width, config.layers, config.heads, config.mlp_ratio, config.quick_gelu)
+        self.ln_final = nn.LayerNorm(config.width)
+        self.text_projection = nn.Parameter(torch.empty(config.width, config.output_dim))
+        # Causal mask as a buffer (not a state-dict entry: checkpoints do not carry it).
+        mask = torch.full((config.context_length, config.context_length), float("-inf")).triu(1)
+        self.register_buffer("attn_mask", mask, persistent=False)
+        self._initialise(config)
+
+    @torch.no_grad()
+    def _initialise(self, config: TextTowerConfig) -> None:
+        # open_clip's text initialisation, from a private generator (weights depend on the seed only).
+        generator = torch.Generator().manual_seed(config.seed)
+
+        def normal_(tensor: torch.Tensor, std: float) -> None:
+            tensor.copy_(torch.randn(tensor.shape, generator=generator) * std)
+
+        width = config.width
+        normal_(self.token_embedding.weight, 0.02)
+        normal_(self.positional_embedding, 0.01)
+        proj_std = width ** -0.5 * (2 * config.layers) ** -0.5
+        for block in self.transformer.resblocks:
+            normal_(block.attn.in_proj_weight, width ** -0.5)
+            block.attn.in_proj_bias.zero_()
+            normal_(block.attn.out_proj.weight, proj_std)
+            block.attn.out_proj.bias.zero_()
+            normal_(block.mlp.c_fc.weight, (2 * width) ** -0.5)
+            block.mlp.c_fc.bias.zero_()
+            normal_(block.mlp.c_proj.weight, proj_std)
+            block.mlp.c_proj.bias.zero_()
+        normal_(self.text_projection, width ** -0.5)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.token_embedding(input_ids) + self.positional_embedding
+        x = self.ln_final(self.transformer(x, self.attn_mask))
+        eot = input_ids.argmax(dim=-1)  # the first largest id: <|endoftext|>
+        pooled = x.gather(1, eot[:, None, None].expand(-1, 1, x.shape[-1])).squeeze(1)
+        return pooled @ self.text_projection
+
+
+def build_clip_text_standin(config: TextTowerConfig = TextTowerConfig()) -> ClipTextEncoder:
+    """The stand-in text encoder in eval mode; the same config always gives the same weights."""
+    return ClipTextEncoder(config).eval()

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 CLIP_IMAGE_SIZE = 224
 EMBEDDING_DIM = 512
+CLIP_CONTEXT_LENGTH = 77  # CLIP's text context: BPE tokens per text, padded
+CLIP_VOCAB_SIZE = 49408  # CLIP's BPE vocabulary (48894 merges + 512 byte tokens + 2 specials)
 DETECTOR_IMAGE_SIZE = 256
 DETECTOR_QUERIES = 8
 MAX_BATCH_SIZE = 32
@@ -64,4 +66,17 @@ DETECTOR = ModelContract(
     outputs=(TensorSpec("boxes", (DETECTOR_QUERIES, 4)), TensorSpec("scores", (DETECTOR_QUERIES,))),
 )
 
-ALL_MODELS: tuple[ModelContract, ...] = (CLIP_IMAGE, DETECTOR)
+# Input: open_clip token ids (taxonstream.models.tokenizer.tokenize): zero-padded to 77, EOT the largest id.
+# Output: raw text embeddings in the image tower's space, NOT L2-normalised.
+CLIP_TEXT = ModelContract(
+    name="clip_standin_text",
+    version="1",
+    family="clip-text",
+    task="text-embedding",
+    standin=True,
+    inputs=(TensorSpec("input_ids", (CLIP_CONTEXT_LENGTH,), "TYPE_INT64"),),
+    outputs=(TensorSpec("embeddings", (EMBEDDING_DIM,)),),
+    max_batch_size=MAX_BATCH_SIZE * 4,  # zero-shot sends 80 prompts per label
+)
+
+ALL_MODELS: tuple[ModelContract, ...] = (CLIP_IMAGE, DETECTOR, CLIP_TEXT)

@@ -93,9 +93,10 @@ def crop_box(
     half_w = abs(w) * width * pad / 2.0
     half_h = abs(h) * height * pad / 2.0
     centre_x, centre_y = cx * width, cy * height
-    # Rounding to 6 decimals first keeps float noise (35.99999999 for 36) from widening a crop by a pixel.
-    left = min(max(math.floor(round(centre_x - half_w, 6)), 0), width - 1)
-    top = min(max(math.floor(round(centre_y - half_h, 6)), 0), height - 1)
-    right = max(min(math.ceil(round(centre_x + half_w, 6)), width), left + 1)
-    bottom = max(min(math.ceil(round(centre_y + half_h, 6)), height), top + 1)
+    # Rounding to 3 decimals first keeps float noise from widening a crop by a pixel: models answer in
+    # float32 (0.4 arrives as 0.40000001), which puts an edge meant to be 76 at 75.99998.
+    left = min(max(math.floor(round(centre_x - half_w, 3)), 0), width - 1)
+    top = min(max(math.floor(round(centre_y - half_h, 3)), 0), height - 1)
+    right = max(min(math.ceil(round(centre_x + half_w, 3)), width), left + 1)
+    bottom = max(min(math.ceil(round(centre_y + half_h, 3)), height), top + 1)
     return left, top, right, bottom

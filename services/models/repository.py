@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .contract import ALL_MODELS, CLIP_IMAGE, DETECTOR, ModelContract
+from .contract import ALL_MODELS, CLIP_IMAGE, CLIP_TEXT, DETECTOR, ModelContract
 from .triton_config import Target, render_config
 
 MANIFEST_NAME = "models.json"
@@ -74,9 +74,27 @@ def _build_detector() -> BuiltModel:
     )
 
 
+def _build_clip_text() -> BuiltModel:
+    import torch
+
+    from .clip_standin import TextTowerConfig, build_clip_text_standin
+
+    config = TextTowerConfig()
+    example = torch.zeros(1, config.context_length, dtype=torch.int64)
+    example[0, :3] = torch.tensor([49406, 320, 49407])
+    return BuiltModel(
+        module=build_clip_text_standin(config),
+        example_input=example,
+        settings=config.as_dict(),
+        description="STAND-IN for BioCLIP's text tower: tiny random CLIP text transformer over CLIP's BPE "
+                    "vocabulary; its embeddings carry no meaning, zero-shot results with it are arbitrary",
+    )
+
+
 BUILDERS: dict[str, Callable[[], BuiltModel]] = {
     CLIP_IMAGE.name: _build_clip_image,
     DETECTOR.name: _build_detector,
+    CLIP_TEXT.name: _build_clip_text,
 }
 
 
@@ -120,10 +138,23 @@ def _manifest_entry(contract: ModelContract, built: BuiltModel, onnx_path: Path,
         "torch_vs_onnxruntime_max_abs_diff": parity,
         "settings": built.settings,
     }
-    if contract.task == "image-embedding":
+    if contract.task in {"image-embedding", "text-embedding"}:
         entry["embedding_dim"] = contract.outputs[0].dims[0]
         entry["embedding_normalised"] = False
     return entry
+
+
+def _random_input(rng: Any, dims: tuple[int, ...], data_type: str) -> Any:
+    """A batch of 3 inputs: floats in [0, 1), or token ids shaped like a tokenizer's (ids, EOT, zeros)."""
+    import numpy as np
+
+    if data_type != "TYPE_INT64":
+        return rng.random((3, *dims), dtype=np.float32)
+    ids = np.zeros((3, *dims), dtype=np.int64)
+    for row, length in enumerate((2, 9, dims[-1])):
+        ids[row, :length] = rng.integers(1, 49000, length)
+        ids[row, length - 1] = 49407
+    return ids
 
 
 def _write_model(contract: ModelContract, target: Target, model_dir: Path) -> dict[str, Any]:
@@ -142,7 +173,7 @@ def _write_model(contract: ModelContract, target: Target, model_dir: Path) -> di
     )
     # A batch of 3 random inputs checks both the numbers and that the batch axis really is dynamic.
     rng = np.random.default_rng(0)
-    feeds = {spec.name: rng.random((3, *spec.dims), dtype=np.float32) for spec in contract.inputs}
+    feeds = {spec.name: _random_input(rng, spec.dims, spec.data_type) for spec in contract.inputs}
     parity = max(max_abs_difference(built.module, onnx_path, feeds).values())
     if parity > PARITY_TOLERANCE:
         raise RuntimeError(f"{contract.name}: onnxruntime differs from torch by {parity:g}")

@@ -27,7 +27,12 @@ EXPECTED = {
         "inputs": {"images": [3, 256, 256]},
         "outputs": {"boxes": [8, 4], "scores": [8]},
     },
+    "clip_standin_text": {
+        "inputs": {"input_ids": [77]},
+        "outputs": {"embeddings": [512]},
+    },
 }
+INT64_INPUTS = {"input_ids"}
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +55,10 @@ def _config(repo: Path, name: str) -> model_config_pb2.ModelConfig:
 
 def _check_contract(config: model_config_pb2.ModelConfig, name: str) -> None:
     assert config.name == name
-    assert config.max_batch_size == 32
+    assert config.max_batch_size == (128 if name == "clip_standin_text" else 32)
     for tensor in [*config.input, *config.output]:
-        assert tensor.data_type == model_config_pb2.TYPE_FP32
+        expected = model_config_pb2.TYPE_INT64 if tensor.name in INT64_INPUTS else model_config_pb2.TYPE_FP32
+        assert tensor.data_type == expected
     assert {t.name: list(t.dims) for t in config.input} == EXPECTED[name]["inputs"]
     assert {t.name: list(t.dims) for t in config.output} == EXPECTED[name]["outputs"]
     assert config.HasField("dynamic_batching")
@@ -97,6 +103,8 @@ def test_manifest_lists_each_model_as_a_stand_in(local_repo: Path) -> None:
     assert encoder["embedding_dim"] == 512
     assert encoder["embedding_normalised"] is False
     assert by_name["detector_standin"]["input_size"] == [256, 256]
+    text = by_name["clip_standin_text"]
+    assert (text["family"], text["embedding_dim"], text["settings"]["vocab_size"]) == ("clip-text", 512, 49408)
     assert "embedding_dim" not in by_name["detector_standin"]
 
 

@@ -1,0 +1,289 @@
+"""`taxonstream predict`, `taxonstream models …`: classification and model commands.
+
+Heavy imports (torch, transformers) happen inside the handlers, so `taxonstream --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import grpc
+
+from taxonstream.cli.inputs import InputError
+
+RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+RANK_COLUMNS = ("kingdom", "phylum", "class", "order", "family", "genus", "species_epithet")
+
+
+def _channel(service: str) -> grpc.Channel:
+    from taxonstream.cli import stack
+
+    port = next(s.grpc_port for s in stack.SERVICES if s.name == service)
+    address = os.environ.get(f"TAXONSTREAM_{service.upper()}_ADDR", f"127.0.0.1:{port}")
+    return grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20),
+                                                   ("grpc.max_send_message_length", 64 << 20)])
+
+
+def object_store(bucket: str | None = None):
+    """The S3 store the local stack created (keys from .stack/s3.env), unless TAXONSTREAM_S3_* say otherwise."""
+    from taxonstream.cli import stack
+    from taxonstream.core.settings import CoreSettings
+    from taxonstream.core.store import ObjectStore
+
+    local = {k.removeprefix("TAXONSTREAM_").lower(): v for k, v in stack.s3_env().items() if k not in os.environ}
+    if bucket:
+        local["s3_bucket"] = bucket
+    return ObjectStore(CoreSettings(**local))
+
+
+def _upload(out: Path, bucket: str, prefix: str) -> None:
+    from taxonstream.models.checkpoints import upload_repository
+
+    store = object_store(bucket)
+    store.ensure_bucket()
+    keys = upload_repository(out, store, prefix)
+    where = f"s3://{bucket}/{prefix.strip('/')}" if prefix else f"s3://{bucket}"
+    print(f"uploaded {len(keys)} files to {where} (Triton: --model-repository=s3://<endpoint>/{bucket}"
+          f"{'/' + prefix.strip('/') if prefix else ''})")
+
+
+def cmd_repository(args: argparse.Namespace) -> int:
+    """The stand-in repository for a target, optionally uploaded for Triton in Kubernetes."""
+    from taxonstream.models.__main__ import main as models_main
+
+    code = models_main(["repository", "--out", str(args.out), "--target", args.target])
+    if code == 0 and args.upload:
+        _upload(Path(args.out), args.bucket, args.prefix)
+    return code
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    """A real checkpoint (open_clip format) into the Triton layout, beside the stand-ins."""
+    from taxonstream.models.checkpoints import install_clip
+
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        raise InputError(f"{checkpoint}: no such file")
+    try:
+        entries = install_clip(args.kind, checkpoint, Path(args.out), args.target, args.version,
+                               quick_gelu=args.quick_gelu)
+    except (ValueError, KeyError, RuntimeError) as error:
+        raise InputError(f"{checkpoint}: {error}") from error
+    for entry in entries:
+        print(f"{entry['model_id']:24s} {entry['family']:18s} {entry['embedding_dim']}-d  "
+              f"(torch vs onnxruntime max |diff| {entry['parity']:.2g})")
+    print(f"use them: TAXONSTREAM_EMBED_MODEL={entries[0]['name']} TAXONSTREAM_EMBED_TEXT_MODEL={entries[1]['name']} "
+          f"TAXONSTREAM_INDEX_MODEL={entries[0]['name']}")
+    if args.upload:
+        _upload(Path(args.out), args.bucket, args.prefix)
+    return 0
+
+
+def _labels(args: argparse.Namespace) -> list[str]:
+    labels = list(args.labels or [])
+    if args.labels_file:
+        path = Path(args.labels_file)
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        labels += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return labels
+
+
+def _table(rows: list[list[str]], header: list[str], out) -> None:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from taxonstream.classify.templates import TEMPLATE_SETS
+    from taxonstream.v1 import indexer_pb2, indexer_pb2_grpc
+
+    labels = _labels(args)
+    if labels and args.rank:
+        raise InputError("give either --rank or --labels/--labels-file, not both")
+    templates = list(TEMPLATE_SETS[args.templates]) if labels else []
+    rank = "" if labels else (args.rank or "species")
+    depth = RANKS.index(rank) + 1 if rank else 0
+    header = (["file_name", *RANK_COLUMNS[:depth]] + (["species", "common_name"] if rank == "species" else [])
+              if rank else ["file_name", "classification"]) + ["score"]
+    rows: list[list[str]] = []
+    with _channel("indexer") as channel:
+        stub = indexer_pb2_grpc.IndexerStub(channel)
+        for image in args.images:
+            path = Path(image)
+            if not path.is_file():
+                raise InputError(f"{path}: no such file")
+            request = indexer_pb2.ClassifyRequest(image=path.read_bytes(), labels=labels, rank=rank, k=args.k,
+                                                  templates=templates, bank=args.bank)
+            response = stub.Classify(request, timeout=600)
+            for p in response.predictions:
+                names = [p.label] if not rank else list(p.taxon)
+                if rank == "species":
+                    names += [p.label, p.common_name]
+                rows.append([str(path), *names, f"{p.score:.6f}"])
+    if args.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(header)
+        writer.writerows(rows)
+    else:
+        _table(rows, header, sys.stdout)
+        print(f"(model {response.model}/{response.model_version})", file=sys.stderr)
+    return 0
+
+
+def cmd_bank(args: argparse.Namespace) -> int:
+    """Store a label-embedding bank: from pybioclip-style files, or by embedding names through the embedder."""
+    import numpy as np
+
+    from taxonstream.classify.service import store_bank
+    from taxonstream.classify.templates import TEMPLATE_SETS, prompts
+    from taxonstream.classify.zeroshot import LabelBank, label_embeddings
+    from taxonstream.v1 import embedder_pb2, embedder_pb2_grpc
+
+    names_path = Path(args.names)
+    if not names_path.is_file():
+        raise InputError(f"{names_path}: no such file")
+    names = json.loads(names_path.read_text())
+    with _channel("embedder") as channel:
+        stub = embedder_pb2_grpc.EmbedderStub(channel)
+        if args.embeddings:
+            vectors = np.load(args.embeddings, allow_pickle=False)
+            model = args.model or ""
+            version = args.model_version or ""
+            if not model:
+                probe = stub.EmbedTexts(embedder_pb2.EmbedTextsRequest(texts=["x"]), timeout=120)
+                model, version = probe.model, probe.model_version
+        else:
+            bank_for_names = LabelBank.from_arrays(np.zeros((len(names), 1), np.float32), names)
+            texts = [" ".join(t) for t in bank_for_names.taxa]  # "Animalia Arthropoda … Danaus plexippus"
+            all_prompts = prompts(texts, TEMPLATE_SETS[args.templates])
+            parts = []
+            for start in range(0, len(all_prompts), 512):
+                answer = stub.EmbedTexts(embedder_pb2.EmbedTextsRequest(texts=all_prompts[start:start + 512]),
+                                         timeout=600)
+                parts.append(np.asarray([v.values for v in answer.vectors], dtype=np.float32))
+                model, version = answer.model, answer.model_version
+            vectors = label_embeddings(np.concatenate(parts), len(texts))
+    bank = LabelBank.from_arrays(vectors, names)
+    store_bank(object_store(), args.name, bank, model, version)
+    print(f"bank {args.name!r}: {len(bank.taxa)} species, {bank.embeddings.shape[1]}-d, model {model}/{version}")
+    return 0
+
+
+def _embed_files(paths: list[Path]):
+    """Vectors of image files, cropped and embedded the way ingested images are; with the model's name."""
+    import numpy as np
+
+    from taxonstream.v1 import detector_pb2, detector_pb2_grpc, embedder_pb2, embedder_pb2_grpc
+
+    vectors, model = [], ("", "")
+    with _channel("detector") as det_channel, _channel("embedder") as emb_channel:
+        detector = detector_pb2_grpc.DetectorStub(det_channel)
+        embedder = embedder_pb2_grpc.EmbedderStub(emb_channel)
+        for start in range(0, len(paths), 32):
+            crops = []
+            for path in paths[start:start + 32]:
+                if not path.is_file():
+                    raise InputError(f"{path}: no such file")
+                crops.append(detector.Detect(detector_pb2.DetectRequest(image=path.read_bytes()), timeout=120).crop)
+            answer = embedder.EmbedImages(embedder_pb2.EmbedImagesRequest(images=crops), timeout=300)
+            vectors += [v.values for v in answer.vectors]
+            model = (answer.model, answer.model_version)
+    return np.asarray(vectors, dtype=np.float32), model
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from taxonstream.classify.probe import Probe, train
+
+    if args.action == "train":
+        path = Path(args.file)
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        with path.open(newline="") as handle:
+            rows = [r for r in csv.DictReader(handle) if r.get("image") and r.get("label")]
+        if not rows:
+            raise InputError(f"{path}: needs rows with 'image' (a file path) and 'label' columns")
+        vectors, (model, version) = _embed_files([path.parent / r["image"] for r in rows])
+        try:
+            probe = train(vectors, [r["label"] for r in rows], model, version, c=args.c)
+        except ValueError as error:
+            raise InputError(str(error)) from error
+        probe.save(Path(args.out))
+        print(f"probe over {len(rows)} images, classes {', '.join(probe.classes)}, model {model}/{version} "
+              f"-> {args.out}")
+        return 0
+    probe = Probe.load(Path(args.file))
+    vectors, model = _embed_files([Path(i) for i in args.images])
+    if model != (probe.model, probe.model_version):
+        raise InputError(f"the probe was trained on {probe.model}/{probe.model_version}, the embedder serves "
+                         f"{model[0]}/{model[1]}")
+    rows = [[image, label, f"{score:.6f}"] for image, (label, score) in zip(args.images, probe.predict(vectors),
+                                                                              strict=True)]
+    _table(rows, ["file_name", "classification", "score"], sys.stdout)
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "predict", help="classify images: open-ended to a rank, or zero-shot over your labels (pybioclip-style)",
+        description="Open-ended: softmax over a label-embedding bank's species, summed per taxon for a higher "
+                    "rank. Zero-shot: each label through prompt templates. Runs on the stack's indexer.")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--rank", choices=RANKS, help="predict to this rank with the bank (default species)")
+    p.add_argument("--labels", nargs="+", metavar="LABEL", help="zero-shot over these labels")
+    p.add_argument("--labels-file", metavar="FILE", help="zero-shot over the labels in FILE, one per line")
+    p.add_argument("-k", type=int, default=5, help="predictions per image (default 5)")
+    p.add_argument("--templates", choices=["openai", "single"], default="openai",
+                   help="prompt templates for labels: the 80 OpenAI ImageNet ones (default) or 'a photo of {}.'")
+    p.add_argument("--bank", default="", help="label-embedding bank for --rank (default 'tol')")
+    p.add_argument("--format", choices=["table", "csv"], default="table")
+    p.set_defaults(run=cmd_predict)
+
+    p = commands.add_parser("probe", help="linear probe (logistic regression) on embeddings of a labelled set")
+    p.add_argument("action", choices=["train", "apply"])
+    p.add_argument("file", help="train: CSV with 'image' (path, relative to the CSV) and 'label'; apply: probe JSON")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="apply: images to classify")
+    p.add_argument("--out", default="probe.json", help="train: where to write the probe (default probe.json)")
+    p.add_argument("-C", dest="c", type=float, default=1.0, help="train: inverse regularisation strength")
+    p.set_defaults(run=cmd_probe)
+
+    models = commands.add_parser("models", help="label-embedding banks; Triton model repositories")
+    sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    b = sub.add_parser("bank", help="store a label-embedding bank for `predict --rank` in S3 (banks/NAME/)")
+    b.add_argument("--name", default="tol", help="bank name (default 'tol')")
+    b.add_argument("--names", required=True, metavar="JSON",
+                   help="[[kingdom, phylum, class, order, family, genus, epithet], common_name] per species")
+    b.add_argument("--embeddings", metavar="NPY", help="precomputed text embeddings ([D, N] as pybioclip's, or "
+                   "[N, D]); without it the names are embedded through the embedder")
+    b.add_argument("--templates", choices=["openai", "single"], default="openai")
+    b.add_argument("--model", help="with --embeddings: the model they come from (default: the embedder's)")
+    b.add_argument("--model-version")
+    b.set_defaults(run=cmd_bank)
+
+    def _target_and_upload(parser: argparse.ArgumentParser) -> None:
+        from taxonstream.cli import stack
+
+        parser.add_argument("--out", default=str(stack.model_repository()), help="repository folder "
+                            "(default: the local stack's)")
+        parser.add_argument("--target", choices=["local", "cluster"], default="local",
+                            help="local: Python backend + onnxruntime (CPU); cluster: NVIDIA Triton onnxruntime_onnx")
+        parser.add_argument("--upload", action="store_true", help="copy the repository to S3 afterwards")
+        parser.add_argument("--bucket", default="models", help="S3 bucket for --upload (default 'models')")
+        parser.add_argument("--prefix", default="", help="key prefix inside the bucket")
+
+    r = sub.add_parser("repository", help="write the stand-in models' Triton repository (and upload it)")
+    _target_and_upload(r)
+    r.set_defaults(run=cmd_repository)
+    i = sub.add_parser("install", help="a real BioCLIP / BioCLIP 2 checkpoint (open_clip format) into Triton's layout")
+    i.add_argument("kind", choices=["bioclip", "bioclip2"])
+    i.add_argument("--checkpoint", required=True, help="open_clip state dict: .bin/.pt or .safetensors")
+    i.add_argument("--version", default="1", help="model version to write (default 1)")
+    i.add_argument("--quick-gelu", action="store_true", help="the checkpoint was trained with QuickGELU (OpenAI)")
+    _target_and_upload(i)
+    i.set_defaults(run=cmd_install)

@@ -1,0 +1,87 @@
+"""Real-checkpoint path: an open_clip-layout CLIP state dict (ViT-B/16 widths, one layer per tower to fit
+2 cores) through the same converter `taxonstream models install bioclip` runs, into the Triton layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnxruntime = pytest.importorskip("onnxruntime")
+model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+
+from google.protobuf import text_format  # noqa: E402
+
+from taxonstream.models.checkpoints import clip_towers, install_clip, load_state_dict  # noqa: E402
+
+
+def _block(prefix: str, width: int) -> dict[str, tuple[int, ...]]:
+    return {
+        f"{prefix}.ln_1.weight": (width,), f"{prefix}.ln_1.bias": (width,),
+        f"{prefix}.attn.in_proj_weight": (3 * width, width), f"{prefix}.attn.in_proj_bias": (3 * width,),
+        f"{prefix}.attn.out_proj.weight": (width, width), f"{prefix}.attn.out_proj.bias": (width,),
+        f"{prefix}.ln_2.weight": (width,), f"{prefix}.ln_2.bias": (width,),
+        f"{prefix}.mlp.c_fc.weight": (4 * width, width), f"{prefix}.mlp.c_fc.bias": (4 * width,),
+        f"{prefix}.mlp.c_proj.weight": (width, 4 * width), f"{prefix}.mlp.c_proj.bias": (width,),
+    }
+
+
+def open_clip_vit_b16_shapes(layers: int = 1) -> dict[str, tuple[int, ...]]:
+    """open_clip's CLIP state-dict keys and shapes for ViT-B/16 (written from its layout, not from our modules)."""
+    shapes: dict[str, tuple[int, ...]] = {
+        "visual.class_embedding": (768,), "visual.positional_embedding": (197, 768),
+        "visual.proj": (768, 512), "visual.conv1.weight": (768, 3, 16, 16),
+        "visual.ln_pre.weight": (768,), "visual.ln_pre.bias": (768,),
+        "visual.ln_post.weight": (768,), "visual.ln_post.bias": (768,),
+        "token_embedding.weight": (49408, 512), "positional_embedding": (77, 512),
+        "text_projection": (512, 512), "ln_final.weight": (512,), "ln_final.bias": (512,), "logit_scale": (),
+    }
+    for n in range(layers):
+        shapes |= _block(f"visual.transformer.resblocks.{n}", 768) | _block(f"transformer.resblocks.{n}", 512)
+    return shapes
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    generator = torch.Generator().manual_seed(5)
+    state = {k: torch.randn(shape, generator=generator) * 0.02 for k, shape in open_clip_vit_b16_shapes().items()}
+    state["logit_scale"] = torch.tensor(float(np.log(100.0)))
+    path = tmp_path_factory.mktemp("ckpt") / "open_clip_pytorch_model.bin"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)  # a wrapped training save
+    return path
+
+
+def test_geometry_is_read_from_the_tensors(checkpoint: Path) -> None:
+    image_tower, text_tower, logit_scale = clip_towers(load_state_dict(checkpoint))
+    v, t = image_tower.config, text_tower.config
+    assert (v.image_size, v.patch_size, v.width, v.heads, v.layers, v.output_dim) == (224, 16, 768, 12, 1, 512)
+    assert (t.vocab_size, t.context_length, t.width, t.heads, t.layers, t.output_dim) == (49408, 77, 512, 8, 1, 512)
+    assert logit_scale == pytest.approx(100.0, rel=1e-5)
+
+
+def test_install_writes_both_towers_in_the_triton_layout(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "models"
+    entries = install_clip("bioclip", checkpoint, out, target="cluster")
+    assert [e["name"] for e in entries] == ["bioclip_image", "bioclip_text"]
+    assert all(e["parity"] < 1e-3 and e["standin"] is False for e in entries)
+    for entry, (inp, dims) in zip(entries, [("pixel_values", [3, 224, 224]), ("input_ids", [77])], strict=True):
+        config = text_format.Parse((out / entry["name"] / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        assert config.platform == "onnxruntime_onnx" and config.HasField("dynamic_batching")
+        assert [(t.name, list(t.dims)) for t in config.input] == [(inp, dims)]
+        assert [(t.name, list(t.dims)) for t in config.output] == [("embeddings", [512])]
+        assert json.loads((out / entry["name"] / "model.json").read_text())["embedding_dim"] == 512
+    # The exported image tower is the checkpoint's: onnxruntime on it equals the torch tower with those weights.
+    image_tower, _, _ = clip_towers(load_state_dict(checkpoint))
+    pixels = np.random.default_rng(1).normal(size=(2, 3, 224, 224)).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(out / "bioclip_image" / "1" / "model.onnx"))
+    with torch.no_grad():
+        expected = image_tower(torch.from_numpy(pixels)).numpy()
+    np.testing.assert_allclose(session.run(["embeddings"], {"pixel_values": pixels})[0], expected, atol=1e-3)
+
+
+def test_a_checkpoint_of_another_geometry_is_refused(checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not clip-vit-l-14"):
+        install_clip("bioclip2", checkpoint, tmp_path / "models")
