@@ -24,6 +24,14 @@ RUN python /src/tools/k8s/image_requirements.py triton > /tmp/requirements.txt \
  && python -m venv --without-pip /opt/venv \
  && pip --python /opt/venv/bin/python install --only-binary=:all: --requirement /tmp/requirements.txt
 
+# The CLIP BPE vocabulary, taken at build time from the open_clip wheel (pinned by hash in
+# services/models/tokenizer.py); a pod never downloads anything.
+FROM venv-triton AS vocab
+COPY services/ /src/taxonstream/
+RUN /opt/venv/bin/python -m ensurepip --default-pip > /dev/null \
+ && PYTHONPATH=/src /opt/venv/bin/python -c \
+    "from pathlib import Path; from taxonstream.models.tokenizer import ensure_vocab; ensure_vocab(Path('/opt/tokenizer'))"
+
 # --- runtime ----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 # The base image's pip/setuptools are build tools: not needed at run time.
@@ -67,6 +75,9 @@ FROM runtime-triton AS detector
 CMD ["python", "-m", "taxonstream.detector"]
 
 FROM runtime-triton AS embedder
+COPY --from=vocab /opt/tokenizer /opt/tokenizer
+ENV TAXONSTREAM_TOKENIZER_DIR=/opt/tokenizer \
+    HF_HUB_OFFLINE=1
 CMD ["python", "-m", "taxonstream.embedder"]
 
 FROM runtime-core AS indexer

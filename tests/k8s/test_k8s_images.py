@@ -135,7 +135,19 @@ def test_runtime_images_are_non_root_and_have_no_build_tools():
         assert not re.search(r"apt-get|apk add|gcc|build-essential|pip (--python \S+ )?install", runs), target
         assert "pip uninstall" in runs, "the base image's pip is removed from runtime images"
         copied = [args for keyword, args in instructions if keyword == "COPY" and "--from=" in args]
-        assert all(re.search(r"--from=venv-(core|triton) /opt/venv /opt/venv", c) for c in copied), copied
+        venvs = [c for c in copied if "/opt/venv" in c]
+        assert venvs and all(re.search(r"--from=venv-(core|triton) /opt/venv /opt/venv", c) for c in venvs), copied
+        # Besides the venv, only the embedder takes something from a build stage: the tokenizer vocabulary.
+        others = [c for c in copied if c not in venvs]
+        assert others == (["--from=vocab /opt/tokenizer /opt/tokenizer"] if target == "embedder" else []), others
+
+
+def test_the_embedder_image_carries_its_tokenizer_vocabulary():
+    stages = _stages()
+    env = " ".join(a for s in _lineage(stages, "embedder") for k, a in stages[s]["instructions"] if k == "ENV")
+    assert "TAXONSTREAM_TOKENIZER_DIR=/opt/tokenizer" in env and "HF_HUB_OFFLINE=1" in env
+    runs = " ".join(a for k, a in stages["vocab"]["instructions"] if k == "RUN")
+    assert "ensure_vocab(Path('/opt/tokenizer'))" in runs
 
 
 def test_only_model_services_carry_the_triton_client():
@@ -150,9 +162,11 @@ def test_only_model_services_carry_the_triton_client():
 
 
 def test_image_requirements_follow_pyproject():
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"]
     core = image_requirements.requirements("core")
-    assert image_requirements.requirements("triton") == deps
+    assert image_requirements.requirements("triton") == [*deps, *project["optional-dependencies"]["text"]]
+    assert not any(image_requirements.requirement_name(d) == "torch" for d in image_requirements.requirements("triton"))
     assert not any(image_requirements.requirement_name(d) == "tritonclient" for d in core)
     assert set(deps) - set(core) == {d for d in deps if d.startswith("tritonclient")}
     with pytest.raises(ValueError):

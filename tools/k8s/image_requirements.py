@@ -1,7 +1,7 @@
 """Print the runtime requirements of one service image, taken from pyproject.toml's dependencies.
 
     python tools/k8s/image_requirements.py core     # without the Triton client
-    python tools/k8s/image_requirements.py triton   # everything (detector, embedder)
+    python tools/k8s/image_requirements.py triton   # everything, plus the `text` extra (detector, embedder)
 
 The Dockerfile runs this in its build stage, so the images follow pyproject.toml with no second
 list to keep in step. Standard library only: it runs on the bare Python base image.
@@ -31,9 +31,11 @@ def requirement_name(requirement: str) -> str:
 def requirements(variant: str, pyproject: Path = PYPROJECT) -> list[str]:
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
-    deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    project = tomllib.loads(pyproject.read_text())["project"]
+    deps = project["dependencies"]
     if variant == "triton":
-        return list(deps)
+        # The embedder tokenizes text (CLIP BPE through transformers' tokenizer; no torch needed).
+        return [*deps, *project["optional-dependencies"]["text"]]
     return [dep for dep in deps if requirement_name(dep) not in TRITON_ONLY]
 
 
