@@ -37,6 +37,7 @@ from taxonstream.cli.inputs import INPUT_ERROR, URL_COLUMNS, InputError, InputSt
 from taxonstream.core.errors import Failed
 from taxonstream.fetcher.engine import FetchEngine, Result, Task
 from taxonstream.fetcher.settings import FetcherSettings
+from taxonstream.fetcher.shards import ShardedEngine
 from taxonstream.fetcher.validate import inspect_image
 
 LOG_DIR = "_fetch"
@@ -50,6 +51,8 @@ EXTENSIONS = {
     "image/jp2": ".jp2",
 }
 KNOWN_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".jp2", ".j2k"}
+# From this many rows a list is fetched by one process per core (below it, starting them costs more).
+MANY_ROWS = 2000
 DIGEST_BY_LENGTH = {32: "md5", 40: "sha1", 64: "sha256", 128: "sha512"}
 REPORT_FIELDS = [
     "row", "url", "state", "reason", "message", "path", "sha256", "checksum", "bytes", "mime", "width",
@@ -89,12 +92,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--checksum-col", help="column with each file's expected checksum: files that differ are not "
                    "kept (buddy check)")
     p.add_argument("--checksum-algo", help="algorithm of --checksum-col and checksums.csv (default: from the "
-                   "first expected value's length, else md5)")
+                   "first expected value's length, else sha256 — the digest the store already computes)")
     p.add_argument("--allow-network", action="append", default=[], metavar="CIDR",
                    help="also fetch from this private/loopback network (repeatable), e.g. 127.0.0.0/8")
     p.add_argument("--force", action="store_true", help="download again even when a verified file is present")
     p.add_argument("--connections", type=int, help="connections in flight overall (default 64)")
     p.add_argument("--per-host", type=int, help="connections in flight to one host (default 8)")
+    p.add_argument("--processes", type=int, help="worker processes, each owning a share of the hosts (default: "
+                   f"one per core for lists of {MANY_ROWS}+ rows, else 1)")
     p.add_argument("--initial-rate", type=float, help="requests/s an unknown host starts at (default 4; it adapts)")
     p.add_argument("--max-rate", type=float, help="requests/s no host is ever sent more than (default 500)")
     p.add_argument("--attempts", type=int, help="attempts after timeouts and server errors (default 3)")
@@ -165,6 +170,35 @@ def safe_parts(value: str, what: str, nested: bool) -> list[str]:
     if not nested and "/" in value.replace("\\", "/"):
         raise Failed("bad_name", f"{what} {value!r} contains a path separator")
     return parts
+
+
+@dataclass(frozen=True)
+class Storer:
+    """The engine's store callback: verify the expected checksum, then write the file atomically.
+
+    Picklable, so that each worker process of a multi-process run writes its own files.
+    """
+
+    tmp: Path
+    algo: str
+
+    def __call__(self, result: Result) -> dict:
+        target: Target = result.task.payload
+        data = result.data or b""
+        checksum = result.sha256 if self.algo == "sha256" else hashlib.new(self.algo, data).hexdigest()
+        if target.expected and checksum != target.expected:
+            raise Failed("checksum_mismatch", f"{self.algo} {checksum} differs from the expected {target.expected}")
+        path = target.path(result.mime)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = self.tmp / f"{uuid.uuid4().hex}.part"
+        try:
+            with open(temp, "wb") as handle:
+                handle.write(data)
+            os.replace(temp, path)  # same file system: the file appears whole or not at all
+        except OSError:
+            temp.unlink(missing_ok=True)
+            raise
+        return {"path": str(path), "checksum": checksum}
 
 
 class Run:
@@ -269,37 +303,22 @@ class Run:
         return hashlib.new(self.algo, data).hexdigest()
 
     def choose_algorithm(self, path: Path) -> None:
-        """--checksum-algo, else what the first expected checksum's length says, else md5 (sum-buddy's default)."""
+        """--checksum-algo, else what the first expected checksum's length says, else sha256.
+
+        sha256 rather than sum-buddy's md5 by default: every image's sha256 is computed anyway (it is the
+        content address), so checksums.csv costs nothing more. `--checksum-algo md5` matches sum-buddy.
+        """
         if not self.algo and self.args.checksum_col:
             for record in read_records(path, self.args.url_col):
                 value = record.metadata.get(self.args.checksum_col, "").strip()
                 if value:
                     self.algo = DIGEST_BY_LENGTH.get(len(value), "md5")
                     break
-        self.algo = self.algo or "md5"
+        self.algo = self.algo or "sha256"
         try:
             hashlib.new(self.algo)
         except ValueError as error:
             raise InputError(f"unknown checksum algorithm {self.algo!r}") from error
-
-    # -- the engine's store callback (worker threads) ---------------------------------------------
-    def store(self, result: Result) -> dict:
-        target: Target = result.task.payload
-        data = result.data or b""
-        checksum = self.digest(data)
-        if target.expected and checksum != target.expected:
-            raise Failed("checksum_mismatch", f"{self.algo} {checksum} differs from the expected {target.expected}")
-        path = target.path(result.mime)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.tmp / f"{uuid.uuid4().hex}.part"
-        try:
-            with open(temp, "wb") as handle:
-                handle.write(data)
-            os.replace(temp, path)  # same file system: the file appears whole or not at all
-        except OSError:
-            temp.unlink(missing_ok=True)
-            raise
-        return {"path": str(path), "checksum": checksum}
 
     # -- outcomes ---------------------------------------------------------------------------------
     def record(self, row: int, url: str, state: str, metadata: dict[str, str], **fields: object) -> None:
@@ -404,7 +423,12 @@ def run(args: argparse.Namespace) -> int:
     if total is not None and args.limit is not None:
         total = min(total, args.limit)
     job.choose_algorithm(path)
-    engine = FetchEngine(settings, store=job.store, on_result=job.on_result)
+    processes = args.processes or ((os.cpu_count() or 1) if total is None or total >= MANY_ROWS else 1)
+    storer = Storer(job.tmp, job.algo)
+    if processes > 1:
+        engine = ShardedEngine(settings, processes, store=storer, on_result=job.on_result)
+    else:
+        engine = FetchEngine(settings, store=storer, on_result=job.on_result)
     job.open()
     started = time.monotonic()
     interrupted = False

@@ -160,9 +160,16 @@ class FetchEngine:
         ]
         for worker in workers:
             worker.start()
-        for worker in workers:
-            worker.join()
-        feeder.join()
+        try:
+            for worker in workers:
+                worker.join()
+        except KeyboardInterrupt:
+            # Let the requests in flight end and be reported, then let the caller know.
+            self.stop()
+            for worker in workers:
+                worker.join()
+            raise
+        feeder.join(timeout=1.0)  # it may be blocked reading input; it is a daemon thread
         self.summary.seconds = time.monotonic() - started
         self.summary.hosts = self.host_reports()
         if self._input_error is not None:

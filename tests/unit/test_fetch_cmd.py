@@ -51,12 +51,12 @@ class Images(http.server.BaseHTTPRequestHandler):
 
 
 @contextmanager
-def site():
+def site(address: str = "127.0.0.1"):
     Images.hits = Counter()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Images)
+    httpd = http.server.ThreadingHTTPServer((address, 0), Images)
     threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+        yield f"http://{address}:{httpd.server_address[1]}"
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -173,6 +173,10 @@ def test_rows_are_named_by_number_without_a_name_column_and_the_parquet_report_h
         (0, "stored", ""), (1, "stored", ""), (2, "failed", "bad_url")
     ]
     assert {r["width"] for r in table if r["state"] == "stored"} == {40, 20}
+    with open(out / "_fetch" / "checksums.csv", newline="") as handle:
+        sums = list(csv.reader(handle))
+    assert sums[0] == ["filepath", "filename", "sha256"]  # the default: the digest already computed
+    assert sums[1][2] == hashlib.sha256(Path(sums[1][0]).read_bytes()).hexdigest()
 
 
 def test_an_idigbio_list_uses_the_url_fallbacks(tmp_path, base):
@@ -197,3 +201,19 @@ def test_a_missing_input_or_column_is_a_usage_error(tmp_path):
     listing = write_list(tmp_path / "list.csv", ["link"], [["http://a.example/1.jpg"]])
     with pytest.raises(InputError, match="no URL column"):
         fetch(listing, tmp_path / "out")
+
+
+def test_several_processes_share_the_hosts_and_give_the_same_result(tmp_path):
+    with site("127.0.0.1") as first, site("127.0.0.2") as second:  # two hosts
+        rows = [[f"{base}/img/{n}", f"{tag}{n}"] for base, tag in ((first, "a"), (second, "b")) for n in range(6)]
+        rows.append(["ftp://x/y", "bad"])
+        listing = write_list(tmp_path / "list.csv", ["url", "name"], rows)
+        out = tmp_path / "out"
+        assert fetch(listing, out, "--name-col", "name", "--processes", "2") == 1
+    assert sum(r["state"] == "stored" for r in report(out)) == 12
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted(
+        [f"a{n}.jpg" for n in range(6)] + [f"b{n}.jpg" for n in range(6)]
+    )
+    assert all((out / f"a{n}.jpg").read_bytes() == IMAGES[f"/img/{n}"] for n in range(6))
+    assert [r["reason"] for r in report(out) if r["state"] == "failed"] == ["bad_url"]
+    assert not (out / "_fetch" / "tmp").exists()

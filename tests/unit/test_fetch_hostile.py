@@ -331,7 +331,8 @@ def hosts():
         yield main, other
 
 
-def test_every_hostile_row_ends_with_its_reason_and_no_junk_is_kept(tmp_path, tuned, hosts):
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_every_hostile_row_ends_with_its_reason_and_no_junk_is_kept(tmp_path, tuned, hosts, processes):
     base, _ = hosts
     paths = {
         "ok": "/ok.jpg", "404": "/404", "410": "/410", "429_storm": "/429-storm",
@@ -364,7 +365,7 @@ def test_every_hostile_row_ends_with_its_reason_and_no_junk_is_kept(tmp_path, tu
     assert len(EXPECTED) >= 20 and {name for name, _ in rows} == set(EXPECTED)
 
     result = fetch(tmp_path, rows, "--name-col", "name", "--allow-network", "127.0.0.2/32",
-                   "--allow-network", "127.0.0.3/32")
+                   "--allow-network", "127.0.0.3/32", "--processes", processes)
 
     got = {row["url"] and next(n for n, u in rows if u.strip() == row["url"]) or "empty_url": row
            for row in result["rows"]}

@@ -1,0 +1,181 @@
+"""The fetch engine in several processes, each owning a share of the hosts.
+
+One process runs its Python (HTTP parsing, bookkeeping) under one GIL; on a machine with several cores
+the per-image work is spread further by giving each process its own hosts. A host always belongs to
+the same process (by a hash of its name), so per-host politeness needs no coordination between them —
+the same reason the records topic is keyed by host. Images are stored by the process that fetched them
+(`store` must therefore be picklable); only small results travel back to the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import queue
+import signal
+import threading
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from taxonstream.fetcher.engine import FetchEngine, Result, Summary, Task, host_of
+from taxonstream.fetcher.settings import FetcherSettings
+
+BATCH = 64  # tasks per queue message: pickling one at a time costs more than the fetch bookkeeping
+
+
+def shard_of(url: str, shards: int) -> int:
+    try:
+        host = host_of(url)
+    except ValueError:
+        host = ""
+    return zlib.crc32(host.encode("utf-8", "replace")) % shards
+
+
+def _shard_main(
+    index: int, settings: dict, store: Callable[[Result], Any] | None, inbox, outbox, stop
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    engine = FetchEngine(FetcherSettings(**settings), store=store, on_result=lambda r: outbox.put(("result", r)))
+
+    def tasks() -> Iterator[Task]:
+        while True:
+            try:
+                batch = inbox.get(timeout=0.2)
+            except queue.Empty:
+                if stop.is_set():
+                    engine.stop()
+                    return
+                continue
+            if batch is None:
+                return
+            yield from batch
+
+    error = None
+    hosts = []
+    try:
+        hosts = engine.run(tasks()).hosts
+    except BaseException as caught:  # noqa: BLE001 - reported to the parent, which re-raises
+        error = f"{type(caught).__name__}: {caught}"
+    finally:
+        engine.close()
+        outbox.put(("done", index, hosts, error))
+
+
+class ShardedEngine:
+    """`FetchEngine`'s interface (run, stop, summary), over `processes` worker processes."""
+
+    def __init__(
+        self,
+        settings: FetcherSettings,
+        processes: int,
+        store: Callable[[Result], Any] | None = None,
+        on_result: Callable[[Result], None] | None = None,
+    ) -> None:
+        self.processes = processes
+        self.store = store
+        self.on_result = on_result
+        per_process = max(1, -(-settings.fetch_max_connections // processes))
+        self.settings = {**settings.model_dump(), "fetch_max_connections": per_process}
+        # spawn: a clean interpreter per worker, whatever threads the caller has running.
+        self.context = multiprocessing.get_context("spawn")
+        self.stop_event = self.context.Event()
+        self.summary = Summary()
+        self._lock = threading.Lock()
+
+    def run(self, tasks: Iterable[Task]) -> Summary:
+        outbox = self.context.Queue()
+        inboxes = [self.context.Queue(maxsize=64) for _ in range(self.processes)]
+        workers = [
+            self.context.Process(
+                target=_shard_main,
+                args=(n, self.settings, self.store, inboxes[n], outbox, self.stop_event),
+                name=f"fetch-shard-{n}",
+                daemon=True,
+            )
+            for n in range(self.processes)
+        ]
+        for worker in workers:
+            worker.start()
+        errors: list[str] = []
+        collector = threading.Thread(target=self._collect, args=(outbox, workers, errors), daemon=True)
+        collector.start()
+        try:
+            self._feed(tasks, inboxes, workers)
+        except BaseException:
+            self.stop()
+            collector.join()
+            raise
+        finally:
+            for inbox in inboxes:
+                with contextlib.suppress(ValueError, OSError):
+                    inbox.put(None, timeout=5)
+        try:
+            collector.join()
+        except KeyboardInterrupt:
+            self.stop()
+            collector.join()
+            raise
+        for worker in workers:
+            worker.join(timeout=10)
+        if errors:
+            raise RuntimeError(f"a fetch worker process failed: {errors[0]}")
+        return self.summary
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def close(self) -> None:
+        pass
+
+    def _feed(self, tasks: Iterable[Task], inboxes: list, workers: list) -> None:
+        batches: list[list[Task]] = [[] for _ in inboxes]
+        for task in tasks:
+            if self.stop_event.is_set():
+                return
+            shard = shard_of(task.url, self.processes)
+            batches[shard].append(task)
+            if len(batches[shard]) >= BATCH:
+                self._put(inboxes[shard], batches[shard], workers[shard])
+                batches[shard] = []
+        for shard, batch in enumerate(batches):
+            if batch:
+                self._put(inboxes[shard], batch, workers[shard])
+
+    def _put(self, inbox, batch: list[Task], worker) -> None:
+        while not self.stop_event.is_set():
+            try:
+                inbox.put(batch, timeout=0.5)
+                return
+            except queue.Full:
+                if not worker.is_alive():
+                    raise RuntimeError(f"fetch worker {worker.name} exited early ({worker.exitcode})") from None
+
+    def _collect(self, outbox, workers: list, errors: list[str]) -> None:
+        done = 0
+        while done < len(workers):
+            try:
+                message = outbox.get(timeout=1.0)
+            except queue.Empty:
+                if not any(w.is_alive() for w in workers):
+                    errors.append("every fetch worker process ended without reporting")
+                    return
+                continue
+            if message[0] == "result":
+                self._finish(message[1])
+            else:
+                _, _, hosts, error = message
+                done += 1
+                self.summary.hosts.extend(hosts)
+                if error:
+                    errors.append(error)
+
+    def _finish(self, result: Result) -> None:
+        with self._lock:
+            if result.ok:
+                self.summary.stored += 1
+            else:
+                self.summary.failed += 1
+                self.summary.reasons[result.reason] += 1
+        if self.on_result is not None:
+            self.on_result(result)
