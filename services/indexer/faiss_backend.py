@@ -20,11 +20,12 @@ collection has grown fourfold since its last training, since its coarse clusteri
 smaller set. Deletes that take a collection below half a threshold rebuild it in the smaller type.
 
 Filters. `filters.facets()` of each image are kept in an inverted index (field, value) → slots. A
-filtered search builds a bitmap of matching live slots: when at most `exact_below` slots match, those
-are scored exactly (faster and better than a graph walk through mostly excluded nodes); otherwise the
-ANN search runs with the bitmap as its `IDSelector`, with efSearch/nprobe widened by the inverse of the
-filter's selectivity, and any query still short of k hits is answered exactly over the matching slots.
-Either way a non-matching item is never a candidate.
+filtered search selects the matching live slots (candidates from the rarest field's postings, or a
+bitmap over all slots when the filter is common). Few matches (at most `exact_below`, or under
+`ann_min_share` of the index) are scored exactly — faster and better than a graph walk through mostly
+excluded nodes; otherwise the ANN search runs with the bitmap as its `IDSelector` (IVF's nprobe widened
+by the inverse of the filter's share), and any query still short of k hits is answered exactly over the
+matching slots. Either way a non-matching item is never a candidate.
 """
 
 from __future__ import annotations
@@ -330,7 +331,13 @@ class FaissIndex:
         return _Selection(self._n, mask=mask)
 
     def _exact(self, queries: np.ndarray, k: int, selection: _Selection | None) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k over the selected slots (all slots when None), in chunks of slots."""
+        """Exact top-k over the selected slots (all slots when None)."""
+        if self._kind != "ivfpq" and selection is not None and selection.count > self.config.exact_below:
+            # Many matches: FAISS's flat scan with the bitmap reads only the selected rows, without copying
+            # them out (a gather of 50k × 2 KB rows costs more than the scan).
+            assert self._index is not None
+            flat = faiss.downcast_index(self._index.storage) if self._kind == "hnsw" else self._index
+            return flat.search(queries, k, params=faiss.SearchParameters(sel=selection.selector))
         slots_all = np.arange(self._n) if selection is None else selection.slots
         best_s = np.full((len(queries), 0), -np.inf, dtype=np.float32)
         best_i = np.empty((len(queries), 0), dtype=np.int64)
@@ -348,13 +355,15 @@ class FaissIndex:
         assert self._index is not None
         cfg = self.config
         sel = None if selection is None else selection.selector
-        # Sparse matches: widen the search by the inverse selectivity, so enough of them are reached.
+        # IVF scans whole lists: with a filter, only its share of each list can be a candidate, so widen.
         widen = 1 if selection is None else math.ceil(self._n / max(selection.count, 1))
         if self._kind == "flat":
             params = faiss.SearchParameters(sel=sel) if sel is not None else None
             return self._index.search(queries, k, params=params)
         if self._kind == "hnsw":
-            ef = min(max(cfg.ef_search, k) * widen, max(cfg.ef_max, k))
+            # No widening here: a larger efSearch with a selector found no more of the true top 10 (it only
+            # filled k sooner from a worse walk); sparse filters take the exact path instead.
+            ef = max(cfg.ef_search, k)
             return self._index.search(queries, k, params=faiss.SearchParametersHNSW(efSearch=ef, sel=sel))
         nlist = self._index.nlist
         params = faiss.SearchParametersIVF(nprobe=min(cfg.nprobe * widen, nlist), sel=sel)
@@ -377,7 +386,10 @@ class FaissIndex:
         k = min(k, count)
         if k <= 0:
             return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
-        if selection is not None and selection.count <= self.config.exact_below:
+        few = selection is not None and (
+            selection.count <= self.config.exact_below or selection.count < self.config.ann_min_share * len(self._slot)
+        )
+        if few:
             return self._exact(queries, k, selection)
         scores, slots = self._ann(queries, k, selection)
         short = np.flatnonzero((slots < 0).any(axis=1))

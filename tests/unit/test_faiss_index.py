@@ -97,10 +97,11 @@ def test_serialize_keeps_metadata_beside_the_index_and_dump_inside_it():
         FaissIndex.restore(data, {image_id(0): {}})  # metadata that does not match its index
 
 
-def test_filtered_searches_through_the_selector_widen_until_k_are_found():
-    # 1 in 50 items match, below any ef/nprobe default: the search must still fill k.
+def test_filtered_searches_through_the_selector_still_fill_k():
+    # 1 in 50 items match, forced through the ANN search: it must still return k matching items.
     for kind in ("hnsw", "ivfpq"):
-        index, vectors = FaissIndex(config=FaissConfig(kind=kind, exact_below=0)), unit(2000, seed=4)
+        config = FaissConfig(kind=kind, exact_below=0, ann_min_share=0)
+        index, vectors = FaissIndex(config=config), unit(2000, seed=4)
         ids = [image_id(n) for n in range(2000)]
         index.upsert_many(ids, vectors, [{"genus": "Rare" if n % 50 == 0 else "Common"} for n in range(2000)])
         hits = index.search(vectors[1], 30, {"genus": "Rare"})
@@ -150,3 +151,20 @@ def test_milvus_expressions_quote_values_safely():
     assert expression({"provider": frozenset({"B", "A"}), "genus": frozenset({'x" or 1==1 or "'})}) == (
         'f_genus in ["x\\" or 1==1 or \\""] and f_provider in ["A", "B"]'
     )
+
+
+@pytest.mark.parametrize("exact_below", [10**6, 10], ids=["gathered", "scanned"])
+def test_sparse_filters_are_answered_exactly_by_either_exact_path(exact_below):
+    # A 4% filter is under ann_min_share: scored exactly — gathered when few, by FAISS's flat scan with the
+    # bitmap when more than exact_below.
+    config = FaissConfig(kind="hnsw", exact_below=exact_below, ann_min_share=0.05)
+    index, vectors = FaissIndex(config=config), unit(3000, seed=6)
+    ids = [image_id(n) for n in range(3000)]
+    index.upsert_many(ids, vectors, [{"genus": "Rare" if n % 25 == 0 else "Common"} for n in range(3000)])
+    index.delete(ids[25])
+    rare = [n for n in range(0, 3000, 25) if n != 25]
+    for query in unit(5, seed=8):
+        expected = sorted(rare, key=lambda n: -float(vectors[n] @ query))[:10]
+        hits = index.search(query, 10, {"genus": ["Rare"]})
+        assert [h.image_id for h in hits] == [ids[n] for n in expected]
+        assert np.allclose([h.score for h in hits], [vectors[n] @ query for n in expected], atol=1e-5)

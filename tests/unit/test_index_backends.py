@@ -26,12 +26,12 @@ LICENCES = ["CC0", "CC-BY", 'odd "quoted" \\ licence']
 BACKENDS: dict[str, tuple[IndexConfig, bool]] = {
     "faiss-flat": (IndexConfig(faiss=FaissConfig(kind="flat")), True),
     # Filters as a bitmap over every slot (the dense path) rather than candidates from the postings.
-    "faiss-flat-bitmap": (IndexConfig(faiss=FaissConfig(kind="flat", exact_below=0)), True),
+    "faiss-flat-bitmap": (IndexConfig(faiss=FaissConfig(kind="flat", exact_below=0, ann_min_share=0)), True),
     "faiss-hnsw": (IndexConfig(faiss=FaissConfig(kind="hnsw")), False),
     "faiss-ivfpq": (IndexConfig(faiss=FaissConfig(kind="ivfpq")), False),
     # Filters through the ANN search's IDSelector, never the exact small-subset path.
-    "faiss-hnsw-selector": (IndexConfig(faiss=FaissConfig(kind="hnsw", exact_below=0)), False),
-    "faiss-ivfpq-selector": (IndexConfig(faiss=FaissConfig(kind="ivfpq", exact_below=0)), False),
+    "faiss-hnsw-selector": (IndexConfig(faiss=FaissConfig(kind="hnsw", exact_below=0, ann_min_share=0)), False),
+    "faiss-ivfpq-selector": (IndexConfig(faiss=FaissConfig(kind="ivfpq", exact_below=0, ann_min_share=0)), False),
     "milvus-flat": (IndexConfig("milvus", milvus=MilvusConfig(index_type="FLAT", index_params={})), True),
     "milvus-hnsw": (IndexConfig("milvus"), False),
 }
@@ -97,8 +97,9 @@ def filled(index, count: int = 400, seed: int = 0) -> Model:
     metas = [metadata(n, rng) for n in range(count)]
     ids = [image_id(n) for n in range(count)]
     index.upsert_many(ids[:100], vectors[:100], metas[:100])
-    for n in range(100, count):  # one by one as well as in batches
+    for n in range(100, 130):  # one by one as well as in batches
         index.upsert(ids[n], vectors[n], metas[n])
+    index.upsert_many(ids[130:], vectors[130:], metas[130:])
     for n in range(count):
         model.upsert(ids[n], vectors[n], metas[n])
     return model
