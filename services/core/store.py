@@ -28,6 +28,18 @@ def original_key(sha256: str) -> str:
     return f"originals/sha256/{sha256[:2]}/{sha256[2:4]}/{sha256}"
 
 
+def derivative_keys(image_id: str, model: str, version: str) -> dict[str, str]:
+    """Where the detector stores what it derives from one image: under the image id and the model version."""
+    prefix = f"derivatives/{image_id}/{model}/{version}/"
+    names = {
+        "crop": "crop.jpg",
+        "crop_small": "crop_256.jpg",
+        "original_small": "original_256.jpg",
+        "lineage": "detection.json",
+    }
+    return {kind: prefix + name for kind, name in names.items()}
+
+
 class ObjectStore:
     def __init__(self, settings: CoreSettings) -> None:
         if not settings.s3_access_key or not settings.s3_secret_key:

@@ -14,7 +14,7 @@ from taxonstream.core.bus import Bus, Emit
 from taxonstream.core.errors import Failed
 from taxonstream.core.server import Service, connect, registrar
 from taxonstream.core.settings import CoreSettings
-from taxonstream.core.store import ObjectStore
+from taxonstream.core.store import ObjectStore, derivative_keys
 from taxonstream.core.triton import TritonModel
 from taxonstream.core.worker import StreamWorker, in_batches
 from taxonstream.models.preprocess import crop_box, detector_pixels, upright_rgb
@@ -55,14 +55,6 @@ def shorter_side(image: Image.Image, side: int) -> Image.Image:
         return image
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return image.resize(size, Image.Resampling.LANCZOS)
-
-
-def derivative_keys(image_id: str, model: str, version: str) -> dict[str, str]:
-    """Where the detector stores what it derives from one image: under the image id and the model version."""
-    prefix = f"derivatives/{image_id}/{model}/{version}/"
-    names = {"crop": "crop.jpg", "crop_small": "crop_256.jpg", "original_small": "original_256.jpg",
-             "lineage": "detection.json"}
-    return {kind: prefix + name for kind, name in names.items()}
 
 
 def open_image(data: bytes, min_side: int) -> Image.Image:

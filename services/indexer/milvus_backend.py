@@ -95,9 +95,7 @@ class MilvusIndex:
     def upsert(self, image_id: str, vector: np.ndarray, metadata: Mapping[str, str]) -> None:
         self.upsert_many([image_id], np.asarray(vector, dtype=np.float32).reshape(1, -1), [metadata])
 
-    def upsert_many(
-        self, image_ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[Mapping[str, str]]
-    ) -> None:
+    def upsert_many(self, image_ids: Sequence[str], vectors: np.ndarray, metadata: Sequence[Mapping[str, str]]) -> None:
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(image_ids), -1)
         if len(metadata) != len(image_ids):
             raise ValueError(f"{len(image_ids)} ids but {len(metadata)} metadata entries")

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
+from datetime import timedelta
+from typing import Literal
 
 import grpc
 import numpy as np
 from kafka import TopicPartition
 
-from taxonstream.core.bus import Bus, Emit
+from taxonstream.core.bus import Bus, Emit, send_all
 from taxonstream.core.outcomes import outcome
 from taxonstream.core.server import Service, connect, registrar
 from taxonstream.core.settings import CoreSettings
-from taxonstream.core.store import ObjectStore
+from taxonstream.core.store import ObjectStore, derivative_keys
 from taxonstream.core.worker import StreamWorker, each
-from taxonstream.indexer.index import VectorIndex
+from taxonstream.indexer.backend import FaissConfig, IndexBackend, IndexConfig, MilvusConfig, open_index, restore_index
+from taxonstream.indexer.filters import field_name
 from taxonstream.v1 import (
     detector_pb2,
     detector_pb2_grpc,
@@ -38,6 +42,21 @@ class IndexerSettings(CoreSettings):
     index_model_version: str = "1"
     # A snapshot at most this often while embeddings arrive, and always at shutdown.
     snapshot_seconds: float = 10.0
+    # faiss (in-process; exact, then HNSW from `index_hnsw_from`, IVF-PQ from `index_ivfpq_from` vectors)
+    # or milvus (a Milvus server at `milvus_uri`; a path ending .db runs Milvus Lite in-process).
+    index_backend: Literal["faiss", "milvus"] = "faiss"
+    index_hnsw_from: int = 100_000
+    index_ivfpq_from: int = 10_000_000
+    milvus_uri: str = ""
+    milvus_token: str = ""
+    milvus_collection: str = "taxonstream_images"
+
+    def index_config(self) -> IndexConfig:
+        milvus = MilvusConfig(
+            uri=self.milvus_uri or MilvusConfig.uri, token=self.milvus_token, collection=self.milvus_collection
+        )
+        faiss = FaissConfig(hnsw_from=self.index_hnsw_from, ivfpq_from=self.index_ivfpq_from)
+        return IndexConfig(backend=self.index_backend, faiss=faiss, milvus=milvus)
 
 
 def lineage(embedding: Embedding) -> dict[str, str]:
@@ -58,6 +77,7 @@ def lineage(embedding: Embedding) -> dict[str, str]:
         "box": f"{box.left},{box.top},{box.right},{box.bottom}",
         "size": f"{fetched.width}x{fetched.height}",
         "model": f"{embedding.model}/{embedding.model_version}",
+        "thumbnail_key": derivative_keys(embedding.image_id, crop.model, crop.model_version)["crop_small"],
     }
 
 
@@ -66,34 +86,32 @@ class Snapshots:
 
     def __init__(self, store: ObjectStore, settings: IndexerSettings) -> None:
         self.store = store
-        self.prefix = f"index/{settings.index_model}/{settings.index_model_version}/"
+        self.config = settings.index_config()
+        self.prefix = f"index/{settings.index_model}/{settings.index_model_version}/{self.config.backend}/"
 
-    def load(self, topic: str) -> tuple[VectorIndex, dict[TopicPartition, int]]:
+    def load(self, topic: str) -> tuple[IndexBackend, dict[TopicPartition, int]]:
         latest = self.store.get_json(self.prefix + "latest.json")
-        if latest is None:
-            return VectorIndex(), {}
-        index = VectorIndex.restore(
-            self.store.get(latest["faiss_key"]) if latest["faiss_key"] else b"", latest["metadata"]
-        )
+        if latest is None or not latest.get("index_key"):
+            return open_index(self.config), {}  # nothing durable yet: replay the topic from its start
+        index = restore_index(self.config, self.store.get(latest["index_key"]))
         offsets = {TopicPartition(topic, int(p)): int(o) for p, o in latest["offsets"].items()}
         log.info("restored snapshot", extra={"images": len(index), "offsets": latest["offsets"]})
         return index, offsets
 
-    def save(self, index: VectorIndex, offsets: dict[TopicPartition, int]) -> None:
-        data, metadata = index.serialize()
+    def save(self, index: IndexBackend, offsets: dict[TopicPartition, int]) -> None:
+        data = index.dump()
+        if not data:
+            return
         generation = time.strftime("%Y%m%dT%H%M%S") + f"-{time.time_ns() % 1_000_000:06d}"
-        faiss_key = self.prefix + f"snapshots/{generation}.faiss" if data else ""
-        if data:
-            self.store.put(faiss_key, data)
+        key = self.prefix + f"snapshots/{generation}.bin"
+        self.store.put(key, data)
         # latest.json last: a crash between the two writes leaves the previous snapshot in force.
         self.store.put_json(
             self.prefix + "latest.json",
             {
                 "generation": generation,
-                "faiss_key": faiss_key,
-                "dim": index.dim,
+                "index_key": key,
                 "offsets": {str(tp.partition): o for tp, o in offsets.items()},
-                "metadata": metadata,
             },
         )
 
@@ -109,6 +127,10 @@ class IndexWorker:
         self._lock = threading.Lock()
 
     def handle(self, embedding: Embedding) -> list[Emit]:
+        if embedding.deleted:
+            self.index.delete(embedding.image_id)
+            self._dirty = True
+            return []
         record = embedding.crop.image.fetched.record
         wanted = (self.settings.index_model, self.settings.index_model_version)
         if (embedding.model, embedding.model_version) != wanted:
@@ -153,13 +175,24 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         self.detector = detector_pb2_grpc.DetectorStub(grpc.insecure_channel(settings.detector_addr))
         self.embedder = embedder_pb2_grpc.EmbedderStub(grpc.insecure_channel(settings.embedder_addr))
 
+    @functools.cached_property
+    def producer(self):
+        return self.work.bus.producer()
+
     def _query_vector(self, request, context) -> np.ndarray:
-        if request.HasField("image_id"):
+        query = request.WhichOneof("query")  # Search and Classify requests share this oneof
+        if query == "text":
+            try:
+                answer = self.embedder.EmbedTexts(embedder_pb2.EmbedTextsRequest(texts=[request.text]), timeout=60)
+            except grpc.RpcError as error:
+                context.abort(error.code(), f"query text: {error.details()}")
+            return np.asarray(answer.vectors[0].values, dtype=np.float32)
+        if query == "image_id":
             vector = self.work.index.vector(request.image_id)
             if vector is None:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"image {request.image_id!r} is not indexed")
             return vector
-        if request.HasField("image"):
+        if query == "image":
             # The same path an ingested image takes: detect and crop, then embed the crop.
             try:
                 crop = self.detector.Detect(detector_pb2.DetectRequest(image=request.image), timeout=60).crop
@@ -167,24 +200,48 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
             except grpc.RpcError as error:
                 context.abort(error.code(), f"query image: {error.details()}")
             return np.asarray(embedded.vectors[0].values, dtype=np.float32)
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give an image or an image_id to search by")
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give an image, an image_id or a text to search by")
 
     def Search(self, request, context) -> indexer_pb2.SearchResponse:
+        try:
+            filters = {field_name(f.field): frozenset(f.values) for f in request.filters}
+        except ValueError as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         vector = self._query_vector(request, context)
-        hits = self.work.index.search(vector, request.k or 10)
+        hits = self.work.index.search(vector, request.k or 10, filters or None)
+        store = self.work.snapshots.store
         return indexer_pb2.SearchResponse(
-            hits=[indexer_pb2.Hit(image_id=h.image_id, score=h.score, metadata=h.metadata) for h in hits],
+            hits=[
+                indexer_pb2.Hit(
+                    image_id=h.image_id,
+                    score=h.score,
+                    metadata=h.metadata,
+                    thumbnail_url=store.presigned_url(h.metadata["thumbnail_key"], timedelta(hours=1))
+                    if h.metadata.get("thumbnail_key")
+                    else "",
+                )
+                for h in hits
+            ],
             model=self.settings.index_model,
             model_version=self.settings.index_model_version,
         )
 
     def Stats(self, request, context) -> indexer_pb2.StatsResponse:
+        stats = self.work.index.stats()
         return indexer_pb2.StatsResponse(
-            images=len(self.work.index),
+            images=stats.images,
             model=self.settings.index_model,
             model_version=self.settings.index_model_version,
             offsets={str(tp.partition): o for tp, o in self.work.offsets.items()},
+            kind=stats.kind,
+            by_field={f: indexer_pb2.FieldCounts(counts=c) for f, c in stats.by_field.items()},
         )
+
+    def Delete(self, request, context) -> indexer_pb2.DeleteResponse:
+        topic = self.work.bus.topics.embedded
+        removals = [Emit(topic, i, Embedding(image_id=i, deleted=True)) for i in request.image_ids if i]
+        send_all(self.producer, removals)
+        return indexer_pb2.DeleteResponse(requested=len(removals))
 
     def Classify(self, request, context) -> indexer_pb2.ClassifyResponse:
         # The query vector comes the way Search gets it; the scoring lives in taxonstream.classify.

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctaxonstream/v1/indexer.proto\x12\x0etaxonstream.v1\"H\n\rSearchRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\x12\n\x08image_id\x18\x02 \x01(\tH\x00\x12\t\n\x01k\x18\x03 \x01(\x05\x42\x07\n\x05query\"\x8c\x01\n\x03Hit\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x33\n\x08metadata\x18\x03 \x03(\x0b\x32!.taxonstream.v1.Hit.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\x0eSearchResponse\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.taxonstream.v1.Hit\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"\x0e\n\x0cStatsRequest\"\xb2\x01\n\rStatsResponse\x12\x0e\n\x06images\x18\x01 \x01(\x03\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12;\n\x07offsets\x18\x04 \x03(\x0b\x32*.taxonstream.v1.StatsResponse.OffsetsEntry\x1a.\n\x0cOffsetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x89\x01\n\x0f\x43lassifyRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\x12\n\x08image_id\x18\x02 \x01(\tH\x00\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x0c\n\x04rank\x18\x04 \x01(\t\x12\t\n\x01k\x18\x05 \x01(\x05\x12\x11\n\ttemplates\x18\x06 \x03(\t\x12\x0c\n\x04\x62\x61nk\x18\x07 \x01(\tB\x07\n\x05query\"N\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05taxon\x18\x03 \x03(\t\x12\x13\n\x0b\x63ommon_name\x18\x04 \x01(\t\"w\n\x10\x43lassifyResponse\x12/\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1a.taxonstream.v1.Prediction\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x0c\n\x04rank\x18\x04 \x01(\t2\xe7\x01\n\x07Indexer\x12G\n\x06Search\x12\x1d.taxonstream.v1.SearchRequest\x1a\x1e.taxonstream.v1.SearchResponse\x12\x44\n\x05Stats\x12\x1c.taxonstream.v1.StatsRequest\x1a\x1d.taxonstream.v1.StatsResponse\x12M\n\x08\x43lassify\x12\x1f.taxonstream.v1.ClassifyRequest\x1a .taxonstream.v1.ClassifyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctaxonstream/v1/indexer.proto\x12\x0etaxonstream.v1\"\x81\x01\n\rSearchRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\x12\n\x08image_id\x18\x02 \x01(\tH\x00\x12\x0e\n\x04text\x18\x04 \x01(\tH\x00\x12\t\n\x01k\x18\x03 \x01(\x05\x12\'\n\x07\x66ilters\x18\x05 \x03(\x0b\x32\x16.taxonstream.v1.FilterB\x07\n\x05query\"\'\n\x06\x46ilter\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\"\xa3\x01\n\x03Hit\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x33\n\x08metadata\x18\x03 \x03(\x0b\x32!.taxonstream.v1.Hit.MetadataEntry\x12\x15\n\rthumbnail_url\x18\x04 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\x0eSearchResponse\x12!\n\x04hits\x18\x01 \x03(\x0b\x32\x13.taxonstream.v1.Hit\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"\x0e\n\x0cStatsRequest\"\xcb\x02\n\rStatsResponse\x12\x0e\n\x06images\x18\x01 \x01(\x03\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12;\n\x07offsets\x18\x04 \x03(\x0b\x32*.taxonstream.v1.StatsResponse.OffsetsEntry\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12<\n\x08\x62y_field\x18\x06 \x03(\x0b\x32*.taxonstream.v1.StatsResponse.ByFieldEntry\x1a.\n\x0cOffsetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1aK\n\x0c\x42yFieldEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x05value\x18\x02 \x01(\x0b\x32\x1b.taxonstream.v1.FieldCounts:\x02\x38\x01\"u\n\x0b\x46ieldCounts\x12\x37\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\'.taxonstream.v1.FieldCounts.CountsEntry\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\"\n\rDeleteRequest\x12\x11\n\timage_ids\x18\x01 \x03(\t\"#\n\x0e\x44\x65leteResponse\x12\x11\n\trequested\x18\x01 \x01(\x03\"\x89\x01\n\x0f\x43lassifyRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12\x12\n\x08image_id\x18\x02 \x01(\tH\x00\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x0c\n\x04rank\x18\x04 \x01(\t\x12\t\n\x01k\x18\x05 \x01(\x05\x12\x11\n\ttemplates\x18\x06 \x03(\t\x12\x0c\n\x04\x62\x61nk\x18\x07 \x01(\tB\x07\n\x05query\"N\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05taxon\x18\x03 \x03(\t\x12\x13\n\x0b\x63ommon_name\x18\x04 \x01(\t\"w\n\x10\x43lassifyResponse\x12/\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1a.taxonstream.v1.Prediction\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x0c\n\x04rank\x18\x04 \x01(\t2\xb0\x02\n\x07Indexer\x12G\n\x06Search\x12\x1d.taxonstream.v1.SearchRequest\x1a\x1e.taxonstream.v1.SearchResponse\x12\x44\n\x05Stats\x12\x1c.taxonstream.v1.StatsRequest\x1a\x1d.taxonstream.v1.StatsResponse\x12G\n\x06\x44\x65lete\x12\x1d.taxonstream.v1.DeleteRequest\x1a\x1e.taxonstream.v1.DeleteResponse\x12M\n\x08\x43lassify\x12\x1f.taxonstream.v1.ClassifyRequest\x1a .taxonstream.v1.ClassifyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,26 +35,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HIT_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_STATSRESPONSE_OFFSETSENTRY']._loaded_options = None
   _globals['_STATSRESPONSE_OFFSETSENTRY']._serialized_options = b'8\001'
-  _globals['_SEARCHREQUEST']._serialized_start=48
-  _globals['_SEARCHREQUEST']._serialized_end=120
-  _globals['_HIT']._serialized_start=123
-  _globals['_HIT']._serialized_end=263
-  _globals['_HIT_METADATAENTRY']._serialized_start=216
-  _globals['_HIT_METADATAENTRY']._serialized_end=263
-  _globals['_SEARCHRESPONSE']._serialized_start=265
-  _globals['_SEARCHRESPONSE']._serialized_end=354
-  _globals['_STATSREQUEST']._serialized_start=356
-  _globals['_STATSREQUEST']._serialized_end=370
-  _globals['_STATSRESPONSE']._serialized_start=373
-  _globals['_STATSRESPONSE']._serialized_end=551
-  _globals['_STATSRESPONSE_OFFSETSENTRY']._serialized_start=505
-  _globals['_STATSRESPONSE_OFFSETSENTRY']._serialized_end=551
-  _globals['_CLASSIFYREQUEST']._serialized_start=554
-  _globals['_CLASSIFYREQUEST']._serialized_end=691
-  _globals['_PREDICTION']._serialized_start=693
-  _globals['_PREDICTION']._serialized_end=771
-  _globals['_CLASSIFYRESPONSE']._serialized_start=773
-  _globals['_CLASSIFYRESPONSE']._serialized_end=892
-  _globals['_INDEXER']._serialized_start=895
-  _globals['_INDEXER']._serialized_end=1126
+  _globals['_STATSRESPONSE_BYFIELDENTRY']._loaded_options = None
+  _globals['_STATSRESPONSE_BYFIELDENTRY']._serialized_options = b'8\001'
+  _globals['_FIELDCOUNTS_COUNTSENTRY']._loaded_options = None
+  _globals['_FIELDCOUNTS_COUNTSENTRY']._serialized_options = b'8\001'
+  _globals['_SEARCHREQUEST']._serialized_start=49
+  _globals['_SEARCHREQUEST']._serialized_end=178
+  _globals['_FILTER']._serialized_start=180
+  _globals['_FILTER']._serialized_end=219
+  _globals['_HIT']._serialized_start=222
+  _globals['_HIT']._serialized_end=385
+  _globals['_HIT_METADATAENTRY']._serialized_start=338
+  _globals['_HIT_METADATAENTRY']._serialized_end=385
+  _globals['_SEARCHRESPONSE']._serialized_start=387
+  _globals['_SEARCHRESPONSE']._serialized_end=476
+  _globals['_STATSREQUEST']._serialized_start=478
+  _globals['_STATSREQUEST']._serialized_end=492
+  _globals['_STATSRESPONSE']._serialized_start=495
+  _globals['_STATSRESPONSE']._serialized_end=826
+  _globals['_STATSRESPONSE_OFFSETSENTRY']._serialized_start=703
+  _globals['_STATSRESPONSE_OFFSETSENTRY']._serialized_end=749
+  _globals['_STATSRESPONSE_BYFIELDENTRY']._serialized_start=751
+  _globals['_STATSRESPONSE_BYFIELDENTRY']._serialized_end=826
+  _globals['_FIELDCOUNTS']._serialized_start=828
+  _globals['_FIELDCOUNTS']._serialized_end=945
+  _globals['_FIELDCOUNTS_COUNTSENTRY']._serialized_start=900
+  _globals['_FIELDCOUNTS_COUNTSENTRY']._serialized_end=945
+  _globals['_DELETEREQUEST']._serialized_start=947
+  _globals['_DELETEREQUEST']._serialized_end=981
+  _globals['_DELETERESPONSE']._serialized_start=983
+  _globals['_DELETERESPONSE']._serialized_end=1018
+  _globals['_CLASSIFYREQUEST']._serialized_start=1021
+  _globals['_CLASSIFYREQUEST']._serialized_end=1158
+  _globals['_PREDICTION']._serialized_start=1160
+  _globals['_PREDICTION']._serialized_end=1238
+  _globals['_CLASSIFYRESPONSE']._serialized_start=1240
+  _globals['_CLASSIFYRESPONSE']._serialized_end=1359
+  _globals['_INDEXER']._serialized_start=1362
+  _globals['_INDEXER']._serialized_end=1666
 # @@protoc_insertion_point(module_scope)

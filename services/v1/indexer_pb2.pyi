@@ -7,17 +7,29 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SearchRequest(_message.Message):
-    __slots__ = ("image", "image_id", "k")
+    __slots__ = ("image", "image_id", "text", "k", "filters")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     image_id: str
+    text: str
     k: int
-    def __init__(self, image: _Optional[bytes] = ..., image_id: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
+    filters: _containers.RepeatedCompositeFieldContainer[Filter]
+    def __init__(self, image: _Optional[bytes] = ..., image_id: _Optional[str] = ..., text: _Optional[str] = ..., k: _Optional[int] = ..., filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ...) -> None: ...
+
+class Filter(_message.Message):
+    __slots__ = ("field", "values")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, field: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("image_id", "score", "metadata")
+    __slots__ = ("image_id", "score", "metadata", "thumbnail_url")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -28,10 +40,12 @@ class Hit(_message.Message):
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_URL_FIELD_NUMBER: _ClassVar[int]
     image_id: str
     score: float
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, image_id: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    thumbnail_url: str
+    def __init__(self, image_id: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., thumbnail_url: _Optional[str] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "model", "model_version")
@@ -48,7 +62,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("images", "model", "model_version", "offsets")
+    __slots__ = ("images", "model", "model_version", "offsets", "kind", "by_field")
     class OffsetsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -56,15 +70,51 @@ class StatsResponse(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class ByFieldEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: FieldCounts
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[FieldCounts, _Mapping]] = ...) -> None: ...
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_FIELD_NUMBER: _ClassVar[int]
     images: int
     model: str
     model_version: str
     offsets: _containers.ScalarMap[str, int]
-    def __init__(self, images: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., offsets: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    kind: str
+    by_field: _containers.MessageMap[str, FieldCounts]
+    def __init__(self, images: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., offsets: _Optional[_Mapping[str, int]] = ..., kind: _Optional[str] = ..., by_field: _Optional[_Mapping[str, FieldCounts]] = ...) -> None: ...
+
+class FieldCounts(_message.Message):
+    __slots__ = ("counts",)
+    class CountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    counts: _containers.ScalarMap[str, int]
+    def __init__(self, counts: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("image_ids",)
+    IMAGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    image_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, image_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteResponse(_message.Message):
+    __slots__ = ("requested",)
+    REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    requested: int
+    def __init__(self, requested: _Optional[int] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
     __slots__ = ("image", "image_id", "labels", "rank", "k", "templates", "bank")

@@ -44,6 +44,11 @@ class IndexerStub:
                 request_serializer=taxonstream_dot_v1_dot_indexer__pb2.StatsRequest.SerializeToString,
                 response_deserializer=taxonstream_dot_v1_dot_indexer__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/taxonstream.v1.Indexer/Delete',
+                request_serializer=taxonstream_dot_v1_dot_indexer__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=taxonstream_dot_v1_dot_indexer__pb2.DeleteResponse.FromString,
+                _registered_method=True)
         self.Classify = channel.unary_unary(
                 '/taxonstream.v1.Indexer/Classify',
                 request_serializer=taxonstream_dot_v1_dot_indexer__pb2.ClassifyRequest.SerializeToString,
@@ -62,6 +67,13 @@ class IndexerServicer:
 
     def Stats(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delete(self, request, context):
+        """Removes images from every replica (through the embedded topic, so replay keeps them removed).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -85,6 +97,11 @@ def add_IndexerServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=taxonstream_dot_v1_dot_indexer__pb2.StatsRequest.FromString,
                     response_serializer=taxonstream_dot_v1_dot_indexer__pb2.StatsResponse.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=taxonstream_dot_v1_dot_indexer__pb2.DeleteRequest.FromString,
+                    response_serializer=taxonstream_dot_v1_dot_indexer__pb2.DeleteResponse.SerializeToString,
             ),
             'Classify': grpc.unary_unary_rpc_method_handler(
                     servicer.Classify,
@@ -146,6 +163,33 @@ class Indexer:
             '/taxonstream.v1.Indexer/Stats',
             taxonstream_dot_v1_dot_indexer__pb2.StatsRequest.SerializeToString,
             taxonstream_dot_v1_dot_indexer__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taxonstream.v1.Indexer/Delete',
+            taxonstream_dot_v1_dot_indexer__pb2.DeleteRequest.SerializeToString,
+            taxonstream_dot_v1_dot_indexer__pb2.DeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -127,18 +127,20 @@ class Crop(_message.Message):
     def __init__(self, image_id: _Optional[str] = ..., image: _Optional[_Union[VerifiedImage, _Mapping]] = ..., crop_key: _Optional[str] = ..., detected: _Optional[bool] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., score: _Optional[float] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class Embedding(_message.Message):
-    __slots__ = ("image_id", "vector", "model", "model_version", "crop")
+    __slots__ = ("image_id", "vector", "model", "model_version", "crop", "deleted")
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CROP_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
     image_id: str
     vector: _containers.RepeatedScalarFieldContainer[float]
     model: str
     model_version: str
     crop: Crop
-    def __init__(self, image_id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., crop: _Optional[_Union[Crop, _Mapping]] = ...) -> None: ...
+    deleted: bool
+    def __init__(self, image_id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., crop: _Optional[_Union[Crop, _Mapping]] = ..., deleted: _Optional[bool] = ...) -> None: ...
 
 class Outcome(_message.Message):
     __slots__ = ("record_id", "job_id", "url", "state", "image_id", "stage", "reason", "message", "at_ms")

@@ -10,7 +10,7 @@ from PIL import Image
 from pipeline_helpers import outcomes, submit, unique_job, wait_done
 
 from taxonstream.cli import stack
-from taxonstream.detector.service import derivative_keys
+from taxonstream.core.store import derivative_keys
 from taxonstream.v1 import fetcher_pb2
 from taxonstream.v1.messages_pb2 import Outcome
 
@@ -25,10 +25,10 @@ def test_corrupt_tiny_and_huge_images_fail_with_reasons(fetcher, site, store):
     (site.directory / "bad").mkdir(exist_ok=True)
     good = site.images(1)[0]
     files = {
-        "corrupt.jpg": good.read_bytes()[:200] + b"\x00" * 500,   # a JPEG header, then garbage
+        "corrupt.jpg": good.read_bytes()[:200] + b"\x00" * 500,  # a JPEG header, then garbage
         # A colour of its own per run: the same bytes seen before would end as a duplicate instead.
         "one-pixel.png": _png(Image.new("RGB", (1, 1), tuple(random.SystemRandom().randrange(256) for _ in "rgb"))),
-        "huge.png": _png(Image.new("1", (15000, 15000))),          # 225 Mpx, a few hundred KB on the wire
+        "huge.png": _png(Image.new("1", (15000, 15000))),  # 225 Mpx, a few hundred KB on the wire
     }
     for name, data in files.items():
         (site.directory / "bad" / name).write_bytes(data)

@@ -13,7 +13,8 @@ import json
 import numpy as np
 from PIL import Image, ImageDraw
 
-from taxonstream.detector.service import Detector, DetectorSettings, DetectWorker, derivative_keys, shorter_side
+from taxonstream.core.store import derivative_keys
+from taxonstream.detector.service import Detector, DetectorSettings, DetectWorker, shorter_side
 from taxonstream.v1.messages_pb2 import FetchedImage, Record, VerifiedImage
 
 # One specimen drawn at (100, 60)-(220, 180) on a 400 x 300 white background.
