@@ -28,8 +28,9 @@ COSINE = 0.9999
 
 def _stub(service: str, stub_type):
     port = next(s.grpc_port for s in stack.SERVICES if s.name == service)
-    return stub_type(grpc.insecure_channel(f"127.0.0.1:{port}",
-                                           options=[("grpc.max_receive_message_length", 64 << 20)]))
+    return stub_type(
+        grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 << 20)])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +97,10 @@ def test_text_embeddings_through_triton_equal_in_process_torch(embedder):
     # More texts than one Triton request takes: split and reassembled in order.
     many = [f"label {i}" for i in range(300)]
     served_many = _vectors(embedder.EmbedTexts(embedder_pb2.EmbedTextsRequest(texts=many), timeout=300))
-    assert np.sum(served_many[[0, 150, 299]] * _torch_text_vectors([many[0], many[150], many[299]]), axis=1).min() \
+    assert (
+        np.sum(served_many[[0, 150, 299]] * _torch_text_vectors([many[0], many[150], many[299]]), axis=1).min()
         >= COSINE
+    )
 
 
 def test_bad_inputs_are_invalid_arguments(embedder):
@@ -128,13 +131,22 @@ def test_zero_shot_matches_the_recipe_computed_in_process(indexer, detector):
 
 
 def test_rank_prediction_sums_species_per_taxon(indexer, store, embedder):
-    orders = {"Danaus": "Lepidoptera", "Papilio": "Lepidoptera", "Pieris": "Lepidoptera",
-              "Bombus": "Hymenoptera", "Carabus": "Coleoptera", "Coccinella": "Coleoptera"}
-    names = [[["Animalia", "Arthropoda", "Insecta", orders[genus], family, genus, epithet], ""]
-             for genus, epithet, family in GENERA]
+    orders = {
+        "Danaus": "Lepidoptera",
+        "Papilio": "Lepidoptera",
+        "Pieris": "Lepidoptera",
+        "Bombus": "Hymenoptera",
+        "Carabus": "Coleoptera",
+        "Coccinella": "Coleoptera",
+    }
+    names = [
+        [["Animalia", "Arthropoda", "Insecta", orders[genus], family, genus, epithet], ""]
+        for genus, epithet, family in GENERA
+    ]
     texts = [" ".join(n[0]) for n in names]
-    vectors = _vectors(embedder.EmbedTexts(embedder_pb2.EmbedTextsRequest(texts=prompts(texts, ["a photo of {}."])),
-                                           timeout=120))
+    vectors = _vectors(
+        embedder.EmbedTexts(embedder_pb2.EmbedTextsRequest(texts=prompts(texts, ["a photo of {}."])), timeout=120)
+    )
     bank = LabelBank.from_arrays(vectors.T, names)
     store_bank(store, "test-insects", bank, "clip_standin_image", "1")
     image = _encode(shapes_image(31), "JPEG", quality=92)
@@ -168,8 +180,24 @@ def test_predict_cli_prints_a_table(tmp_path, local_stack):
     path = tmp_path / "moth.jpg"
     shapes_image(41).save(path, format="JPEG")
     result = subprocess.run(
-        [sys.executable, "-m", "taxonstream.cli.main", "predict", str(path), "--labels", "moth", "beetle",
-         "--templates", "single", "-k", "2"], capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "taxonstream.cli.main",
+            "predict",
+            str(path),
+            "--labels",
+            "moth",
+            "beetle",
+            "--templates",
+            "single",
+            "-k",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["file_name", "classification", "score"]
