@@ -158,14 +158,28 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _filters(pairs: list[str]) -> list[indexer_pb2.Filter]:
+    """`genus=Apis`, `genus=Apis,Bombus`, repeated flags AND together."""
+    found = []
+    for pair in pairs:
+        field, sep, values = pair.partition("=")
+        if not sep or not field.strip() or not values.strip():
+            raise InputError(f"--filter wants FIELD=VALUE[,VALUE…], not {pair!r}")
+        found.append(indexer_pb2.Filter(field=field.strip(), values=[v.strip() for v in values.split(",")]))
+    return found
+
+
 def cmd_search(args: argparse.Namespace) -> int:
+    filters = _filters(args.filter)
     if args.image:
         path = Path(args.image)
         if not path.is_file():
             raise InputError(f"{path}: no such file")
-        request = indexer_pb2.SearchRequest(image=path.read_bytes(), k=args.k)
+        request = indexer_pb2.SearchRequest(image=path.read_bytes(), k=args.k, filters=filters)
+    elif args.text:
+        request = indexer_pb2.SearchRequest(text=args.text, k=args.k, filters=filters)
     else:
-        request = indexer_pb2.SearchRequest(image_id=args.id, k=args.k)
+        request = indexer_pb2.SearchRequest(image_id=args.id, k=args.k, filters=filters)
     with _channel("indexer") as channel:
         response = indexer_pb2_grpc.IndexerStub(channel).Search(request, timeout=120)
     print(f"{len(response.hits)} hits (model {response.model}/{response.model_version})")
@@ -173,6 +187,20 @@ def cmd_search(args: argparse.Namespace) -> int:
     for rank, hit in enumerate(response.hits, start=1):
         label = hit.metadata.get("scientificName") or hit.metadata.get("scientific_name") or ""
         print(f"{rank:>4}  {hit.score:7.4f}  {hit.image_id[:12]:<14}  {hit.metadata.get('url', '')}  {label}".rstrip())
+        if args.thumbnails and hit.thumbnail_url:
+            print(f"{'':>25}{hit.thumbnail_url}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    with _channel("indexer") as channel:
+        stats = indexer_pb2_grpc.IndexerStub(channel).Stats(indexer_pb2.StatsRequest(), timeout=60)
+    print(f"{stats.images} images indexed ({stats.kind} index, model {stats.model}/{stats.model_version})")
+    for field in sorted(stats.by_field):
+        counts = sorted(stats.by_field[field].counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        shown = ", ".join(f"{value} {count}" for value, count in counts[: args.top])
+        more = f" … (+{len(counts) - args.top} more)" if len(counts) > args.top else ""
+        print(f"  {field:<9} {shown}{more}")
     return 0
 
 
@@ -211,12 +239,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="FILE", help="write every record's outcome to FILE (.csv or .parquet)")
     p.set_defaults(run=cmd_jobs)
 
-    p = commands.add_parser("search", help="nearest images to an image file or an indexed image id")
+    p = commands.add_parser("search", help="nearest images to an image file, an indexed image or a text")
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--image", metavar="PATH", help="an image file; it is cropped and embedded like ingested ones")
     query.add_argument("--id", metavar="IMAGE_ID", help="an indexed image's id (its sha256)")
+    query.add_argument("--text", metavar="TEXT", help='a description, e.g. "a photo of Danaus plexippus"')
     p.add_argument("-k", type=int, default=10, help="hits to return (default 10)")
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE[,VALUE…]",
+        help="only images whose FIELD (kingdom … species, provider, licence) is one of the values; "
+        "repeat to require several fields; applied inside the search, so k hits still come back",
+    )
+    p.add_argument("--thumbnails", action="store_true", help="print a presigned URL of each hit's 256-px crop")
     p.set_defaults(run=cmd_search)
+
+    p = commands.add_parser("stats", help="how many images, and how they spread over ranks, providers, licences")
+    p.add_argument("--top", type=int, default=8, help="values to show per field (default 8)")
+    p.set_defaults(run=cmd_stats)
     integrity_cmds.add_commands(commands)
     from taxonstream.cli import fetch_cmd  # the standalone downloader (no stack needed)
 

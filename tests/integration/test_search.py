@@ -10,6 +10,7 @@ from PIL import Image
 from pipeline_helpers import outcomes, submit, unique_job, wait_done
 
 from taxonstream.cli import stack
+from taxonstream.cli.main import main as taxonstream
 from taxonstream.v1 import indexer_pb2
 from taxonstream.v1.messages_pb2 import Outcome
 
@@ -21,7 +22,7 @@ def search(indexer, genus: str, k: int = 50, **query) -> list[indexer_pb2.Hit]:
     return list(indexer.Search(request, timeout=60).hits)
 
 
-def test_filters_text_thumbnails_stats_and_delete(fetcher, indexer, site):
+def test_filters_text_thumbnails_stats_and_delete(fetcher, indexer, site, capsys):
     tag = unique_job("g").replace("-", "")
     genus_a, genus_b = f"Apis{tag}", f"Bombus{tag}"
     images = site.images(12)
@@ -41,6 +42,13 @@ def test_filters_text_thumbnails_stats_and_delete(fetcher, indexer, site):
 
     stats = indexer.Stats(indexer_pb2.StatsRequest(), timeout=30)
     assert stats.by_field["genus"].counts[genus_a] == 6 and stats.kind == "flat"
+
+    # The same through the command line.
+    assert taxonstream(["search", "--id", ids[1], "--filter", f"genus={genus_a}", "-k", "50", "--thumbnails"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("6 hits") and printed.count("http://127.0.0.1:27480/") == 6
+    assert taxonstream(["stats", "--top", "1000"]) == 0
+    assert f"{genus_a} 6" in capsys.readouterr().out
 
     thumbnail = httpx.get(hits[0].thumbnail_url, timeout=30)
     assert thumbnail.status_code == 200

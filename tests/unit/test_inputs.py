@@ -158,3 +158,13 @@ def test_an_unreadable_row_is_recorded_and_reading_goes_on(tmp_path):
     records = list(read_records(path))
     assert [r.url for r in records] == ["http://a.example/1.jpg", "", "http://a.example/3.jpg"]
     assert "field larger than field limit" in records[1].metadata["_input_error"]
+
+
+def test_search_filters_parse_and_bad_ones_are_clear():
+    from taxonstream.cli.main import _filters
+
+    parsed = _filters(["genus=Apis,Bombus", "licence = CC0-1.0"])
+    assert [(f.field, list(f.values)) for f in parsed] == [("genus", ["Apis", "Bombus"]), ("licence", ["CC0-1.0"])]
+    for bad in ["genus", "=Apis", "genus="]:
+        with pytest.raises(InputError, match="FIELD=VALUE"):
+            _filters([bad])
