@@ -136,8 +136,22 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    retry = bool(args.target) and args.target[0] == "retry"
+    targets = args.target[1:] if retry else args.target
+    if len(targets) > 1 or (retry and not targets):
+        raise InputError("usage: taxonstream jobs [JOB] | jobs retry JOB --failed [--reason R]")
+    args.job_id = targets[0] if targets else ""
+    if retry and not args.failed:
+        raise InputError("`jobs retry` re-queues failed records only: say so with --failed")
     with _channel("fetcher") as channel:
         stub = fetcher_pb2_grpc.FetcherStub(channel)
+        if retry:
+            request = fetcher_pb2.RetryJobRequest(job_id=args.job_id, reasons=args.reason)
+            status = stub.RetryJob(request, timeout=300)
+            print(f"re-queued failed records of job {args.job_id}", file=sys.stderr)
+            status = _follow(stub, status, args.timeout)
+            _print_summary(stub, status, show_failed=args.show_failed)
+            return 0
         if not args.job_id:
             jobs = stub.ListJobs(fetcher_pb2.ListJobsRequest(), timeout=30).jobs
             if not jobs:
@@ -232,8 +246,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=24 * 3600, help="give up following after this many seconds")
     p.set_defaults(run=cmd_ingest)
 
-    p = commands.add_parser("jobs", help="list jobs, or show one job's outcome")
-    p.add_argument("job_id", nargs="?")
+    p = commands.add_parser(
+        "jobs",
+        help="list jobs, show one, or retry its failures",
+        description="taxonstream jobs                      every job and how it ended\n"
+        "taxonstream jobs JOB [--report F]     one job: counts, failures by reason, every outcome to a file\n"
+        "taxonstream jobs JOB --cancel         records not yet fetched end as cancelled\n"
+        "taxonstream jobs retry JOB --failed   queue the failed records again and follow them",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("target", nargs="*", metavar="JOB | retry JOB")
+    p.add_argument("--failed", action="store_true", help="with `retry`: the failed records (the only kind retried)")
+    p.add_argument(
+        "--reason",
+        action="append",
+        default=[],
+        metavar="CODE",
+        help="with `retry`: only failures with this reason code (repeatable), e.g. http_429 or timeout",
+    )
+    p.add_argument("--timeout", type=float, default=24 * 3600, help="with `retry`: stop following after this long")
     p.add_argument("--show-failed", type=int, default=20, metavar="N", help="failed records to list (default 20)")
     p.add_argument("--cancel", action="store_true", help="cancel the job: records not yet fetched end as cancelled")
     p.add_argument("--report", metavar="FILE", help="write every record's outcome to FILE (.csv or .parquet)")

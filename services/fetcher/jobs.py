@@ -32,8 +32,12 @@ class JobTable:
 
     def add_outcome(self, outcome: Outcome) -> None:
         with self._lock:
-            # Last state wins, like the compacted topic: a re-delivered stage repeats the same state.
-            self._outcomes[outcome.job_id][outcome.record_id] = outcome
+            # Last state wins, like the compacted topic: a re-delivered stage repeats the same state,
+            # and a state-less outcome means the record was queued again (jobs retry).
+            if outcome.state == Outcome.STATE_UNSPECIFIED:
+                self._outcomes[outcome.job_id].pop(outcome.record_id, None)
+            else:
+                self._outcomes[outcome.job_id][outcome.record_id] = outcome
             self._lock.notify_all()
 
     def job(self, job_id: str) -> Job | None:

@@ -12,22 +12,35 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import grpc
+from google.protobuf.json_format import MessageToDict, ParseDict
 from kafka import KafkaProducer
 
 from taxonstream.core.bus import Bus, Emit, send_all
 from taxonstream.core.errors import Failed
 from taxonstream.core.server import Service, connect, registrar
-from taxonstream.core.store import ObjectStore
+from taxonstream.core.store import ObjectStore, original_key
 from taxonstream.core.worker import StreamWorker, each
 from taxonstream.fetcher.download import Downloader, RetryLater
 from taxonstream.fetcher.jobs import JobTable, follow
 from taxonstream.fetcher.settings import FetcherSettings
 from taxonstream.fetcher.validate import inspect_image
 from taxonstream.v1 import fetcher_pb2, fetcher_pb2_grpc
-from taxonstream.v1.messages_pb2 import FetchedImage, Job, Record
+from taxonstream.v1.messages_pb2 import FetchedImage, Job, Outcome, Record
 
 log = logging.getLogger(__name__)
 STAGE = "fetcher"
+CHUNK = 1000  # records per produce batch and per kept chunk
+
+
+def url_key(url: str) -> str:
+    """Where the fetcher remembers what a URL gave: the bytes' sha256 and what they are."""
+    digest = hashlib.sha256(url.strip().encode()).hexdigest()
+    return f"urls/{digest[:2]}/{digest}.json"
+
+
+def records_key(job_id: str, chunk: int) -> str:
+    """A job's submitted records, kept so that `jobs retry` can queue failed ones again."""
+    return f"jobs/{job_id}/records-{chunk:06d}.json"
 
 
 def host_key(url: str) -> str:
@@ -52,10 +65,14 @@ class FetchWorker:
         job = self.jobs.job(record.job_id)
         if job is not None and job.cancelled:
             raise Failed("cancelled", f"job {record.job_id} was cancelled")
+        if not record.force and (known := self._already_stored(record)) is not None:
+            return [Emit(self.bus.topics.fetched, known.sha256, known)]
         data, attempts = self._download(record.url)
         info = inspect_image(data, self.settings.fetch_max_pixels)
         sha256 = hashlib.sha256(data).hexdigest()
         key, _ = self.store.put_original(data, sha256, info.mime)
+        seen = {"sha256": sha256, "size": len(data), "mime": info.mime, "width": info.width, "height": info.height}
+        self.store.put_json(url_key(record.url), seen)
         fetched = FetchedImage(
             record=record,
             sha256=sha256,
@@ -67,6 +84,22 @@ class FetchWorker:
             attempts=attempts,
         )
         return [Emit(self.bus.topics.fetched, sha256, fetched)]
+
+    def _already_stored(self, record: Record) -> FetchedImage | None:
+        """A URL fetched before (by any job) is not downloaded again: its stored original stands in."""
+        seen = self.store.get_json(url_key(record.url))
+        if seen is None or not self.store.exists(original_key(seen["sha256"])):
+            return None
+        return FetchedImage(
+            record=record,
+            sha256=seen["sha256"],
+            object_key=original_key(seen["sha256"]),
+            size_bytes=seen["size"],
+            mime=seen["mime"],
+            width=seen["width"],
+            height=seen["height"],
+            attempts=0,
+        )
 
     def _download(self, url: str) -> tuple[bytes, int]:
         for attempt in range(1, self.settings.fetch_attempts + 1):
@@ -92,9 +125,10 @@ class FetchWorker:
 
 
 class FetcherServicer(fetcher_pb2_grpc.FetcherServicer):
-    def __init__(self, bus: Bus, jobs: JobTable) -> None:
+    def __init__(self, bus: Bus, jobs: JobTable, store: ObjectStore | None = None) -> None:
         self.bus = bus
         self.jobs = jobs
+        self.store = store
 
     @functools.cached_property
     def producer(self) -> KafkaProducer:
@@ -119,18 +153,58 @@ class FetcherServicer(fetcher_pb2_grpc.FetcherServicer):
                 row=total,
                 url=item.record.url,
                 metadata=item.record.metadata,
+                force=first.spec.force,
             )
             pending.append(Emit(topics.records, host_key(record.url), record))
             total += 1
-            if len(pending) >= 1000:
+            if len(pending) >= CHUNK:
+                self._keep(job_id, total // CHUNK - 1, pending)
                 send_all(self.producer, pending)
                 pending = []
         job.total = total
+        if pending:
+            self._keep(job_id, total // CHUNK, pending)
         send_all(self.producer, [*pending, Emit(topics.jobs, job_id, job)])
         if not self.jobs.wait_for(job_id, total, timeout=30):
             log.warning("job table is behind the jobs topic", extra={"job_id": job_id})
         log.info("job submitted", extra={"job_id": job_id, "records": total})
         return self.jobs.status(job_id) or fetcher_pb2.JobStatus(job_id=job_id, total=total, created_ms=created)
+
+    def _keep(self, job_id: str, chunk: int, emits: list[Emit]) -> None:
+        rows = [MessageToDict(e.message, preserving_proto_field_name=True) for e in emits]
+        self.store.put_json(records_key(job_id, chunk), rows)
+
+    def RetryJob(self, request, context) -> fetcher_pb2.JobStatus:
+        job = self.jobs.job(request.job_id)
+        if job is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+        wanted = set(request.reasons)
+        failed = {
+            o.record_id
+            for o in self.jobs.outcomes(job.job_id)
+            if o.state == Outcome.FAILED and (not wanted or o.reason in wanted)
+        }
+        topics = self.bus.topics
+        emits: list[Emit] = []
+        for key in sorted(self.store.list(f"jobs/{job.job_id}/records-")):
+            for row in self.store.get_json(key) or []:
+                record = ParseDict(row, Record())
+                if record.record_id in failed:
+                    # The record's outcome is cleared first, so the job counts as running until it ends again.
+                    emits.append(
+                        Emit(
+                            topics.outcomes,
+                            record.record_id,
+                            Outcome(record_id=record.record_id, job_id=job.job_id, url=record.url),
+                        )
+                    )
+                    emits.append(Emit(topics.records, host_key(record.url), record))
+        send_all(self.producer, emits)
+        for emit in emits:
+            if isinstance(emit.message, Outcome):
+                self.jobs.add_outcome(emit.message)
+        log.info("job retried", extra={"job_id": job.job_id, "records": len(emits) // 2})
+        return self.jobs.status(job.job_id)
 
     def GetJob(self, request, context) -> fetcher_pb2.JobStatus:
         status = self.jobs.status(request.job_id)
@@ -165,7 +239,7 @@ def build(settings: FetcherSettings) -> Service:
     bus, store = connect(settings)
     jobs = JobTable()
     fetch = FetchWorker(settings, bus, store, jobs)
-    servicer = FetcherServicer(bus, jobs)
+    servicer = FetcherServicer(bus, jobs, store)
 
     return Service(
         name=STAGE,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from taxonstream.v1 import messages_pb2 as taxonstream_dot_v1_dot_messages__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctaxonstream/v1/fetcher.proto\x12\x0etaxonstream.v1\x1a\x1dtaxonstream/v1/messages.proto\")\n\x07JobSpec\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\"s\n\x10SubmitJobRequest\x12\'\n\x04spec\x18\x01 \x01(\x0b\x32\x17.taxonstream.v1.JobSpecH\x00\x12.\n\x06record\x18\x02 \x01(\x0b\x32\x1c.taxonstream.v1.SourceRecordH\x00\x42\x06\n\x04item\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xa3\x02\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x0f\n\x07indexed\x18\x04 \x01(\x03\x12\x11\n\tduplicate\x18\x05 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x03\x12\x0c\n\x04\x64one\x18\x07 \x01(\x08\x12\x11\n\tcancelled\x18\x08 \x01(\x08\x12\x12\n\ncreated_ms\x18\t \x01(\x03\x12G\n\x10\x66\x61iled_by_reason\x18\n \x03(\x0b\x32-.taxonstream.v1.JobStatus.FailedByReasonEntry\x1a\x35\n\x13\x46\x61iledByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x11\n\x0fListJobsRequest\";\n\x10ListJobsResponse\x12\'\n\x04jobs\x18\x01 \x03(\x0b\x32\x19.taxonstream.v1.JobStatus\"T\n\x13ListOutcomesRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12-\n\x06states\x18\x02 \x03(\x0e\x32\x1d.taxonstream.v1.Outcome.State2\xff\x02\n\x07\x46\x65tcher\x12J\n\tSubmitJob\x12 .taxonstream.v1.SubmitJobRequest\x1a\x19.taxonstream.v1.JobStatus(\x01\x12\x42\n\x06GetJob\x12\x1d.taxonstream.v1.GetJobRequest\x1a\x19.taxonstream.v1.JobStatus\x12M\n\x08ListJobs\x12\x1f.taxonstream.v1.ListJobsRequest\x1a .taxonstream.v1.ListJobsResponse\x12\x45\n\tCancelJob\x12\x1d.taxonstream.v1.GetJobRequest\x1a\x19.taxonstream.v1.JobStatus\x12N\n\x0cListOutcomes\x12#.taxonstream.v1.ListOutcomesRequest\x1a\x17.taxonstream.v1.Outcome0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctaxonstream/v1/fetcher.proto\x12\x0etaxonstream.v1\x1a\x1dtaxonstream/v1/messages.proto\"8\n\x07JobSpec\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"s\n\x10SubmitJobRequest\x12\'\n\x04spec\x18\x01 \x01(\x0b\x32\x17.taxonstream.v1.JobSpecH\x00\x12.\n\x06record\x18\x02 \x01(\x0b\x32\x1c.taxonstream.v1.SourceRecordH\x00\x42\x06\n\x04item\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xa3\x02\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x0f\n\x07indexed\x18\x04 \x01(\x03\x12\x11\n\tduplicate\x18\x05 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x03\x12\x0c\n\x04\x64one\x18\x07 \x01(\x08\x12\x11\n\tcancelled\x18\x08 \x01(\x08\x12\x12\n\ncreated_ms\x18\t \x01(\x03\x12G\n\x10\x66\x61iled_by_reason\x18\n \x03(\x0b\x32-.taxonstream.v1.JobStatus.FailedByReasonEntry\x1a\x35\n\x13\x46\x61iledByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x11\n\x0fListJobsRequest\";\n\x10ListJobsResponse\x12\'\n\x04jobs\x18\x01 \x03(\x0b\x32\x19.taxonstream.v1.JobStatus\"T\n\x13ListOutcomesRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12-\n\x06states\x18\x02 \x03(\x0e\x32\x1d.taxonstream.v1.Outcome.State\"2\n\x0fRetryJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07reasons\x18\x02 \x03(\t2\xc7\x03\n\x07\x46\x65tcher\x12J\n\tSubmitJob\x12 .taxonstream.v1.SubmitJobRequest\x1a\x19.taxonstream.v1.JobStatus(\x01\x12\x42\n\x06GetJob\x12\x1d.taxonstream.v1.GetJobRequest\x1a\x19.taxonstream.v1.JobStatus\x12M\n\x08ListJobs\x12\x1f.taxonstream.v1.ListJobsRequest\x1a .taxonstream.v1.ListJobsResponse\x12\x45\n\tCancelJob\x12\x1d.taxonstream.v1.GetJobRequest\x1a\x19.taxonstream.v1.JobStatus\x12N\n\x0cListOutcomes\x12#.taxonstream.v1.ListOutcomesRequest\x1a\x17.taxonstream.v1.Outcome0\x01\x12\x46\n\x08RetryJob\x12\x1f.taxonstream.v1.RetryJobRequest\x1a\x19.taxonstream.v1.JobStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,21 +35,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSTATUS_FAILEDBYREASONENTRY']._loaded_options = None
   _globals['_JOBSTATUS_FAILEDBYREASONENTRY']._serialized_options = b'8\001'
   _globals['_JOBSPEC']._serialized_start=79
-  _globals['_JOBSPEC']._serialized_end=120
-  _globals['_SUBMITJOBREQUEST']._serialized_start=122
-  _globals['_SUBMITJOBREQUEST']._serialized_end=237
-  _globals['_GETJOBREQUEST']._serialized_start=239
-  _globals['_GETJOBREQUEST']._serialized_end=270
-  _globals['_JOBSTATUS']._serialized_start=273
-  _globals['_JOBSTATUS']._serialized_end=564
-  _globals['_JOBSTATUS_FAILEDBYREASONENTRY']._serialized_start=511
-  _globals['_JOBSTATUS_FAILEDBYREASONENTRY']._serialized_end=564
-  _globals['_LISTJOBSREQUEST']._serialized_start=566
-  _globals['_LISTJOBSREQUEST']._serialized_end=583
-  _globals['_LISTJOBSRESPONSE']._serialized_start=585
-  _globals['_LISTJOBSRESPONSE']._serialized_end=644
-  _globals['_LISTOUTCOMESREQUEST']._serialized_start=646
-  _globals['_LISTOUTCOMESREQUEST']._serialized_end=730
-  _globals['_FETCHER']._serialized_start=733
-  _globals['_FETCHER']._serialized_end=1116
+  _globals['_JOBSPEC']._serialized_end=135
+  _globals['_SUBMITJOBREQUEST']._serialized_start=137
+  _globals['_SUBMITJOBREQUEST']._serialized_end=252
+  _globals['_GETJOBREQUEST']._serialized_start=254
+  _globals['_GETJOBREQUEST']._serialized_end=285
+  _globals['_JOBSTATUS']._serialized_start=288
+  _globals['_JOBSTATUS']._serialized_end=579
+  _globals['_JOBSTATUS_FAILEDBYREASONENTRY']._serialized_start=526
+  _globals['_JOBSTATUS_FAILEDBYREASONENTRY']._serialized_end=579
+  _globals['_LISTJOBSREQUEST']._serialized_start=581
+  _globals['_LISTJOBSREQUEST']._serialized_end=598
+  _globals['_LISTJOBSRESPONSE']._serialized_start=600
+  _globals['_LISTJOBSRESPONSE']._serialized_end=659
+  _globals['_LISTOUTCOMESREQUEST']._serialized_start=661
+  _globals['_LISTOUTCOMESREQUEST']._serialized_end=745
+  _globals['_RETRYJOBREQUEST']._serialized_start=747
+  _globals['_RETRYJOBREQUEST']._serialized_end=797
+  _globals['_FETCHER']._serialized_start=800
+  _globals['_FETCHER']._serialized_end=1255
 # @@protoc_insertion_point(module_scope)

@@ -8,12 +8,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JobSpec(_message.Message):
-    __slots__ = ("job_id", "source")
+    __slots__ = ("job_id", "source", "force")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     source: str
-    def __init__(self, job_id: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    force: bool
+    def __init__(self, job_id: _Optional[str] = ..., source: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec", "record")
@@ -77,3 +79,11 @@ class ListOutcomesRequest(_message.Message):
     job_id: str
     states: _containers.RepeatedScalarFieldContainer[_messages_pb2.Outcome.State]
     def __init__(self, job_id: _Optional[str] = ..., states: _Optional[_Iterable[_Union[_messages_pb2.Outcome.State, str]]] = ...) -> None: ...
+
+class RetryJobRequest(_message.Message):
+    __slots__ = ("job_id", "reasons")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...

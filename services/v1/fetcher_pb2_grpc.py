@@ -61,6 +61,11 @@ class FetcherStub:
                 request_serializer=taxonstream_dot_v1_dot_fetcher__pb2.ListOutcomesRequest.SerializeToString,
                 response_deserializer=taxonstream_dot_v1_dot_messages__pb2.Outcome.FromString,
                 _registered_method=True)
+        self.RetryJob = channel.unary_unary(
+                '/taxonstream.v1.Fetcher/RetryJob',
+                request_serializer=taxonstream_dot_v1_dot_fetcher__pb2.RetryJobRequest.SerializeToString,
+                response_deserializer=taxonstream_dot_v1_dot_fetcher__pb2.JobStatus.FromString,
+                _registered_method=True)
 
 
 class FetcherServicer:
@@ -98,6 +103,13 @@ class FetcherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryJob(self, request, context):
+        """Queue a job's failed records again (same record ids: their outcome is replaced when they end).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FetcherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +137,11 @@ def add_FetcherServicer_to_server(servicer, server):
                     servicer.ListOutcomes,
                     request_deserializer=taxonstream_dot_v1_dot_fetcher__pb2.ListOutcomesRequest.FromString,
                     response_serializer=taxonstream_dot_v1_dot_messages__pb2.Outcome.SerializeToString,
+            ),
+            'RetryJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryJob,
+                    request_deserializer=taxonstream_dot_v1_dot_fetcher__pb2.RetryJobRequest.FromString,
+                    response_serializer=taxonstream_dot_v1_dot_fetcher__pb2.JobStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +280,33 @@ class Fetcher:
             '/taxonstream.v1.Fetcher/ListOutcomes',
             taxonstream_dot_v1_dot_fetcher__pb2.ListOutcomesRequest.SerializeToString,
             taxonstream_dot_v1_dot_messages__pb2.Outcome.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taxonstream.v1.Fetcher/RetryJob',
+            taxonstream_dot_v1_dot_fetcher__pb2.RetryJobRequest.SerializeToString,
+            taxonstream_dot_v1_dot_fetcher__pb2.JobStatus.FromString,
             options,
             channel_credentials,
             insecure,

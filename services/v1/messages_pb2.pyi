@@ -23,7 +23,7 @@ class SourceRecord(_message.Message):
     def __init__(self, url: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Record(_message.Message):
-    __slots__ = ("record_id", "job_id", "row", "url", "metadata")
+    __slots__ = ("record_id", "job_id", "row", "url", "metadata", "force")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -36,12 +36,14 @@ class Record(_message.Message):
     ROW_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     record_id: str
     job_id: str
     row: int
     url: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, record_id: _Optional[str] = ..., job_id: _Optional[str] = ..., row: _Optional[int] = ..., url: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    force: bool
+    def __init__(self, record_id: _Optional[str] = ..., job_id: _Optional[str] = ..., row: _Optional[int] = ..., url: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class FetchedImage(_message.Message):
     __slots__ = ("record", "sha256", "object_key", "size_bytes", "mime", "width", "height", "attempts")

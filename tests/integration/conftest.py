@@ -10,6 +10,7 @@ import functools
 import http.server
 import random
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -82,13 +83,21 @@ def checksummer(local_stack) -> checksummer_pb2_grpc.ChecksummerStub:
 class SiteHandler(http.server.SimpleHTTPRequestHandler):
     """Serves images under /img/, and the broken answers real providers give under other paths."""
 
+    requests: Counter[str] = Counter()  # path -> times asked, so tests can see what was (not) fetched
+    gone: set[str] = set()  # /toggle/<name> answers 404 while the name is in here
+
     def log_message(self, format, *args):  # noqa: A002
         pass
 
     def do_GET(self):  # noqa: N802 - the base class's name
         path = urlsplit(self.path).path
+        SiteHandler.requests[path] += 1
         kind, _, name = path.strip("/").partition("/")
         file = Path(self.directory) / name
+        if kind == "toggle":
+            if name in SiteHandler.gone or not file.is_file():
+                return self._send(404, b"not found", "text/plain")
+            return self._send(200, file.read_bytes(), "image/jpeg")
         if kind == "img" and file.is_file():
             return self._send(200, file.read_bytes(), "image/jpeg")
         if kind == "truncated" and file.is_file():
@@ -110,6 +119,9 @@ class SiteHandler(http.server.SimpleHTTPRequestHandler):
 
 
 class Site:
+    requests = SiteHandler.requests
+    gone = SiteHandler.gone
+
     def __init__(self, directory: Path, base_url: str) -> None:
         self.directory = directory
         self.base_url = base_url
