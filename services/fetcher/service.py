@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import random
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +20,10 @@ from taxonstream.core.server import Service, connect, registrar
 from taxonstream.core.store import ObjectStore, original_key
 from taxonstream.core.worker import StreamWorker, each
 from taxonstream.fetcher.download import Downloader, RetryLater
+from taxonstream.fetcher.engine import NOT_SENT
+from taxonstream.fetcher.hosts import HostGates
 from taxonstream.fetcher.jobs import JobTable, follow
+from taxonstream.fetcher.politeness import RatePolicy
 from taxonstream.fetcher.settings import FetcherSettings
 from taxonstream.fetcher.validate import inspect_image
 from taxonstream.v1 import fetcher_pb2, fetcher_pb2_grpc
@@ -60,6 +62,7 @@ class FetchWorker:
         self.store = store
         self.jobs = jobs
         self.downloader = Downloader(settings)
+        self.hosts = HostGates(RatePolicy.from_settings(settings))
 
     def handle(self, record: Record) -> list[Emit]:
         job = self.jobs.job(record.job_id)
@@ -102,15 +105,34 @@ class FetchWorker:
         )
 
     def _download(self, url: str) -> tuple[bytes, int]:
-        for attempt in range(1, self.settings.fetch_attempts + 1):
+        """Paced by the host's gate; 429/503 slow the host down (and honour Retry-After), errors back off."""
+        host = host_key(url)
+        throttles = 0
+        for attempt in range(1, self.settings.fetch_throttled_attempts + 1):
+            sent_at = self.hosts.acquire(host)
+            started = time.monotonic()
             try:
-                return self.downloader.fetch(url).data, attempt
+                data = self.downloader.fetch(url).data
             except RetryLater as retry:
-                if attempt == self.settings.fetch_attempts:
-                    raise Failed(retry.failure.reason, f"{retry.failure.message} (after {attempt} attempts)") from None
-                # Exponential backoff with full jitter, or what the server asked for (bounded).
-                delay = retry.delay if retry.delay is not None else random.uniform(0, 0.5 * 2**attempt)
-                time.sleep(min(delay, 30.0))
+                reason = retry.failure.reason
+                if reason in {"http_429", "http_503"}:
+                    throttles += 1
+                    self.hosts.throttled(host, sent_at, retry.delay, limit=reason == "http_429")
+                else:
+                    self.hosts.failed(host, sent_at)
+                # Being told to slow down is not the record's fault: it gets more tries than errors do.
+                errors = attempt - throttles
+                if errors >= self.settings.fetch_attempts or attempt == self.settings.fetch_throttled_attempts:
+                    raise Failed(reason, f"{retry.failure.message} (after {attempt} attempts)") from None
+                continue
+            except Failed as failure:
+                if failure.reason in NOT_SENT:
+                    self.hosts.released(host)
+                else:  # a final answer (404, not an image …): the host is keeping up
+                    self.hosts.answered(host, sent_at, time.monotonic() - started)
+                raise
+            self.hosts.answered(host, sent_at, time.monotonic() - started)
+            return data, attempt
         raise AssertionError("unreachable")
 
     def worker(self) -> StreamWorker[Record]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import http.server
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -85,6 +86,10 @@ class SiteHandler(http.server.SimpleHTTPRequestHandler):
 
     requests: Counter[str] = Counter()  # path -> times asked, so tests can see what was (not) fetched
     gone: set[str] = set()  # /toggle/<name> answers 404 while the name is in here
+    # /limited/ allows LIMIT requests per second (all names together), then 429 with Retry-After: 1.
+    LIMIT = 4
+    limited_log: list[float] = []
+    limited_lock = threading.Lock()
 
     def log_message(self, format, *args):  # noqa: A002
         pass
@@ -94,6 +99,20 @@ class SiteHandler(http.server.SimpleHTTPRequestHandler):
         SiteHandler.requests[path] += 1
         kind, _, name = path.strip("/").partition("/")
         file = Path(self.directory) / name
+        if kind == "limited" and file.is_file():
+            with SiteHandler.limited_lock:
+                now = time.monotonic()
+                recent = [t for t in SiteHandler.limited_log if now - t < 1.0]
+                SiteHandler.limited_log[:] = recent
+                if len(recent) >= SiteHandler.LIMIT:
+                    SiteHandler.requests["429"] += 1
+                    self.send_response(429)
+                    self.send_header("Retry-After", "1")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
+                SiteHandler.limited_log.append(now)
+            return self._send(200, file.read_bytes(), "image/jpeg")
         if kind == "toggle":
             if name in SiteHandler.gone or not file.is_file():
                 return self._send(404, b"not found", "text/plain")

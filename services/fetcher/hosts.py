@@ -1,0 +1,53 @@
+"""Per-host politeness for the streaming worker: the engine's `HostGate`s, shared by the handler threads.
+
+The worker's records are keyed by host, so one pod owns a host at a time and its gate here is the only
+one pacing that host; gates live as long as the pod, so what a host taught us carries across batches.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from taxonstream.fetcher import metrics
+from taxonstream.fetcher.politeness import HostGate, RatePolicy
+
+
+class HostGates:
+    def __init__(self, policy: RatePolicy) -> None:
+        self.policy = policy
+        self._gates: dict[str, HostGate] = {}
+        self._cond = threading.Condition()
+
+    def _gate(self, host: str) -> HostGate:
+        gate = self._gates.get(host)
+        if gate is None:
+            gate = self._gates[host] = HostGate(self.policy)
+        return gate
+
+    def acquire(self, host: str) -> float:
+        """Wait until `host` may be sent a request (its pace, pause and connection cap); returns the send time."""
+        with self._cond:
+            gate = self._gate(host)
+            while not gate.can_send(now := time.monotonic()):
+                self._cond.wait(timeout=max(0.005, min(1.0, gate.ready_at() - now)))
+            return gate.sent(now)
+
+    def answered(self, host: str, sent_at: float, latency: float) -> None:
+        self._settle(host, lambda gate, now: gate.answered(sent_at, now, latency))
+
+    def throttled(self, host: str, sent_at: float, retry_after: float | None, limit: bool) -> None:
+        self._settle(host, lambda gate, now: gate.throttled_by(sent_at, now, retry_after, limit=limit))
+
+    def failed(self, host: str, sent_at: float) -> None:
+        self._settle(host, lambda gate, now: gate.failed(sent_at, now))
+
+    def released(self, host: str) -> None:
+        self._settle(host, lambda gate, _now: gate.released())
+
+    def _settle(self, host: str, update) -> None:
+        with self._cond:
+            gate = self._gate(host)
+            update(gate, time.monotonic())
+            metrics.RATE.labels(metrics.host_label(host)).set(gate.rate)
+            self._cond.notify_all()
