@@ -53,14 +53,17 @@ def cmd_stack(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _submit(stub: fetcher_pb2_grpc.FetcherStub, path: Path, url_col: str | None, job_id: str) -> fetcher_pb2.JobStatus:
+def _submit(
+    stub: fetcher_pb2_grpc.FetcherStub, path: Path, url_col: str | None, job_id: str, force: bool = False
+) -> fetcher_pb2.JobStatus:
     records = read_records(path, url_col)
     first = next(records, None)  # read one row before opening the stream: a bad file fails fast
     if first is None:
         raise InputError(f"{path}: no rows")
 
     def requests() -> Iterator[fetcher_pb2.SubmitJobRequest]:
-        yield fetcher_pb2.SubmitJobRequest(spec=fetcher_pb2.JobSpec(job_id=job_id, source=path.name))
+        spec = fetcher_pb2.JobSpec(job_id=job_id, source=path.name, force=force)
+        yield fetcher_pb2.SubmitJobRequest(spec=spec)
         yield fetcher_pb2.SubmitJobRequest(record=first)
         for record in records:
             yield fetcher_pb2.SubmitJobRequest(record=record)
@@ -123,7 +126,7 @@ def _write_report(stub: fetcher_pb2_grpc.FetcherStub, job_id: str, path: Path) -
 def cmd_ingest(args: argparse.Namespace) -> int:
     with _channel("fetcher") as channel:
         stub = fetcher_pb2_grpc.FetcherStub(channel)
-        status = _submit(stub, Path(args.file), args.url_col, args.job_id or "")
+        status = _submit(stub, Path(args.file), args.url_col, args.job_id or "", args.force)
         print(f"submitted job {status.job_id}: {status.total} records", file=sys.stderr)
         if args.no_wait:
             print(status.job_id)
@@ -242,6 +245,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--url-col", help=f"column holding the URL (default: the first of {', '.join(URL_COLUMNS)})")
     p.add_argument("--job-id", help="name the job (default: generated); re-submitting a name re-runs its rows")
     p.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
+    p.add_argument(
+        "--force", action="store_true", help="download every URL again, even those whose bytes are already stored"
+    )
     p.add_argument("--report", metavar="FILE", help="write every record's outcome to FILE (.csv or .parquet)")
     p.add_argument("--timeout", type=float, default=24 * 3600, help="give up following after this many seconds")
     p.set_defaults(run=cmd_ingest)
