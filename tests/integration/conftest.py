@@ -24,7 +24,13 @@ from taxonstream.cli.sample import make_images, serve
 from taxonstream.core.bus import Bus
 from taxonstream.core.settings import CoreSettings
 from taxonstream.core.store import ObjectStore
-from taxonstream.v1 import checksummer_pb2_grpc, fetcher_pb2_grpc, indexer_pb2_grpc
+from taxonstream.v1 import (
+    checksummer_pb2_grpc,
+    detector_pb2_grpc,
+    embedder_pb2_grpc,
+    fetcher_pb2_grpc,
+    indexer_pb2_grpc,
+)
 
 
 def pytest_collection_modifyitems(items):
@@ -79,6 +85,16 @@ def indexer(local_stack) -> indexer_pb2_grpc.IndexerStub:
 @pytest.fixture(scope="session")
 def checksummer(local_stack) -> checksummer_pb2_grpc.ChecksummerStub:
     return _stub("checksummer", checksummer_pb2_grpc.ChecksummerStub)
+
+
+@pytest.fixture(scope="session")
+def detector(local_stack) -> detector_pb2_grpc.DetectorStub:
+    return _stub("detector", detector_pb2_grpc.DetectorStub)
+
+
+@pytest.fixture(scope="session")
+def embedder(local_stack) -> embedder_pb2_grpc.EmbedderStub:
+    return _stub("embedder", embedder_pb2_grpc.EmbedderStub)
 
 
 class SiteHandler(http.server.SimpleHTTPRequestHandler):

@@ -14,33 +14,15 @@ from PIL import Image
 from taxonstream.classify.service import store_bank
 from taxonstream.classify.templates import prompts
 from taxonstream.classify.zeroshot import RANKS, LabelBank, label_embeddings, probabilities
-from taxonstream.cli import stack
 from taxonstream.cli.sample import GENERA
 from taxonstream.models.clip_standin import build_clip_standin, build_clip_text_standin
 from taxonstream.models.preprocess import clip_pixel_values
 from taxonstream.models.synthetic import shapes_image
 from taxonstream.models.tokenizer import ClipTokenizer
-from taxonstream.v1 import detector_pb2, detector_pb2_grpc, embedder_pb2, embedder_pb2_grpc, indexer_pb2
+from taxonstream.v1 import detector_pb2, embedder_pb2, indexer_pb2
 
 torch = pytest.importorskip("torch")
 COSINE = 0.9999
-
-
-def _stub(service: str, stub_type):
-    port = next(s.grpc_port for s in stack.SERVICES if s.name == service)
-    return stub_type(
-        grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 << 20)])
-    )
-
-
-@pytest.fixture(scope="module")
-def embedder(local_stack) -> embedder_pb2_grpc.EmbedderStub:
-    return _stub("embedder", embedder_pb2_grpc.EmbedderStub)
-
-
-@pytest.fixture(scope="module")
-def detector(local_stack) -> detector_pb2_grpc.DetectorStub:
-    return _stub("detector", detector_pb2_grpc.DetectorStub)
 
 
 def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
