@@ -115,6 +115,13 @@ class _Host:
     bytes: int = 0
 
 
+def wait_for(event: threading.Event) -> None:
+    """Wait until `event` is set. Not Thread.join(): in Python 3.11 a Ctrl-C landing in join() marks the
+    thread finished although it still runs (the tstate-lock race of bpo-45274's fix)."""
+    while not event.wait(0.5):
+        pass
+
+
 def host_of(url: str) -> str:
     return (urlsplit(url.strip()).hostname or "").lower()
 
@@ -146,6 +153,8 @@ class FetchEngine:
         self._input_done = False
         self._input_error: BaseException | None = None
         self._stopping = False
+        self._live = 0
+        self._workers_done = threading.Event()
         self.summary = Summary()
 
     # -- public -----------------------------------------------------------------------------------
@@ -158,16 +167,15 @@ class FetchEngine:
             threading.Thread(target=self._work, name=f"fetch-{n}", daemon=True)
             for n in range(self.settings.fetch_max_connections)
         ]
+        self._live = len(workers)
         for worker in workers:
             worker.start()
         try:
-            for worker in workers:
-                worker.join()
+            wait_for(self._workers_done)
         except KeyboardInterrupt:
             # Let the requests in flight end and be reported, then let the caller know.
             self.stop()
-            for worker in workers:
-                worker.join()
+            wait_for(self._workers_done)
             raise
         feeder.join(timeout=1.0)  # it may be blocked reading input; it is a daemon thread
         self.summary.seconds = time.monotonic() - started
@@ -307,6 +315,15 @@ class FetchEngine:
 
     # -- working ----------------------------------------------------------------------------------
     def _work(self) -> None:
+        try:
+            self._work_until_done()
+        finally:
+            with self._cond:
+                self._live -= 1
+                if self._live == 0:
+                    self._workers_done.set()
+
+    def _work_until_done(self) -> None:
         while (item := self._next()) is not None:
             try:
                 if item.robots:

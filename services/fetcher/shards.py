@@ -14,11 +14,12 @@ import multiprocessing
 import queue
 import signal
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from taxonstream.fetcher.engine import FetchEngine, Result, Summary, Task, host_of
+from taxonstream.fetcher.engine import FetchEngine, Result, Summary, Task, host_of, wait_for
 from taxonstream.fetcher.settings import FetcherSettings
 
 BATCH = 64  # tasks per queue message: pickling one at a time costs more than the fetch bookkeeping
@@ -38,14 +39,22 @@ def _shard_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     engine = FetchEngine(FetcherSettings(**settings), store=store, on_result=lambda r: outbox.put(("result", r)))
 
+    def watch() -> None:  # tasks already taken in must not be started after a stop either
+        # Polled, not stop.wait(): Event.set() in the parent waits for every sleeping waiter to wake,
+        # which a busy or exiting worker process may never do.
+        while not stop.is_set():
+            time.sleep(0.2)
+        engine.stop()
+
+    threading.Thread(target=watch, name="fetch-stop", daemon=True).start()
+
     def tasks() -> Iterator[Task]:
         while True:
+            if stop.is_set():
+                return
             try:
                 batch = inbox.get(timeout=0.2)
             except queue.Empty:
-                if stop.is_set():
-                    engine.stop()
-                    return
                 continue
             if batch is None:
                 return
@@ -98,24 +107,30 @@ class ShardedEngine:
         for worker in workers:
             worker.start()
         errors: list[str] = []
-        collector = threading.Thread(target=self._collect, args=(outbox, workers, errors), daemon=True)
+        collected = threading.Event()
+        collector = threading.Thread(
+            target=self._collect, args=(outbox, workers, errors, collected), name="fetch-collect", daemon=True
+        )
         collector.start()
         try:
             self._feed(tasks, inboxes, workers)
         except BaseException:
             self.stop()
-            collector.join()
+            wait_for(collected)
             raise
         finally:
             for inbox in inboxes:
-                with contextlib.suppress(ValueError, OSError):
+                with contextlib.suppress(ValueError, OSError, queue.Full):
                     inbox.put(None, timeout=5)
         try:
-            collector.join()
+            wait_for(collected)
         except KeyboardInterrupt:
             self.stop()
-            collector.join()
+            wait_for(collected)  # every result the workers still send is handed over before we return
             raise
+        finally:
+            for inbox in inboxes:  # after a stop, batches nobody will read must not hold up our exit
+                inbox.cancel_join_thread()
         for worker in workers:
             worker.join(timeout=10)
         if errors:
@@ -151,7 +166,16 @@ class ShardedEngine:
                 if not worker.is_alive():
                     raise RuntimeError(f"fetch worker {worker.name} exited early ({worker.exitcode})") from None
 
-    def _collect(self, outbox, workers: list, errors: list[str]) -> None:
+    def _collect(self, outbox, workers: list, errors: list[str], collected: threading.Event) -> None:
+        try:
+            self._collect_until_done(outbox, workers, errors)
+        except Exception as error:  # noqa: BLE001 - reported by run()
+            errors.append(f"collecting results failed: {type(error).__name__}: {error}")
+            self.stop()
+        finally:
+            collected.set()
+
+    def _collect_until_done(self, outbox, workers: list, errors: list[str]) -> None:
         done = 0
         while done < len(workers):
             try:

@@ -146,3 +146,27 @@ def test_a_broken_input_is_raised_after_the_records_read_so_far_have_ended():
     with pytest.raises(ValueError, match="row 2"):
         FetchEngine(FetcherSettings(), on_result=results.append).run(tasks())
     assert [(r.task.key, r.reason) for r in results] == [("a", "blocked_address")]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_stopped_run_returns_with_every_started_record_reported(processes):
+    from taxonstream.fetcher.shards import ShardedEngine
+
+    with servers(2) as bases:
+        tasks = [Task(f"{base}-{n}", f"{base}/img/{n}") for n in range(300) for base in bases]
+        results = []
+        if processes == 1:
+            engine = FetchEngine(settings(fetch_max_connections=4), on_result=results.append)
+        else:
+            engine = ShardedEngine(settings(fetch_max_connections=4), processes, on_result=results.append)
+
+        def on_result(result):
+            results.append(result)
+            engine.stop()  # as Ctrl-C does
+
+        engine.on_result = on_result
+        summary = engine.run(tasks)
+        reported = len(results)
+    assert 0 < reported < len(tasks)
+    assert summary.stored + summary.failed == reported  # nothing finished unreported, nothing after the return
+    assert len({r.task.key for r in results}) == reported
