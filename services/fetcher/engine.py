@@ -141,7 +141,7 @@ class FetchEngine:
         self.max_buffer = max_buffer
         self.downloader = downloader or Downloader(settings)
         self.policy = RatePolicy.from_settings(settings)
-        self.agent = settings.fetch_user_agent.split("/")[0].split()[0] or "*"
+        self.agent = settings.robots_agent
         self._cond = threading.Condition()
         self._result_lock = threading.Lock()
         self._hosts: dict[str, _Host] = {}

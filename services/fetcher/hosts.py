@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from taxonstream.fetcher import metrics
 from taxonstream.fetcher.politeness import HostGate, RatePolicy
+from taxonstream.fetcher.robots import Robots
 
 
 class HostGates:
@@ -18,6 +20,26 @@ class HostGates:
         self.policy = policy
         self._gates: dict[str, HostGate] = {}
         self._cond = threading.Condition()
+        self._robots: dict[str, Robots] = {}
+        self._robots_locks: dict[str, threading.Lock] = {}
+
+    def robots(self, host: str, read: Callable[[], Robots], agent: str) -> Robots:
+        """The host's robots.txt rules, read once per pod (concurrent records of the host wait for the one read).
+
+        Crawl-delay caps the host's rate. Unreadable after retries means "disallow all" for this pod's life,
+        as RFC 9309 asks; a later pod asks again.
+        """
+        with self._cond:
+            lock = self._robots_locks.setdefault(host, threading.Lock())
+        with lock:
+            if host not in self._robots:
+                rules = read()
+                delay = rules.crawl_delay(agent)
+                with self._cond:
+                    self._robots[host] = rules
+                    if delay and delay > 0:
+                        self._gate(host).limit(1.0 / delay)
+            return self._robots[host]
 
     def _gate(self, host: str) -> HostGate:
         gate = self._gates.get(host)

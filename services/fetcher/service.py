@@ -24,6 +24,7 @@ from taxonstream.fetcher.engine import NOT_SENT
 from taxonstream.fetcher.hosts import HostGates
 from taxonstream.fetcher.jobs import JobTable, follow
 from taxonstream.fetcher.politeness import RatePolicy
+from taxonstream.fetcher.robots import Robots, fetch_robots, unreachable
 from taxonstream.fetcher.settings import FetcherSettings
 from taxonstream.fetcher.validate import inspect_image
 from taxonstream.v1 import fetcher_pb2, fetcher_pb2_grpc
@@ -63,6 +64,7 @@ class FetchWorker:
         self.jobs = jobs
         self.downloader = Downloader(settings)
         self.hosts = HostGates(RatePolicy.from_settings(settings))
+        self.agent = settings.robots_agent
 
     def handle(self, record: Record) -> list[Emit]:
         job = self.jobs.job(record.job_id)
@@ -70,6 +72,11 @@ class FetchWorker:
             raise Failed("cancelled", f"job {record.job_id} was cancelled")
         if not record.force and (known := self._already_stored(record)) is not None:
             return [Emit(self.bus.topics.fetched, known.sha256, known)]
+        if self.settings.fetch_robots_txt:
+            rules = self.hosts.robots(host_key(record.url), lambda: self._read_robots(record.url), self.agent)
+            if not rules.allowed(record.url, self.agent):
+                reason = "robots_unreachable" if rules.disallow_all else "robots_disallowed"
+                raise Failed(reason, rules.why or "robots.txt disallows this URL")
         data, attempts = self._download(record.url)
         info = inspect_image(data, self.settings.fetch_max_pixels)
         sha256 = hashlib.sha256(data).hexdigest()
@@ -87,6 +94,16 @@ class FetchWorker:
             attempts=attempts,
         )
         return [Emit(self.bus.topics.fetched, sha256, fetched)]
+
+    def _read_robots(self, url: str) -> Robots:
+        for attempt in range(1, self.settings.fetch_attempts + 1):
+            try:
+                return fetch_robots(self.downloader, url)
+            except RetryLater as retry:
+                if attempt == self.settings.fetch_attempts:
+                    return unreachable(f"robots.txt could not be fetched: {retry.failure.message}")
+                time.sleep(min(retry.delay or 0.5 * 2**attempt, 30.0))
+        raise AssertionError("unreachable")
 
     def _already_stored(self, record: Record) -> FetchedImage | None:
         """A URL fetched before (by any job) is not downloaded again: its stored original stands in."""

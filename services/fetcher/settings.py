@@ -60,6 +60,11 @@ class FetcherSettings(CoreSettings):
             ipaddress.ip_network(cidr, strict=False)
         return value
 
+    @property
+    def robots_agent(self) -> str:
+        """The product token of our User-Agent: what robots.txt groups are matched on."""
+        return self.fetch_user_agent.split("/")[0].split()[0] or "*"
+
     def allowed_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         cidrs = [c.strip() for c in self.fetch_allow_networks.split(",")]
         return [ipaddress.ip_network(c, strict=False) for c in cidrs if c]

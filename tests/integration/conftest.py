@@ -115,6 +115,10 @@ class SiteHandler(http.server.SimpleHTTPRequestHandler):
         SiteHandler.requests[path] += 1
         kind, _, name = path.strip("/").partition("/")
         file = Path(self.directory) / name
+        if path == "/robots.txt":
+            return self._send(200, b"User-agent: *\nDisallow: /private/\n", "text/plain")
+        if kind == "private" and file.is_file():
+            return self._send(200, file.read_bytes(), "image/jpeg")
         if kind == "limited" and file.is_file():
             with SiteHandler.limited_lock:
                 now = time.monotonic()
