@@ -7,7 +7,7 @@ behavioural tests run against both.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -105,6 +105,8 @@ class IndexBackend(Protocol):
     def vector(self, image_id: str) -> np.ndarray | None: ...
 
     def get(self, image_id: str) -> dict[str, str] | None: ...
+
+    def images(self, filters: Filters | None = None) -> Iterator[tuple[str, dict[str, str]]]: ...
 
     def stats(self) -> IndexStats: ...
 

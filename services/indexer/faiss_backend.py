@@ -35,7 +35,7 @@ import json
 import math
 import threading
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import faiss
 import numpy as np
@@ -68,7 +68,7 @@ class _Selection:
 
     def __init__(self, n: int, mask: np.ndarray | None = None, slots: np.ndarray | None = None) -> None:
         self.n, self._mask, self._slots = n, mask, slots
-        self.count = len(slots) if slots is not None else int(mask.sum())  # type: ignore[union-attr]
+        self.count = len(slots) if slots is not None else int(np.count_nonzero(mask))
         self._bits: np.ndarray | None = None
 
     @property
@@ -108,9 +108,10 @@ class FaissIndex:
         self._live = np.zeros(capacity, dtype=bool)
         # Inverted index (field, value) → slots: where a sparse filter's candidates come from…
         self._postings: dict[tuple[str, str], array] = {}
-        # …and a column per field, slot → value code (-1: none): how a candidate is checked on other fields.
+        # …and a column per field, slot → value code (0: none, values from 1): how a candidate is checked
+        # on the other fields, and what a common filter's bitmap is read from.
         self._values: dict[str, dict[str, int]] = {f: {} for f in flt.FIELDS}
-        self._codes: dict[str, np.ndarray] = {f: np.full(capacity, -1, dtype=np.int32) for f in flt.FIELDS}
+        self._codes: dict[str, np.ndarray] = {f: np.zeros(capacity, dtype=np.int32) for f in flt.FIELDS}
 
     # ---- size and kind ---------------------------------------------------------------------------
 
@@ -160,7 +161,7 @@ class FaissIndex:
             live[: self._n] = self._live[: self._n]
             self._live = live
             for field_, old in self._codes.items():
-                codes = np.full(capacity, -1, dtype=np.int32)
+                codes = np.zeros(capacity, dtype=np.int32)
                 codes[: self._n] = old[: self._n]
                 self._codes[field_] = codes
         if self._kind == "ivfpq" and self._raw16 is not None and need > len(self._raw16):
@@ -179,7 +180,7 @@ class FaissIndex:
         for field_, value in flt.facets(metadata).items():
             self._postings.setdefault((field_, value), array("q")).append(slot)
             values = self._values[field_]
-            self._codes[field_][slot] = values.setdefault(value, len(values))
+            self._codes[field_][slot] = values.setdefault(value, len(values) + 1)
 
     def _append(self, image_ids: list[str], vectors: np.ndarray) -> None:
         """Add vectors as new slots (the caller has tombstoned older slots of the same ids)."""
@@ -323,12 +324,19 @@ class FaissIndex:
             keep = live[cand]
             for f, codes in allowed.items():
                 if f != rarest:
-                    keep &= np.isin(self._codes[f][cand], codes)
+                    keep &= self._member(f, cand, codes)
             return _Selection(self._n, slots=cand[keep])
         mask = live.copy()
         for f, codes in allowed.items():
-            mask &= np.isin(self._codes[f][: self._n], codes)
+            mask &= self._member(f, slice(0, self._n), codes)
         return _Selection(self._n, mask=mask)
+
+    def _member(self, field_: str, slots: np.ndarray | slice, codes: np.ndarray) -> np.ndarray:
+        """Whether each slot's value of `field_` is one of `codes`: a lookup table indexed by code
+        (np.isin took 2.4 ms over 300k slots; this a fraction of that)."""
+        table = np.zeros(len(self._values[field_]) + 1, dtype=bool)
+        table[codes] = True  # code 0 (no value) stays False
+        return table[self._codes[field_][slots]]
 
     def _exact(self, queries: np.ndarray, k: int, selection: _Selection | None) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k over the selected slots (all slots when None)."""
@@ -424,13 +432,21 @@ class FaissIndex:
                 for row_slots, row_scores in zip(slots, scores, strict=True)
             ]
 
+    def images(self, filters: flt.Filters | None = None) -> Iterator[tuple[str, dict[str, str]]]:
+        """Every live image matching `filters`, with its metadata (a copy taken at the call)."""
+        wanted = flt.normalise(filters)
+        with self._lock:
+            items = [(k, dict(v)) for k, v in self.metadata.items()]
+        for image_id, metadata in items:
+            if not wanted or flt.matches(flt.facets(metadata), wanted):
+                yield image_id, metadata
+
     def stats(self) -> IndexStats:
         with self._lock:
             live = self._live[: self._n]
             by_field: dict[str, dict[str, int]] = {}
             for field_, values in self._values.items():
-                codes = self._codes[field_][: self._n][live]
-                counts = np.bincount(codes[codes >= 0], minlength=len(values))
+                counts = np.bincount(self._codes[field_][: self._n][live], minlength=len(values) + 1)
                 by_field[field_] = {value: int(counts[code]) for value, code in values.items() if counts[code]}
             return IndexStats(images=len(self._slot), kind=self._kind, by_field=by_field)
 

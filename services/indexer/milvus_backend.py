@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -192,6 +192,22 @@ class MilvusIndex:
     def get(self, image_id: str) -> dict[str, str] | None:
         found = self._one(image_id, "metadata")
         return None if found is None else dict(found)
+
+    def images(self, filters: flt.Filters | None = None) -> Iterator[tuple[str, dict[str, str]]]:
+        """Every live image matching `filters`, with its metadata, read in batches."""
+        if self.dim is None:
+            return
+        wanted = flt.normalise(filters)
+        expr = expression(wanted) if wanted else ""
+        iterator = self.client.query_iterator(
+            self.name, batch_size=10_000, filter=expr, output_fields=["image_id", "metadata"]
+        )
+        try:
+            while batch := iterator.next():
+                for row in batch:
+                    yield str(row["image_id"]), dict(row["metadata"])
+        finally:
+            iterator.close()
 
     def stats(self) -> IndexStats:
         """Counts by facet value, read with an iterator: O(rows), fine for a stats page, not for a hot path."""

@@ -202,11 +202,15 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
             return np.asarray(embedded.vectors[0].values, dtype=np.float32)
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give an image, an image_id or a text to search by")
 
-    def Search(self, request, context) -> indexer_pb2.SearchResponse:
+    @staticmethod
+    def _filters(request, context) -> dict[str, frozenset[str]]:
         try:
-            filters = {field_name(f.field): frozenset(f.values) for f in request.filters}
+            return {field_name(f.field): frozenset(f.values) for f in request.filters}
         except ValueError as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+
+    def Search(self, request, context) -> indexer_pb2.SearchResponse:
+        filters = self._filters(request, context)
         vector = self._query_vector(request, context)
         hits = self.work.index.search(vector, request.k or 10, filters or None)
         store = self.work.snapshots.store
@@ -236,6 +240,12 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
             kind=stats.kind,
             by_field={f: indexer_pb2.FieldCounts(counts=c) for f, c in stats.by_field.items()},
         )
+
+    def ListImages(self, request, context):
+        filters = self._filters(request, context)
+        for image_id, metadata in self.work.index.images(filters or None):
+            if not request.job_id or metadata.get("job_id") == request.job_id:
+                yield indexer_pb2.Hit(image_id=image_id, metadata=metadata)
 
     def Delete(self, request, context) -> indexer_pb2.DeleteResponse:
         topic = self.work.bus.topics.embedded

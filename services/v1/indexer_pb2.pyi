@@ -157,3 +157,11 @@ class ClassifyResponse(_message.Message):
     model_version: str
     rank: str
     def __init__(self, predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., rank: _Optional[str] = ...) -> None: ...
+
+class ListImagesRequest(_message.Message):
+    __slots__ = ("job_id", "filters")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    filters: _containers.RepeatedCompositeFieldContainer[Filter]
+    def __init__(self, job_id: _Optional[str] = ..., filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ...) -> None: ...

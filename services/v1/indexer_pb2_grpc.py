@@ -49,6 +49,11 @@ class IndexerStub:
                 request_serializer=taxonstream_dot_v1_dot_indexer__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=taxonstream_dot_v1_dot_indexer__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.ListImages = channel.unary_stream(
+                '/taxonstream.v1.Indexer/ListImages',
+                request_serializer=taxonstream_dot_v1_dot_indexer__pb2.ListImagesRequest.SerializeToString,
+                response_deserializer=taxonstream_dot_v1_dot_indexer__pb2.Hit.FromString,
+                _registered_method=True)
         self.Classify = channel.unary_unary(
                 '/taxonstream.v1.Indexer/Classify',
                 request_serializer=taxonstream_dot_v1_dot_indexer__pb2.ClassifyRequest.SerializeToString,
@@ -78,6 +83,13 @@ class IndexerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListImages(self, request, context):
+        """Every indexed image (optionally one job's, or those matching filters) with its metadata; no scores.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Classify(self, request, context):
         """Zero-shot over custom labels, or open-ended to a taxonomic rank with a label-embedding bank.
         """
@@ -102,6 +114,11 @@ def add_IndexerServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=taxonstream_dot_v1_dot_indexer__pb2.DeleteRequest.FromString,
                     response_serializer=taxonstream_dot_v1_dot_indexer__pb2.DeleteResponse.SerializeToString,
+            ),
+            'ListImages': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListImages,
+                    request_deserializer=taxonstream_dot_v1_dot_indexer__pb2.ListImagesRequest.FromString,
+                    response_serializer=taxonstream_dot_v1_dot_indexer__pb2.Hit.SerializeToString,
             ),
             'Classify': grpc.unary_unary_rpc_method_handler(
                     servicer.Classify,
@@ -190,6 +207,33 @@ class Indexer:
             '/taxonstream.v1.Indexer/Delete',
             taxonstream_dot_v1_dot_indexer__pb2.DeleteRequest.SerializeToString,
             taxonstream_dot_v1_dot_indexer__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/taxonstream.v1.Indexer/ListImages',
+            taxonstream_dot_v1_dot_indexer__pb2.ListImagesRequest.SerializeToString,
+            taxonstream_dot_v1_dot_indexer__pb2.Hit.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,3 +68,8 @@ def test_filters_text_thumbnails_stats_and_delete(fetcher, indexer, site, capsys
     while {h.image_id for h in search(indexer, genus_a, image_id=ids[1])} != apis - set(removed):
         assert time.monotonic() < deadline, "after a restart the index does not answer as before"
         time.sleep(0.5)
+
+    listed = {h.image_id for h in indexer.ListImages(indexer_pb2.ListImagesRequest(job_id=job), timeout=60)}
+    assert listed == set(ids.values()) - set(removed)
+    request = indexer_pb2.ListImagesRequest(job_id=job, filters=[indexer_pb2.Filter(field="genus", values=[genus_a])])
+    assert {h.image_id for h in indexer.ListImages(request, timeout=60)} == apis - set(removed)

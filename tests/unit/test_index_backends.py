@@ -292,3 +292,16 @@ def test_a_killed_indexer_restored_from_snapshot_and_replay_answers_exactly_as_o
     finally:
         restored.close()
     index.close = lambda: None
+
+
+def test_listing_returns_exactly_the_live_images_a_filter_matches(backend):
+    index, _, _ = backend
+    model = filled(index, count=200)
+    for n in (3, 4, 50):
+        index.delete(image_id(n))
+        model.delete(image_id(n))
+    for filters in [None, *FILTERS[:3]]:
+        listed = dict(index.images(filters))
+        assert sorted(listed) == sorted(model.matching(filters)), filters
+        some = next(iter(listed), None)
+        assert some is None or listed[some] == model.metadata[some]
