@@ -68,8 +68,11 @@ class Downloader:
         }
         self.agent_token = settings.fetch_user_agent.split("/")[0].split()[0].lower()
         self.optout = settings.optout_directives()
-        per_host = max(settings.fetch_max_connections_per_host, settings.fetch_concurrency)
-        self.pool = pinned_pool_manager(self.allowed, per_host=per_host)
+        # Idle connections kept per host. The per-host limit on connections in use is the politeness
+        # gate's; this only has to be large enough that the pool never discards them (e.g. a CDN that many
+        # hosts redirect to).
+        keep = max(settings.fetch_max_connections, settings.fetch_concurrency)
+        self.pool = pinned_pool_manager(self.allowed, per_host=keep)
 
     def fetch(self, url: str, expect_image: bool = True, max_bytes: int | None = None) -> Downloaded:
         """GET `url` following redirects; raises Failed (final) or RetryLater (another attempt may work).
