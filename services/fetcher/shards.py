@@ -2,9 +2,9 @@
 
 One process runs its Python (HTTP parsing, bookkeeping) under one GIL; on a machine with several cores
 the per-image work is spread further by giving each process its own hosts. A host always belongs to
-the same process (by a hash of its name), so per-host politeness needs no coordination between them —
-the same reason the records topic is keyed by host. Images are stored by the process that fetched them
-(`store` must therefore be picklable); only small results travel back to the caller.
+the same process (the least loaded one when the host is first seen), so per-host politeness needs no
+coordination between them — the same reason the records topic is keyed by host. Images are stored by
+the process that fetched them (`store` must therefore be picklable); only small results travel back.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import queue
 import signal
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -25,12 +24,26 @@ from taxonstream.fetcher.settings import FetcherSettings
 BATCH = 64  # tasks per queue message: pickling one at a time costs more than the fetch bookkeeping
 
 
-def shard_of(url: str, shards: int) -> int:
-    try:
-        host = host_of(url)
-    except ValueError:
-        host = ""
-    return zlib.crc32(host.encode("utf-8", "replace")) % shards
+class Owners:
+    """Which process owns each host: the least loaded one when the host is first seen, then always that one.
+
+    Not a hash of the name: with a handful of big hosts a hash easily puts three of four in one process.
+    """
+
+    def __init__(self, shards: int) -> None:
+        self.owner: dict[str, int] = {}
+        self.load = [0] * shards
+
+    def shard(self, url: str) -> int:
+        try:
+            host = host_of(url)
+        except ValueError:
+            host = ""
+        shard = self.owner.get(host)
+        if shard is None:
+            shard = self.owner[host] = self.load.index(min(self.load))
+        self.load[shard] += 1
+        return shard
 
 
 def _shard_main(
@@ -145,10 +158,11 @@ class ShardedEngine:
 
     def _feed(self, tasks: Iterable[Task], inboxes: list, workers: list) -> None:
         batches: list[list[Task]] = [[] for _ in inboxes]
+        owners = Owners(self.processes)
         for task in tasks:
             if self.stop_event.is_set():
                 return
-            shard = shard_of(task.url, self.processes)
+            shard = owners.shard(task.url)
             batches[shard].append(task)
             if len(batches[shard]) >= BATCH:
                 self._put(inboxes[shard], batches[shard], workers[shard])

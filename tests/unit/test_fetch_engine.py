@@ -170,3 +170,16 @@ def test_a_stopped_run_returns_with_every_started_record_reported(processes):
     assert 0 < reported < len(tasks)
     assert summary.stored + summary.failed == reported  # nothing finished unreported, nothing after the return
     assert len({r.task.key for r in results}) == reported
+
+
+def test_hosts_are_spread_over_processes_and_each_stays_with_one():
+    from taxonstream.fetcher.shards import Owners
+
+    owners = Owners(2)
+    urls = [f"http://127.0.0.{61 + n % 4}/{n}" for n in range(400)]  # four hosts, interleaved
+    shards = [owners.shard(url) for url in urls]
+    by_host: dict[str, set[int]] = {}
+    for url, shard in zip(urls, shards, strict=True):
+        by_host.setdefault(url.split("/")[2], set()).add(shard)
+    assert all(len(s) == 1 for s in by_host.values())  # a host never changes process
+    assert owners.load == [200, 200]  # two hosts each (a name hash put three of these four together)
