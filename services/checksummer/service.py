@@ -33,7 +33,7 @@ STAGE = "checksummer"
 
 
 class ChecksummerSettings(CoreSettings):
-    grpc_port: int = 50062
+    grpc_port: int = 24062
     metrics_port: int = 9162
     # Comma-separated hashlib names computed for every original (sha256 is always among them).
     checksum_algorithms: str = "md5,sha1,sha256"

@@ -35,12 +35,13 @@ class ServiceSpec:
 
 
 # Ports match each service's settings defaults, so the CLI and tests find them without configuration.
+# They sit below the kernel's ephemeral range (32768–60999): there, any outgoing connection could hold one.
 SERVICES = (
-    ServiceSpec("fetcher", 50061, 9161),
-    ServiceSpec("checksummer", 50062, 9162),
-    ServiceSpec("detector", 50063, 9163),
-    ServiceSpec("embedder", 50064, 9164),
-    ServiceSpec("indexer", 50065, 9165),
+    ServiceSpec("fetcher", 24061, 9161),
+    ServiceSpec("checksummer", 24062, 9162),
+    ServiceSpec("detector", 24063, 9163),
+    ServiceSpec("embedder", 24064, 9164),
+    ServiceSpec("indexer", 24065, 9165),
 )
 
 

@@ -37,5 +37,5 @@ class CoreSettings(BaseSettings):
     s3_bucket: str = "taxonstream"
 
     triton_url: str = "127.0.0.1:28001"
-    detector_addr: str = "127.0.0.1:50063"
-    embedder_addr: str = "127.0.0.1:50064"
+    detector_addr: str = "127.0.0.1:24063"
+    embedder_addr: str = "127.0.0.1:24064"

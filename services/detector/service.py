@@ -25,7 +25,7 @@ STAGE = "detector"
 
 
 class DetectorSettings(CoreSettings):
-    grpc_port: int = 50063
+    grpc_port: int = 24063
     metrics_port: int = 9163
     detector_model: str = "detector_standin"
     detector_model_version: str = "1"

@@ -23,7 +23,7 @@ STAGE = "embedder"
 
 
 class EmbedderSettings(CoreSettings):
-    grpc_port: int = 50064
+    grpc_port: int = 24064
     metrics_port: int = 9164
     embed_model: str = "clip_standin_image"
     embed_model_version: str = "1"

@@ -55,6 +55,14 @@ class HostGates:
                 self._cond.wait(timeout=max(0.005, min(1.0, gate.ready_at() - now)))
             return gate.sent(now)
 
+    @staticmethod
+    def count(host: str, reason: str, size: int = 0) -> None:
+        """Per-host request metrics, labelled like the standalone engine's (200, 429, timeout …)."""
+        label = metrics.host_label(host)
+        metrics.REQUESTS.labels(label, reason.removeprefix("http_")).inc()
+        if size:
+            metrics.BYTES.labels(label).inc(size)
+
     def answered(self, host: str, sent_at: float, latency: float) -> None:
         self._settle(host, lambda gate, now: gate.answered(sent_at, now, latency))
 

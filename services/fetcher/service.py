@@ -132,6 +132,7 @@ class FetchWorker:
                 data = self.downloader.fetch(url).data
             except RetryLater as retry:
                 reason = retry.failure.reason
+                self.hosts.count(host, reason)
                 if reason in {"http_429", "http_503"}:
                     throttles += 1
                     self.hosts.throttled(host, sent_at, retry.delay, limit=reason == "http_429")
@@ -146,8 +147,10 @@ class FetchWorker:
                 if failure.reason in NOT_SENT:
                     self.hosts.released(host)
                 else:  # a final answer (404, not an image …): the host is keeping up
+                    self.hosts.count(host, failure.reason)
                     self.hosts.answered(host, sent_at, time.monotonic() - started)
                 raise
+            self.hosts.count(host, "http_200", len(data))
             self.hosts.answered(host, sent_at, time.monotonic() - started)
             return data, attempt
         raise AssertionError("unreachable")

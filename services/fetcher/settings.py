@@ -8,7 +8,7 @@ from taxonstream.core.settings import CoreSettings
 
 
 class FetcherSettings(CoreSettings):
-    grpc_port: int = 50061
+    grpc_port: int = 24061
     metrics_port: int = 9161
     # Comma-separated CIDRs that may be fetched even though they are private/loopback/link-local.
     fetch_allow_networks: str = ""

@@ -36,7 +36,7 @@ STAGE = "indexer"
 
 
 class IndexerSettings(CoreSettings):
-    grpc_port: int = 50065
+    grpc_port: int = 24065
     metrics_port: int = 9165
     index_model: str = "clip_standin_image"
     index_model_version: str = "1"

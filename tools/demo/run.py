@@ -30,7 +30,8 @@ def run(count: int = 24) -> int:
     if taxonstream(["search", "--image", str(query), "-k", "5"]) != 0:
         return 1
     expected = hashlib.sha256(query.read_bytes()).hexdigest()
-    with grpc.insecure_channel("127.0.0.1:50065") as channel:
+    indexer = next(s for s in stack.SERVICES if s.name == "indexer")
+    with grpc.insecure_channel(f"127.0.0.1:{indexer.grpc_port}") as channel:
         request = indexer_pb2.SearchRequest(image=query.read_bytes(), k=1)
         top = indexer_pb2_grpc.IndexerStub(channel).Search(request, timeout=120).hits[0].image_id
     if top != expected:
