@@ -20,6 +20,7 @@ class HostGates:
         self.policy = policy
         self._gates: dict[str, HostGate] = {}
         self._cond = threading.Condition()
+        self._waiting: dict[str, int] = {}  # requests of each host waiting in `acquire`
         self._robots: dict[str, Robots] = {}
         self._robots_locks: dict[str, threading.Lock] = {}
 
@@ -51,9 +52,14 @@ class HostGates:
         """Wait until `host` may be sent a request (its pace, pause and connection cap); returns the send time."""
         with self._cond:
             gate = self._gate(host)
-            while not gate.can_send(now := time.monotonic()):
-                self._cond.wait(timeout=max(0.005, min(1.0, gate.ready_at() - now)))
-            return gate.sent(now)
+            self._waiting[host] = self._waiting.get(host, 0) + 1
+            try:
+                while not gate.can_send(now := time.monotonic()):
+                    self._cond.wait(timeout=max(0.005, min(1.0, gate.ready_at() - now)))
+            finally:
+                self._waiting[host] -= 1
+            # Only while more of the host's requests wait is its rate what holds us back (and may rise).
+            return gate.sent(now, backlog=self._waiting[host] > 0)
 
     @staticmethod
     def count(host: str, reason: str, size: int = 0) -> None:
@@ -69,8 +75,9 @@ class HostGates:
     def throttled(self, host: str, sent_at: float, retry_after: float | None, limit: bool) -> None:
         self._settle(host, lambda gate, now: gate.throttled_by(sent_at, now, retry_after, limit=limit))
 
-    def failed(self, host: str, sent_at: float) -> None:
-        self._settle(host, lambda gate, now: gate.failed(sent_at, now))
+    def failed(self, host: str, sent_at: float, congestion: bool = True) -> None:
+        """A timeout or connection error (`congestion`), or one broken transfer that says nothing of the host."""
+        self._settle(host, lambda gate, now: gate.failed(sent_at, now, congestion))
 
     def released(self, host: str) -> None:
         self._settle(host, lambda gate, _now: gate.released())

@@ -136,8 +136,8 @@ class FetchWorker:
                 if reason in {"http_429", "http_503"}:
                     throttles += 1
                     self.hosts.throttled(host, sent_at, retry.delay, limit=reason == "http_429")
-                else:
-                    self.hosts.failed(host, sent_at)
+                else:  # a body cut off mid-transfer is retried without slowing the whole host
+                    self.hosts.failed(host, sent_at, congestion=reason != "incomplete_body")
                 # Being told to slow down is not the record's fault: it gets more tries than errors do.
                 errors = attempt - throttles
                 if errors >= self.settings.fetch_attempts or attempt == self.settings.fetch_throttled_attempts:
