@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from taxonstream.core import logs, metrics
 from taxonstream.core.bus import Bus
+from taxonstream.core.errors import Transient
 from taxonstream.core.settings import CoreSettings
 from taxonstream.core.store import ObjectStore
 
@@ -42,7 +43,7 @@ class Service:
 
 
 class MetricsInterceptor(grpc.ServerInterceptor):
-    """Times every unary RPC by method and status code."""
+    """Times every unary RPC by method and status code; a Transient error answers UNAVAILABLE."""
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -56,6 +57,9 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             code = "OK"
             try:
                 return inner(request, context)
+            except Transient as error:  # a dependency is down: the caller may retry, as workers do
+                code = "UNAVAILABLE"
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
             except Exception:
                 code = "INTERNAL"
                 raise

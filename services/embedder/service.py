@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from taxonstream.core.bus import Bus, Emit
-from taxonstream.core.errors import Failed, Transient
+from taxonstream.core.errors import Failed
 from taxonstream.core.server import Service, connect, registrar
 from taxonstream.core.settings import CoreSettings
 from taxonstream.core.store import ObjectStore
@@ -75,8 +75,10 @@ class TextEncoder:
 
     def embed(self, texts: list[str]) -> np.ndarray:
         ids = self.tokenizer(texts)
-        parts = [self.model.infer({"input_ids": ids[i:i + self.batch]}, ["embeddings"])["embeddings"]
-                 for i in range(0, len(ids), self.batch)]
+        parts = [
+            self.model.infer({"input_ids": ids[i : i + self.batch]}, ["embeddings"])["embeddings"]
+            for i in range(0, len(ids), self.batch)
+        ]
         return l2_normalise(np.concatenate(parts).astype(np.float32))
 
 
@@ -113,15 +115,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
     def EmbedTexts(self, request, context) -> embedder_pb2.EmbedResponse:
         if not request.texts:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no texts given")
-        try:
-            vectors = self.text_encoder.embed(list(request.texts))
-        except Transient as error:
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
-        return embedder_pb2.EmbedResponse(
-            vectors=[embedder_pb2.Vector(values=v.tolist()) for v in vectors],
-            model=self.settings.embed_model,
-            model_version=self.settings.embed_model_version,
-        )
+        return self._response(self.text_encoder.embed(list(request.texts)))
 
     def EmbedImages(self, request, context) -> embedder_pb2.EmbedResponse:
         if not request.images:
@@ -130,10 +124,9 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             pixels = [pixel_values(data) for data in request.images]
         except Failed as failure:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, failure.message)
-        try:
-            vectors = self.encoder.embed(pixels)
-        except Transient as error:
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+        return self._response(self.encoder.embed(pixels))
+
+    def _response(self, vectors: np.ndarray) -> embedder_pb2.EmbedResponse:
         return embedder_pb2.EmbedResponse(
             vectors=[embedder_pb2.Vector(values=v.tolist()) for v in vectors],
             model=self.settings.embed_model,

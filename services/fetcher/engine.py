@@ -25,14 +25,13 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from taxonstream.core.errors import Failed
 from taxonstream.fetcher import metrics
 from taxonstream.fetcher.download import Downloaded, Downloader, RetryLater
 from taxonstream.fetcher.politeness import HostGate, RatePolicy
 from taxonstream.fetcher.robots import Robots, fetch_robots, unreachable
-from taxonstream.fetcher.safety import check_url
+from taxonstream.fetcher.safety import check_url, host_of
 from taxonstream.fetcher.settings import FetcherSettings
 from taxonstream.fetcher.validate import inspect_image
 
@@ -120,10 +119,6 @@ def wait_for(event: threading.Event) -> None:
     thread finished although it still runs (the tstate-lock race of bpo-45274's fix)."""
     while not event.wait(0.5):
         pass
-
-
-def host_of(url: str) -> str:
-    return (urlsplit(url.strip()).hostname or "").lower()
 
 
 class FetchEngine:

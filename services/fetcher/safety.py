@@ -22,6 +22,14 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 METADATA = ipaddress.ip_address("169.254.169.254")
 
 
+def host_of(url: str) -> str:
+    """The URL's host, lower-cased ("" for a malformed URL): the unit of politeness and the partition key."""
+    try:
+        return (urlsplit(url.strip()).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
 def check_url(url: str) -> tuple[str, int]:
     """Scheme and host sanity; returns (host, port)."""
     if any(ord(c) < 32 or ord(c) == 127 for c in url.strip()):

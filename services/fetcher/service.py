@@ -8,7 +8,6 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import grpc
 from google.protobuf.json_format import MessageToDict, ParseDict
@@ -25,6 +24,7 @@ from taxonstream.fetcher.hosts import HostGates
 from taxonstream.fetcher.jobs import JobTable, follow
 from taxonstream.fetcher.politeness import RatePolicy
 from taxonstream.fetcher.robots import Robots, fetch_robots, unreachable
+from taxonstream.fetcher.safety import host_of
 from taxonstream.fetcher.settings import FetcherSettings
 from taxonstream.fetcher.validate import inspect_image
 from taxonstream.v1 import fetcher_pb2, fetcher_pb2_grpc
@@ -46,14 +46,6 @@ def records_key(job_id: str, chunk: int) -> str:
     return f"jobs/{job_id}/records-{chunk:06d}.json"
 
 
-def host_key(url: str) -> str:
-    """Partition key: every record of a host goes to one consumer, which can then be polite to it."""
-    try:
-        return (urlsplit(url.strip()).hostname or "").lower()
-    except ValueError:
-        return ""
-
-
 class FetchWorker:
     """records → download, validate, store the original → fetched."""
 
@@ -73,7 +65,7 @@ class FetchWorker:
         if not record.force and (known := self._already_stored(record)) is not None:
             return [Emit(self.bus.topics.fetched, known.sha256, known)]
         if self.settings.fetch_robots_txt:
-            rules = self.hosts.robots(host_key(record.url), lambda: self._read_robots(record.url), self.agent)
+            rules = self.hosts.robots(host_of(record.url), lambda: self._read_robots(record.url), self.agent)
             if not rules.allowed(record.url, self.agent):
                 reason = "robots_unreachable" if rules.disallow_all else "robots_disallowed"
                 raise Failed(reason, rules.why or "robots.txt disallows this URL")
@@ -123,7 +115,7 @@ class FetchWorker:
 
     def _download(self, url: str) -> tuple[bytes, int]:
         """Paced by the host's gate; 429/503 slow the host down (and honour Retry-After), errors back off."""
-        host = host_key(url)
+        host = host_of(url)
         throttles = 0
         for attempt in range(1, self.settings.fetch_throttled_attempts + 1):
             sent_at = self.hosts.acquire(host)
@@ -197,7 +189,7 @@ class FetcherServicer(fetcher_pb2_grpc.FetcherServicer):
                 metadata=item.record.metadata,
                 force=first.spec.force,
             )
-            pending.append(Emit(topics.records, host_key(record.url), record))
+            pending.append(Emit(topics.records, host_of(record.url), record))
             total += 1
             if len(pending) >= CHUNK:
                 self._keep(job_id, total // CHUNK - 1, pending)
@@ -240,7 +232,7 @@ class FetcherServicer(fetcher_pb2_grpc.FetcherServicer):
                             Outcome(record_id=record.record_id, job_id=job.job_id, url=record.url),
                         )
                     )
-                    emits.append(Emit(topics.records, host_key(record.url), record))
+                    emits.append(Emit(topics.records, host_of(record.url), record))
         send_all(self.producer, emits)
         for emit in emits:
             if isinstance(emit.message, Outcome):

@@ -18,7 +18,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from taxonstream.fetcher.engine import FetchEngine, Result, Summary, Task, host_of, wait_for
+from taxonstream.fetcher.engine import FetchEngine, Result, Summary, Task, wait_for
+from taxonstream.fetcher.safety import host_of
 from taxonstream.fetcher.settings import FetcherSettings
 
 BATCH = 64  # tasks per queue message: pickling one at a time costs more than the fetch bookkeeping
