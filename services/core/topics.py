@@ -37,6 +37,10 @@ class Topics:
         return self.name("embedded")
 
     @property
+    def reembed(self) -> str:
+        return self.name("reembed")
+
+    @property
     def outcomes(self) -> str:
         return self.name("outcomes")
 
@@ -50,7 +54,7 @@ class Topics:
 
     def all(self) -> dict[str, dict[str, str]]:
         """Every topic the system uses, with its topic-level configuration."""
-        work = ["records", "fetched", "verified", "cropped", "embedded"]
+        work = ["records", "fetched", "verified", "cropped", "embedded", "reembed"]
         topics: dict[str, dict[str, str]] = {}
         for short in [*work, *_COMPACTED]:
             config = {"cleanup.policy": "compact"} if short in _COMPACTED else {}

@@ -245,7 +245,13 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         filters = self._filters(request, context)
         for image_id, metadata in self.work.index.images(filters or None):
             if not request.job_id or metadata.get("job_id") == request.job_id:
-                yield indexer_pb2.Hit(image_id=image_id, metadata=metadata)
+                hit = indexer_pb2.Hit(image_id=image_id, metadata=metadata)
+                if request.with_vectors:
+                    vector = self.work.index.vector(image_id)
+                    if vector is None:
+                        continue  # deleted while listing
+                    hit.vector.extend(vector.tolist())
+                yield hit
 
     def Delete(self, request, context) -> indexer_pb2.DeleteResponse:
         topic = self.work.bus.topics.embedded

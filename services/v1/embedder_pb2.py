@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtaxonstream/v1/embedder.proto\x12\x0etaxonstream.v1\"\"\n\x11\x45mbedTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"$\n\x12\x45mbedImagesRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"^\n\rEmbedResponse\x12\'\n\x07vectors\x18\x01 \x03(\x0b\x32\x16.taxonstream.v1.Vector\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t2\xac\x01\n\x08\x45mbedder\x12P\n\x0b\x45mbedImages\x12\".taxonstream.v1.EmbedImagesRequest\x1a\x1d.taxonstream.v1.EmbedResponse\x12N\n\nEmbedTexts\x12!.taxonstream.v1.EmbedTextsRequest\x1a\x1d.taxonstream.v1.EmbedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtaxonstream/v1/embedder.proto\x12\x0etaxonstream.v1\"H\n\x11\x45mbedTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"J\n\x12\x45mbedImagesRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"^\n\rEmbedResponse\x12\'\n\x07vectors\x18\x01 \x03(\x0b\x32\x16.taxonstream.v1.Vector\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t2\xac\x01\n\x08\x45mbedder\x12P\n\x0b\x45mbedImages\x12\".taxonstream.v1.EmbedImagesRequest\x1a\x1d.taxonstream.v1.EmbedResponse\x12N\n\nEmbedTexts\x12!.taxonstream.v1.EmbedTextsRequest\x1a\x1d.taxonstream.v1.EmbedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,13 +32,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'taxonstream.v1.embedder_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EMBEDTEXTSREQUEST']._serialized_start=49
-  _globals['_EMBEDTEXTSREQUEST']._serialized_end=83
-  _globals['_EMBEDIMAGESREQUEST']._serialized_start=85
-  _globals['_EMBEDIMAGESREQUEST']._serialized_end=121
-  _globals['_VECTOR']._serialized_start=123
-  _globals['_VECTOR']._serialized_end=147
-  _globals['_EMBEDRESPONSE']._serialized_start=149
-  _globals['_EMBEDRESPONSE']._serialized_end=243
-  _globals['_EMBEDDER']._serialized_start=246
-  _globals['_EMBEDDER']._serialized_end=418
+  _globals['_EMBEDTEXTSREQUEST']._serialized_end=121
+  _globals['_EMBEDIMAGESREQUEST']._serialized_start=123
+  _globals['_EMBEDIMAGESREQUEST']._serialized_end=197
+  _globals['_VECTOR']._serialized_start=199
+  _globals['_VECTOR']._serialized_end=223
+  _globals['_EMBEDRESPONSE']._serialized_start=225
+  _globals['_EMBEDRESPONSE']._serialized_end=319
+  _globals['_EMBEDDER']._serialized_start=322
+  _globals['_EMBEDDER']._serialized_end=494
 # @@protoc_insertion_point(module_scope)

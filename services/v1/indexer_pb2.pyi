@@ -7,18 +7,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SearchRequest(_message.Message):
-    __slots__ = ("image", "image_id", "text", "k", "filters")
+    __slots__ = ("image", "image_id", "text", "k", "filters", "model", "model_version")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     image_id: str
     text: str
     k: int
     filters: _containers.RepeatedCompositeFieldContainer[Filter]
-    def __init__(self, image: _Optional[bytes] = ..., image_id: _Optional[str] = ..., text: _Optional[str] = ..., k: _Optional[int] = ..., filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ...) -> None: ...
+    model: str
+    model_version: str
+    def __init__(self, image: _Optional[bytes] = ..., image_id: _Optional[str] = ..., text: _Optional[str] = ..., k: _Optional[int] = ..., filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class Filter(_message.Message):
     __slots__ = ("field", "values")
@@ -29,7 +33,7 @@ class Filter(_message.Message):
     def __init__(self, field: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("image_id", "score", "metadata", "thumbnail_url")
+    __slots__ = ("image_id", "score", "metadata", "thumbnail_url", "vector")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -41,11 +45,13 @@ class Hit(_message.Message):
     SCORE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     THUMBNAIL_URL_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
     image_id: str
     score: float
     metadata: _containers.ScalarMap[str, str]
     thumbnail_url: str
-    def __init__(self, image_id: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., thumbnail_url: _Optional[str] = ...) -> None: ...
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, image_id: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., thumbnail_url: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "model", "model_version")
@@ -58,11 +64,15 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("model", "model_version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    model_version: str
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("images", "model", "model_version", "offsets", "kind", "by_field")
+    __slots__ = ("images", "model", "model_version", "offsets", "kind", "by_field", "versions")
     class OffsetsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -83,13 +93,27 @@ class StatsResponse(_message.Message):
     OFFSETS_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     BY_FIELD_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     images: int
     model: str
     model_version: str
     offsets: _containers.ScalarMap[str, int]
     kind: str
     by_field: _containers.MessageMap[str, FieldCounts]
-    def __init__(self, images: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., offsets: _Optional[_Mapping[str, int]] = ..., kind: _Optional[str] = ..., by_field: _Optional[_Mapping[str, FieldCounts]] = ...) -> None: ...
+    versions: _containers.RepeatedCompositeFieldContainer[IndexVersion]
+    def __init__(self, images: _Optional[int] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., offsets: _Optional[_Mapping[str, int]] = ..., kind: _Optional[str] = ..., by_field: _Optional[_Mapping[str, FieldCounts]] = ..., versions: _Optional[_Iterable[_Union[IndexVersion, _Mapping]]] = ...) -> None: ...
+
+class IndexVersion(_message.Message):
+    __slots__ = ("model", "model_version", "images", "serving")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    model_version: str
+    images: int
+    serving: bool
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., images: _Optional[int] = ..., serving: _Optional[bool] = ...) -> None: ...
 
 class FieldCounts(_message.Message):
     __slots__ = ("counts",)
@@ -117,7 +141,7 @@ class DeleteResponse(_message.Message):
     def __init__(self, requested: _Optional[int] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("image", "image_id", "labels", "rank", "k", "templates", "bank")
+    __slots__ = ("image", "image_id", "labels", "rank", "k", "templates", "bank", "model", "model_version")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +149,8 @@ class ClassifyRequest(_message.Message):
     K_FIELD_NUMBER: _ClassVar[int]
     TEMPLATES_FIELD_NUMBER: _ClassVar[int]
     BANK_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     image_id: str
     labels: _containers.RepeatedScalarFieldContainer[str]
@@ -132,7 +158,9 @@ class ClassifyRequest(_message.Message):
     k: int
     templates: _containers.RepeatedScalarFieldContainer[str]
     bank: str
-    def __init__(self, image: _Optional[bytes] = ..., image_id: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., rank: _Optional[str] = ..., k: _Optional[int] = ..., templates: _Optional[_Iterable[str]] = ..., bank: _Optional[str] = ...) -> None: ...
+    model: str
+    model_version: str
+    def __init__(self, image: _Optional[bytes] = ..., image_id: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., rank: _Optional[str] = ..., k: _Optional[int] = ..., templates: _Optional[_Iterable[str]] = ..., bank: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("label", "score", "taxon", "common_name")
@@ -159,9 +187,45 @@ class ClassifyResponse(_message.Message):
     def __init__(self, predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., rank: _Optional[str] = ...) -> None: ...
 
 class ListImagesRequest(_message.Message):
-    __slots__ = ("job_id", "filters")
+    __slots__ = ("job_id", "filters", "with_vectors", "model", "model_version")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
+    WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     filters: _containers.RepeatedCompositeFieldContainer[Filter]
-    def __init__(self, job_id: _Optional[str] = ..., filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ...) -> None: ...
+    with_vectors: bool
+    model: str
+    model_version: str
+    def __init__(self, job_id: _Optional[str] = ..., filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ..., with_vectors: _Optional[bool] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class ReembedRequest(_message.Message):
+    __slots__ = ("model", "model_version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    model_version: str
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class ReembedResponse(_message.Message):
+    __slots__ = ("images", "created")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    images: int
+    created: bool
+    def __init__(self, images: _Optional[int] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class ServeRequest(_message.Message):
+    __slots__ = ("model", "model_version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    model_version: str
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class ServeResponse(_message.Message):
+    __slots__ = ("previous",)
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    previous: str
+    def __init__(self, previous: _Optional[str] = ...) -> None: ...

@@ -59,6 +59,16 @@ class IndexerStub:
                 request_serializer=taxonstream_dot_v1_dot_indexer__pb2.ClassifyRequest.SerializeToString,
                 response_deserializer=taxonstream_dot_v1_dot_indexer__pb2.ClassifyResponse.FromString,
                 _registered_method=True)
+        self.Reembed = channel.unary_unary(
+                '/taxonstream.v1.Indexer/Reembed',
+                request_serializer=taxonstream_dot_v1_dot_indexer__pb2.ReembedRequest.SerializeToString,
+                response_deserializer=taxonstream_dot_v1_dot_indexer__pb2.ReembedResponse.FromString,
+                _registered_method=True)
+        self.Serve = channel.unary_unary(
+                '/taxonstream.v1.Indexer/Serve',
+                request_serializer=taxonstream_dot_v1_dot_indexer__pb2.ServeRequest.SerializeToString,
+                response_deserializer=taxonstream_dot_v1_dot_indexer__pb2.ServeResponse.FromString,
+                _registered_method=True)
 
 
 class IndexerServicer:
@@ -97,6 +107,21 @@ class IndexerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reembed(self, request, context):
+        """Start a new index version for another embedding model and backfill it from the serving index's
+        images; search keeps answering from the serving version meanwhile.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Serve(self, request, context):
+        """Make an index version the one searches use when they name no model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IndexerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +149,16 @@ def add_IndexerServicer_to_server(servicer, server):
                     servicer.Classify,
                     request_deserializer=taxonstream_dot_v1_dot_indexer__pb2.ClassifyRequest.FromString,
                     response_serializer=taxonstream_dot_v1_dot_indexer__pb2.ClassifyResponse.SerializeToString,
+            ),
+            'Reembed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reembed,
+                    request_deserializer=taxonstream_dot_v1_dot_indexer__pb2.ReembedRequest.FromString,
+                    response_serializer=taxonstream_dot_v1_dot_indexer__pb2.ReembedResponse.SerializeToString,
+            ),
+            'Serve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Serve,
+                    request_deserializer=taxonstream_dot_v1_dot_indexer__pb2.ServeRequest.FromString,
+                    response_serializer=taxonstream_dot_v1_dot_indexer__pb2.ServeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +296,60 @@ class Indexer:
             '/taxonstream.v1.Indexer/Classify',
             taxonstream_dot_v1_dot_indexer__pb2.ClassifyRequest.SerializeToString,
             taxonstream_dot_v1_dot_indexer__pb2.ClassifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reembed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taxonstream.v1.Indexer/Reembed',
+            taxonstream_dot_v1_dot_indexer__pb2.ReembedRequest.SerializeToString,
+            taxonstream_dot_v1_dot_indexer__pb2.ReembedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Serve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taxonstream.v1.Indexer/Serve',
+            taxonstream_dot_v1_dot_indexer__pb2.ServeRequest.SerializeToString,
+            taxonstream_dot_v1_dot_indexer__pb2.ServeResponse.FromString,
             options,
             channel_credentials,
             insecure,

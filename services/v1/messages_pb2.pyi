@@ -129,20 +129,52 @@ class Crop(_message.Message):
     def __init__(self, image_id: _Optional[str] = ..., image: _Optional[_Union[VerifiedImage, _Mapping]] = ..., crop_key: _Optional[str] = ..., detected: _Optional[bool] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., score: _Optional[float] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class Embedding(_message.Message):
-    __slots__ = ("image_id", "vector", "model", "model_version", "crop", "deleted")
+    __slots__ = ("image_id", "vector", "model", "model_version", "crop", "deleted", "lineage", "backfill")
+    class LineageEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CROP_FIELD_NUMBER: _ClassVar[int]
     DELETED_FIELD_NUMBER: _ClassVar[int]
+    LINEAGE_FIELD_NUMBER: _ClassVar[int]
+    BACKFILL_FIELD_NUMBER: _ClassVar[int]
     image_id: str
     vector: _containers.RepeatedScalarFieldContainer[float]
     model: str
     model_version: str
     crop: Crop
     deleted: bool
-    def __init__(self, image_id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., crop: _Optional[_Union[Crop, _Mapping]] = ..., deleted: _Optional[bool] = ...) -> None: ...
+    lineage: _containers.ScalarMap[str, str]
+    backfill: bool
+    def __init__(self, image_id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., crop: _Optional[_Union[Crop, _Mapping]] = ..., deleted: _Optional[bool] = ..., lineage: _Optional[_Mapping[str, str]] = ..., backfill: _Optional[bool] = ...) -> None: ...
+
+class ReembedImage(_message.Message):
+    __slots__ = ("image_id", "crop_key", "lineage", "model", "model_version")
+    class LineageEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    CROP_KEY_FIELD_NUMBER: _ClassVar[int]
+    LINEAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    crop_key: str
+    lineage: _containers.ScalarMap[str, str]
+    model: str
+    model_version: str
+    def __init__(self, image_id: _Optional[str] = ..., crop_key: _Optional[str] = ..., lineage: _Optional[_Mapping[str, str]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class Outcome(_message.Message):
     __slots__ = ("record_id", "job_id", "url", "state", "image_id", "stage", "reason", "message", "at_ms")
