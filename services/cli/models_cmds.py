@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import sys
@@ -198,35 +199,100 @@ def _embed_files(paths: list[Path]):
     return np.asarray(vectors, dtype=np.float32), model
 
 
-def cmd_probe(args: argparse.Namespace) -> int:
-    from taxonstream.classify.probe import Probe, train
+def _stored_images(job: str = "", filters: list[str] = (), model: str = "", version: str = ""):
+    """Stored images with their vectors, streamed from the indexer (the index version of `model`, or the
+    serving one)."""
+    from taxonstream.classify.probe import StoredImage
+    from taxonstream.cli.main import _filters
+    from taxonstream.v1 import indexer_pb2, indexer_pb2_grpc
 
-    if args.action == "train":
-        path = Path(args.file)
-        if not path.is_file():
-            raise InputError(f"{path}: no such file")
-        with path.open(newline="") as handle:
-            rows = [r for r in csv.DictReader(handle) if r.get("image") and r.get("label")]
-        if not rows:
-            raise InputError(f"{path}: needs rows with 'image' (a file path) and 'label' columns")
-        vectors, (model, version) = _embed_files([path.parent / r["image"] for r in rows])
+    request = indexer_pb2.ListImagesRequest(job_id=job, filters=_filters(list(filters)), with_vectors=True,
+                                            model=model, model_version=version)
+    with _channel("indexer") as channel:
         try:
-            probe = train(vectors, [r["label"] for r in rows], model, version, c=args.c)
-        except ValueError as error:
-            raise InputError(str(error)) from error
-        probe.save(Path(args.out))
-        print(f"probe over {len(rows)} images, classes {', '.join(probe.classes)}, model {model}/{version} "
-              f"-> {args.out}")
-        return 0
-    probe = Probe.load(Path(args.file))
-    vectors, model = _embed_files([Path(i) for i in args.images])
-    if model != (probe.model, probe.model_version):
-        raise InputError(f"the probe was trained on {probe.model}/{probe.model_version}, the embedder serves "
-                         f"{model[0]}/{model[1]}")
-    rows = [[image, label, f"{score:.6f}"] for image, (label, score) in zip(args.images, probe.predict(vectors),
-                                                                              strict=True)]
-    _table(rows, ["file_name", "classification", "score"], sys.stdout)
+            for hit in indexer_pb2_grpc.IndexerStub(channel).ListImages(request, timeout=3600):
+                yield StoredImage(hit.image_id, hit.metadata, hit.vector)
+        except grpc.RpcError as error:
+            if model and error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
+                                          grpc.StatusCode.INVALID_ARGUMENT):
+                raise InputError(f"the index has no {model}/{version or '1'} version: {error.details()} "
+                                 "(`taxonstream stats` lists the versions)") from error
+            raise
+
+
+def _probe_train(args: argparse.Namespace) -> int:
+    from taxonstream.classify.probe import FILE_COLUMN, match_stored, read_labelled, train
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    labelled = read_labelled(path, args.key)
+    if labelled.key == FILE_COLUMN:
+        if args.job or args.filter:
+            raise InputError("--job/--filter select stored images: give a CSV with image_id (or sha256, url, "
+                             "record_id), not file paths")
+        vectors, (model, version) = _embed_files([path.parent / value for value, _ in labelled.rows])
+        labels, source = [label for _, label in labelled.rows], "files"
+    else:
+        stored = _stored_images(args.job or "", args.filter, args.model or "", args.model_version or "")
+        vectors, labels, (model, version), missing = match_stored(labelled, stored, args.skip_missing)
+        if missing:
+            print(f"skipped {len(missing)} {labelled.key}s not in the index", file=sys.stderr)
+        if args.model and (model, version) != (args.model, args.model_version or version):
+            raise InputError(f"asked for {args.model} vectors, the index answered with {model}/{version}")
+        source = "index"
+    probe = train(vectors, labels, model, version, c=args.c, source=source)
+    out = args.out or "probe.json"
+    probe.save(Path(out))
+    counts = ", ".join(f"{c} {labels.count(c)}" for c in probe.classes)
+    print(f"probe over {len(labels)} {'stored ' if source == 'index' else ''}images ({counts}), "
+          f"model {model}/{version} -> {out}")
     return 0
+
+
+def _probe_apply(args: argparse.Namespace) -> int:
+    from taxonstream.classify.probe import Probe, output_header, score_rows
+
+    probe = Probe.load(Path(args.file))
+    if args.images:
+        if args.job or args.filter:
+            raise InputError("give image files or --job/--filter (stored images), not both")
+        vectors, model = _embed_files([Path(i) for i in args.images])
+        probe.check_model(*model, where="the embedder")
+        rows = [[image, label, f"{score:.6f}"]
+                for image, (label, score) in zip(args.images, probe.predict(vectors), strict=True)]
+        _table(rows, ["file_name", "classification", "score"], sys.stdout)
+        return 0
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else []
+    stored = _stored_images(args.job or "", args.filter, probe.model, probe.model_version)
+    handle = open(args.out, "w", newline="") if args.out else sys.stdout  # noqa: SIM115 - stdout stays open
+    scored, counts = 0, dict.fromkeys(probe.classes, 0)
+    try:
+        writer = csv.writer(handle)
+        writer.writerow(output_header(probe, columns))
+        # In chunks: an index of millions never sits in memory at once.
+        while batch := list(itertools.islice(stored, 4096)):
+            for row in score_rows(probe, batch, columns):
+                writer.writerow(row)
+                counts[row[1]] += 1
+            scored += len(batch)
+    finally:
+        if args.out:
+            handle.close()
+    summary = ", ".join(f"{c} {n}" for c, n in counts.items())
+    where = f" to {args.out}" if args.out else ""
+    print(f"scored {scored} stored images ({summary}), model {probe.model}/{probe.model_version}{where}",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from taxonstream.classify.probe import ProbeError
+
+    try:
+        return _probe_train(args) if args.action == "train" else _probe_apply(args)
+    except ProbeError as error:
+        raise InputError(str(error)) from error
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -245,12 +311,44 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["table", "csv"], default="table")
     p.set_defaults(run=cmd_predict)
 
-    p = commands.add_parser("probe", help="linear probe (logistic regression) on embeddings of a labelled set")
+    p = commands.add_parser(
+        "probe", help="linear probe (logistic regression) on embeddings of a labelled set: train, apply",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+A logistic regression on CLIP embeddings, for questions zero-shot answers badly (is this herbarium sheet
+mercury-stained?). The probe is a JSON file (classes, weights, and the embedding model it was fitted on);
+it only applies to vectors of that same model.
+
+train CSV: a 'label' column and a column naming the images —
+  image                               file paths (relative to the CSV), cropped and embedded now
+  image_id | sha256 | url | record_id images already ingested: their stored vectors are used as they are
+                                      (url/record_id: the record that first brought the image in)
+  Labelled images missing from the index are listed and stop the run (--skip-missing: train without them).
+apply: image files (a table), or stored images — those of --job, matching --filter, or all — as CSV:
+  image_id,label,probability,p_<class>…,job_id,record_id,url,sha256[,--columns]""",
+        epilog="""\
+examples:
+  taxonstream probe train labels.csv --out mercury.json          # labels.csv: image_id,label
+  taxonstream probe apply mercury.json --job JOB --out scores.csv --columns catalogNumber
+  taxonstream probe apply mercury.json sheet1.jpg sheet2.jpg""")
     p.add_argument("action", choices=["train", "apply"])
-    p.add_argument("file", help="train: CSV with 'image' (path, relative to the CSV) and 'label'; apply: probe JSON")
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="apply: images to classify")
-    p.add_argument("--out", default="probe.json", help="train: where to write the probe (default probe.json)")
+    p.add_argument("file", help="train: the labelled CSV; apply: the probe JSON")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="apply: image files to classify (else stored images)")
+    p.add_argument("--out", help="train: where to write the probe (default probe.json); apply: CSV file "
+                   "(default standard output)")
     p.add_argument("-C", dest="c", type=float, default=1.0, help="train: inverse regularisation strength")
+    p.add_argument("--key", choices=["image", "image_id", "sha256", "url", "record_id"],
+                   help="train: the CSV column naming the images (default: image, then image_id, sha256, url, "
+                        "record_id, the first present)")
+    p.add_argument("--job", metavar="JOB", help="only stored images whose first record came from JOB")
+    p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE[,VALUE…]",
+                   help="only stored images matching (repeat to AND), as in `search`")
+    p.add_argument("--model", help="train: the index version (embedding model) to take vectors from "
+                   "(default: the serving one); apply uses the probe's")
+    p.add_argument("--model-version", help="train: with --model (default 1)")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="train: leave out labelled images that are not in the index instead of stopping")
+    p.add_argument("--columns", help="apply: more metadata columns to write, comma-separated (catalogNumber,…)")
     p.set_defaults(run=cmd_probe)
 
     models = commands.add_parser("models", help="label-embedding banks; Triton model repositories")
