@@ -12,8 +12,6 @@ import sys
 import time
 from collections.abc import Iterator
 
-from tqdm import tqdm
-
 from taxonstream.integrity.checksums import BLAKE_MAX, Algorithm, ChecksumError, WorkerPool, available_cpus
 from taxonstream.integrity.sumbuddy import Entry, checksum_entries, iter_plan, plan, write_output
 
@@ -90,6 +88,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=cmd_dupes)
 
 
+def checksum_main(argv: list[str]) -> int:
+    """`taxonstream checksum …` with a parser of the integrity commands only (the CLI's fast path)."""
+    top = argparse.ArgumentParser(prog="taxonstream")
+    add_commands(top.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = top.parse_args(argv)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        return 130
+
+
 def _fail(message: str) -> int:
     print(f"taxonstream: {message}", file=sys.stderr)
     return 1
@@ -112,6 +121,8 @@ def cmd_checksum(args: argparse.Namespace) -> int:
         with WorkerPool(args.jobs) as pool:
             rows: Iterator[tuple[Entry, str]] = checksum_entries(entries, algorithm, pool)
             if output:  # a progress bar only when stdout is not the CSV (as sum-buddy)
+                from tqdm import tqdm  # here: importing it is a tenth of the command's start-up
+
                 description = f"Calculating {args.algorithm} checksums on {args.input_path}"
                 rows = tqdm(rows, unit=" files", desc=description, file=sys.stderr)
             write_output(rows, output, args.algorithm)
