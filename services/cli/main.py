@@ -327,6 +327,9 @@ def parser() -> argparse.ArgumentParser:
     from taxonstream.cli import models_cmds  # predict, models (handlers import torch lazily)
 
     models_cmds.add_commands(commands)
+    from taxonstream.cli import export_cmd  # shards of a job's or a query's images
+
+    export_cmd.add_commands(commands)
     return top
 
 

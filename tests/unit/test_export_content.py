@@ -1,0 +1,42 @@
+"""Which object an export reads per content kind, and the extension its bytes get."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from taxonstream.core.store import derivative_keys
+from taxonstream.export.content import MissingContent, content_key, extension
+
+META = {
+    "original_key": "originals/sha256/ab/cd/abcd",
+    "crop_key": "derivatives/abcd/detr_standin/1/crop.jpg",
+    "thumbnail_key": derivative_keys("abcd", "detr_standin", "1")["crop_small"],
+}
+
+
+def test_content_keys():
+    assert content_key("original", "abcd", META) == META["original_key"]
+    assert content_key("crop", "abcd", META) == META["crop_key"]
+    assert content_key("small", "abcd", META) == META["thumbnail_key"]
+    assert content_key("small-original", "abcd", META) == derivative_keys("abcd", "detr_standin", "1")["original_small"]
+    with pytest.raises(MissingContent):
+        content_key("crop", "abcd", {"original_key": "x"})
+    with pytest.raises(ValueError):
+        content_key("thumbnail", "abcd", META)
+
+
+@pytest.mark.parametrize(
+    "fmt,ext", [("JPEG", "jpg"), ("PNG", "png"), ("GIF", "gif"), ("WEBP", "webp"), ("TIFF", "tif")]
+)
+def test_extension_from_bytes(fmt, ext):
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buffer, format=fmt)
+    assert extension(buffer.getvalue(), "originals/sha256/ab/cd/abcd") == ext
+
+
+def test_extension_falls_back_to_the_key():
+    assert extension(b"not an image", "derivatives/x/m/1/crop.JPG") == "jpg"
+    assert extension(b"not an image", "originals/sha256/ab/cd/abcd") == "bin"
