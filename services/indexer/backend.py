@@ -33,12 +33,14 @@ class IndexStats:
 
 @dataclass(frozen=True)
 class FaissConfig:
-    """Thresholds and parameters of the in-process FAISS index.
+    """Thresholds and parameters of the in-process FAISS index (the indexer sets them from
+    `TAXONSTREAM_INDEX_*`; see `IndexerSettings`).
 
     The index type follows the number of live vectors: exact (flat) below `hnsw_from`, HNSW up to
     `ivfpq_from`, IVF-PQ beyond. Crossing a threshold rebuilds the index in the next type from the
     stored vectors; falling below half a threshold (after deletes) rebuilds it back, so a collection
-    hovering at a threshold does not flip-flop.
+    hovering at a threshold does not flip-flop. Rebuilds of collections of `background_from` vectors or
+    more run in a thread while the old index keeps answering and taking writes.
     """
 
     hnsw_from: int = 100_000
@@ -47,7 +49,9 @@ class FaissConfig:
     hnsw_m: int = 32
     ef_construction: int = 80
     ef_search: int = 256  # recall@10 0.965 at 1M × 512 (tools/bench/index); 96 gave 0.91
+    nlist: int = 0  # IVF lists; 0: about 4·√n of the vectors at training time
     pq_m: int = 64  # sub-quantizers (64 bytes a vector); the largest divisor of dim not above this
+    pq_nbits: int = 8  # bits per sub-quantizer code (fewer while the collection is under 2^nbits)
     nprobe: int = 32
     rerank: int = 8  # IVF-PQ: candidates per wanted hit, re-scored with the stored float16 vectors
     # A filtered search scores the matching items exactly when there are at most `exact_below` of them, or
@@ -58,6 +62,28 @@ class FaissConfig:
     # Deleted and replaced entries are tombstones until they exceed this share of the index.
     compact_ratio: float = 0.25
     compact_min: int = 1024
+    # Smaller rebuilds run inside the write (well under a second); larger ones in a background thread.
+    background_from: int = 10_000
+
+    def __post_init__(self) -> None:
+        positive = ("hnsw_from", "ivfpq_from", "hnsw_m", "ef_construction", "ef_search", "pq_m", "nprobe", "rerank")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"FaissConfig.{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("nlist", "exact_below", "compact_min", "background_from"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"FaissConfig.{name} must not be negative, not {getattr(self, name)}")
+        if self.hnsw_from > self.ivfpq_from:
+            raise ValueError(f"FaissConfig: hnsw_from ({self.hnsw_from}) is above ivfpq_from ({self.ivfpq_from})")
+        if not 1 <= self.pq_nbits <= 16:
+            raise ValueError(f"FaissConfig.pq_nbits must be 1–16 (FAISS's PQ codes), not {self.pq_nbits}")
+        if not 0 <= self.ann_min_share <= 1:
+            raise ValueError(f"FaissConfig.ann_min_share is a share, 0–1, not {self.ann_min_share}")
+        if not 0 < self.compact_ratio <= 1:
+            raise ValueError(f"FaissConfig.compact_ratio is a share, above 0 and at most 1, not {self.compact_ratio}")
+
+
+MILVUS_QUERY_WINDOW = 16_384  # the most rows one Milvus query returns
 
 
 @dataclass(frozen=True)
@@ -74,6 +100,34 @@ class MilvusConfig:
     exact_below: int = 2_000
     # Strong: a search sees every upsert acknowledged before it (what replay-after-restore relies on).
     consistency_level: str = "Strong"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.exact_below <= MILVUS_QUERY_WINDOW:
+            raise ValueError(f"MilvusConfig.exact_below must be 0–{MILVUS_QUERY_WINDOW}, not {self.exact_below}")
+
+
+def milvus_params(
+    index_type: str,
+    *,
+    hnsw_m: int,
+    ef_construction: int,
+    ef_search: int,
+    nlist: int,
+    nprobe: int,
+    pq_m: int,
+    pq_nbits: int,
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Milvus's index and search parameters for `index_type` from the same knobs the FAISS index takes.
+    `nlist` 0 (FAISS: sized to the collection) becomes 1024: Milvus builds an IVF per segment, not one."""
+    kind = index_type.upper()
+    if kind == "HNSW":
+        return {"M": hnsw_m, "efConstruction": ef_construction}, {"ef": ef_search}
+    lists = nlist or 1024
+    if kind in ("IVF_FLAT", "IVF_SQ8"):
+        return {"nlist": lists}, {"nprobe": nprobe}
+    if kind == "IVF_PQ":
+        return {"nlist": lists, "m": pq_m, "nbits": pq_nbits}, {"nprobe": nprobe}
+    return {}, {}  # FLAT, AUTOINDEX, DISKANN…: Milvus's own defaults
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,16 @@ Migration. When a write crosses a threshold the index is rebuilt in the next typ
 vectors, chunk by chunk (the same rebuild that compacts tombstones); IVF-PQ is retrained whenever the
 collection has grown fourfold since its last training, since its coarse clustering was sized for the
 smaller set. Deletes that take a collection below half a threshold rebuild it in the smaller type.
+A rebuild of `background_from` vectors or more runs in a thread, off the write path (at 10M vectors it
+would outlast Kafka's poll interval): it copies the live vectors a chunk at a time under the read lock
+and adds them to the new index outside any lock, while the old index keeps answering and taking writes.
+Old slots are never revived, so what happened meanwhile is read off the old state when the copy has
+caught up: slots appended since are added, slots that died are tombstoned in the new index, and the
+swap (with the filter indexes renumbered, not recomputed) happens under the write lock.
+
+Concurrency. A readers-writer lock: searches and other reads share it (FAISS's `search` on an index no
+one is writing is thread-safe and releases the GIL), writes and the swap take it alone, and a waiting
+writer holds back new readers so a stream of searches cannot starve the Kafka worker.
 
 Filters. `filters.facets()` of each image are kept in an inverted index (field, value) → slots. A
 filtered search selects the matching live slots (candidates from the rarest field's postings, or a
@@ -32,10 +42,13 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import threading
+import time
 from array import array
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import faiss
 import numpy as np
@@ -43,9 +56,14 @@ import numpy as np
 from taxonstream.indexer import filters as flt
 from taxonstream.indexer.backend import FaissConfig, Hit, IndexStats
 
+log = logging.getLogger(__name__)
+
 KINDS = ("flat", "hnsw", "ivfpq")
 FORMAT = "taxonstream-faiss/1"
 _CHUNK = 65_536
+_BUILD_CHUNK = 65_536  # old slots a background rebuild copies per read-lock hold
+_SWAP_TAIL = 1_024  # catch up outside the write lock until at most this many slots are left to add
+_RETRY_SECONDS = 60.0  # after a failed background rebuild, before the next attempt
 _IVFPQ_MIN = 256  # below this a forced IVF-PQ stays flat: PQ needs 2^nbits training points
 
 
@@ -86,14 +104,72 @@ class _Selection:
         return faiss.IDSelectorBitmap(len(self._bits), faiss.swig_ptr(self._bits))
 
 
+class RWLock:
+    """Many readers or one writer, not reentrant. A waiting writer holds back new readers."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writing and not self._writers_waiting)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            self._cond.wait_for(lambda: not self._writing and not self._readers)
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+class _Build:
+    """A rebuild under way: the new index, and for each of its slots the old slot it was copied from."""
+
+    def __init__(self, kind: str, built_for: int) -> None:
+        self.kind, self.built_for = kind, built_for
+        self.index: faiss.Index | None = None
+        self.raw16: np.ndarray | None = None  # IVF-PQ's float16 copies, by new slot
+        self.sources: list[np.ndarray] = []  # old slots, ascending across the list
+        self.ids: list[str] = []  # image id by new slot
+        self.count = 0  # slots in the new index
+        self.upto = 0  # old slots below this have been copied (if still live then)
+        self.thread: threading.Thread | None = None
+        self.cancelled = False
+        self.started = time.monotonic()
+
+
+Locking = Callable[[], AbstractContextManager[None]]
+
+
 class FaissIndex:
-    """Vectors and metadata by image id; thread-safe (one lock: FAISS indexes are not safe to read while written)."""
+    """Vectors and metadata by image id; thread-safe: concurrent reads, one writer at a time."""
 
     def __init__(self, dim: int | None = None, config: FaissConfig | None = None) -> None:
         self.config = config or FaissConfig()
         self.dim = dim
         self.metadata: dict[str, dict[str, str]] = {}  # live images only
-        self._lock = threading.RLock()
+        self._rw = RWLock()
+        self._build: _Build | None = None  # a background rebuild under way
+        self._retry_at = 0.0  # no background rebuild before this (monotonic): the last one failed
         self._index: faiss.Index | None = None
         self._kind = "flat"
         self._built_for = 0  # live vectors at the last (re)build: IVF-PQ retrains after 4× growth
@@ -116,12 +192,27 @@ class FaissIndex:
     # ---- size and kind ---------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._rw.read():
             return len(self._slot)
 
     @property
     def kind(self) -> str:
         return self._kind
+
+    @property
+    def migrating(self) -> str | None:
+        """The type a background rebuild is building, while one is under way."""
+        build = self._build
+        return None if build is None else build.kind
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait for background rebuilds (and any they lead to) to finish; False if `timeout` ran out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (build := self._build) is not None and build.thread is not None:
+            build.thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if build.thread.is_alive():
+                return False
+        return True
 
     def _desired_kind(self, live: int) -> str:
         cfg = self.config
@@ -134,19 +225,21 @@ class FaissIndex:
         floor = (cfg.hnsw_from if self._kind == "hnsw" else cfg.ivfpq_from) // 2
         return target if live < floor else self._kind
 
-    def _new_index(self, kind: str, sample: np.ndarray | None = None) -> faiss.Index:
+    def _new_index(self, kind: str, sample: np.ndarray | None = None, built_for: int = 0) -> faiss.Index:
         assert self.dim is not None
+        cfg = self.config
         if kind == "flat":
             return faiss.IndexFlatIP(self.dim)
         if kind == "hnsw":
-            index = faiss.IndexHNSWFlat(self.dim, self.config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = self.config.ef_construction
+            index = faiss.IndexHNSWFlat(self.dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = cfg.ef_construction
             return index
         assert sample is not None and len(sample) >= _IVFPQ_MIN
         n = len(sample)
-        nlist = max(1, min(_nlist(self._built_for or n), n // 39))
-        m = max(d for d in range(1, min(self.config.pq_m, self.dim) + 1) if self.dim % d == 0)
-        nbits = min(8, int(math.log2(n)))
+        # k-means wants at least 39 training points a list; a configured nlist is capped the same way.
+        nlist = max(1, min(cfg.nlist or _nlist(built_for or n), n // 39))
+        m = max(d for d in range(1, min(cfg.pq_m, self.dim) + 1) if self.dim % d == 0)
+        nbits = min(cfg.pq_nbits, int(math.log2(n)))
         index = faiss.IndexIVFPQ(faiss.IndexFlatIP(self.dim), self.dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
         return index
@@ -201,43 +294,123 @@ class FaissIndex:
             self._slot[image_id] = slot
             self._facet_slots(slot, self.metadata[image_id])
 
-    def _rebuild(self, kind: str) -> None:
-        """A fresh index of `kind` holding the live vectors in slot order: compacts and migrates."""
-        live_slots = np.flatnonzero(self._live[: self._n])
-        ids = [self._ids[s] for s in live_slots]
-        self._built_for = len(live_slots)
-        sample = None
-        if kind == "ivfpq":
-            rng = np.random.default_rng(0)
-            # 64 points per centroid train k-means well (FAISS wants at least 39); more only costs time.
-            size = min(len(live_slots), max(64 * _nlist(len(live_slots)), 65_536))
-            sample = self._vectors(np.sort(rng.choice(live_slots, size=size, replace=False)))
-        new = self._new_index(kind, sample)
-        raw = np.empty((max(len(live_slots), 1024), self.dim), dtype=np.float16) if kind == "ivfpq" else None
-        for start in range(0, len(live_slots), _CHUNK):
-            chunk = self._vectors(live_slots[start : start + _CHUNK])
-            if kind == "ivfpq":
-                assert raw is not None
-                new.add_with_ids(chunk, np.arange(start, start + len(chunk), dtype=np.int64))
-                raw[start : start + len(chunk)] = chunk
-            else:
-                new.add(np.ascontiguousarray(chunk))
-        self._index, self._kind, self._raw16 = new, kind, raw
-        self._ids, self._n = ids, len(ids)
-        self._reset_slots(max(len(ids), 1024))
-        self._live[: len(ids)] = True
-        self._slot = {image_id: slot for slot, image_id in enumerate(ids)}
-        for slot, image_id in enumerate(ids):
-            self._facet_slots(slot, self.metadata[image_id])
-
     def _maintain(self) -> None:
+        """After a write (write lock held): start the rebuild the collection now needs, if any."""
+        if self._build is not None or time.monotonic() < self._retry_at:
+            return  # the rebuild under way ends with this check again
         live = len(self._slot)
         dead = self._n - live
         kind = self._desired_kind(live)
         cfg = self.config
         regrown = kind == "ivfpq" and self._kind == "ivfpq" and live > 4 * max(self._built_for, 1)
         if kind != self._kind or regrown or (dead >= cfg.compact_min and dead > cfg.compact_ratio * self._n):
-            self._rebuild(kind)
+            build = _Build(kind, built_for=live)
+            if live < cfg.background_from:
+                self._run_build(build, background=False)  # small: in this write, under its lock
+                return
+            log.info(
+                "index rebuild started in the background",
+                extra={"from_kind": self._kind, "to_kind": kind, "live": live, "tombstones": dead},
+            )
+            build.thread = threading.Thread(target=self._background, args=(build,), name="faiss-rebuild", daemon=True)
+            self._build = build  # with its thread already named: `settle` joins it
+            build.thread.start()
+
+    def _background(self, build: _Build) -> None:
+        try:
+            self._run_build(build, background=True)
+        except Exception:
+            log.exception("background index rebuild failed; the old index stays in service")
+            with self._rw.write():
+                self._build = None
+                self._retry_at = time.monotonic() + _RETRY_SECONDS
+
+    def _run_build(self, build: _Build, background: bool) -> None:
+        """Build `build.kind` from the live vectors and swap it in. Inline the caller holds the write lock;
+        in the background the copies take the read lock and the swap the write lock."""
+        reading: Locking = self._rw.read if background else nullcontext
+        writing: Locking = self._rw.write if background else nullcontext
+        if build.kind == "ivfpq":
+            with reading():
+                live_slots = np.flatnonzero(self._live[: self._n])
+                rng = np.random.default_rng(0)
+                # 64 points per centroid train k-means well (FAISS wants at least 39); more only costs time.
+                lists = self.config.nlist or _nlist(len(live_slots))
+                size = min(len(live_slots), max(64 * lists, 65_536))
+                sample = self._vectors(np.sort(rng.choice(live_slots, size=size, replace=False)))
+            build.index = self._new_index("ivfpq", sample, build.built_for)  # training: outside the lock
+            del sample
+        else:
+            build.index = self._new_index(build.kind)
+        while not build.cancelled:
+            with reading():
+                if self._n - build.upto <= (_SWAP_TAIL if background else 0):
+                    break
+                slots, vectors = self._copy_live(build)
+            self._add_to(build, slots, vectors)
+        with writing():
+            if build.cancelled:
+                self._build = None
+                return
+            self._add_to(build, *self._copy_live(build, everything=True))
+            self._swap(build)
+            if background:
+                log.info(
+                    "index rebuild swapped in",
+                    extra={"kind": build.kind, "slots": build.count, "seconds": time.monotonic() - build.started},
+                )
+                self._build = None
+                self._maintain()  # a write meanwhile may call for another (e.g. it crossed the next threshold)
+
+    def _copy_live(self, build: _Build, everything: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The next old slots still live (a chunk, or all that are left) and a copy of their vectors."""
+        stop = self._n if everything else min(self._n, build.upto + _BUILD_CHUNK)
+        slots = build.upto + np.flatnonzero(self._live[build.upto : stop])
+        build.upto = stop
+        build.ids.extend(self._ids[s] for s in slots)
+        return slots, np.ascontiguousarray(self._vectors(slots), dtype=np.float32)
+
+    def _add_to(self, build: _Build, slots: np.ndarray, vectors: np.ndarray) -> None:
+        """Append copied vectors to the index being built (outside the lock in the background)."""
+        assert build.index is not None and self.dim is not None
+        if len(slots) == 0:
+            return
+        first, build.count = build.count, build.count + len(slots)
+        if build.kind == "ivfpq":
+            if build.raw16 is None or build.count > len(build.raw16):
+                # Sized for the collection at the start; writes during the build grow it by a quarter.
+                grown = 0 if build.raw16 is None else len(build.raw16) * 5 // 4
+                raw = np.empty((max(build.count, build.built_for, grown, 1024), self.dim), dtype=np.float16)
+                if build.raw16 is not None:
+                    raw[:first] = build.raw16[:first]
+                build.raw16 = raw
+            build.index.add_with_ids(vectors, np.arange(first, build.count, dtype=np.int64))
+            build.raw16[first : build.count] = vectors
+        else:
+            build.index.add(vectors)
+        build.sources.append(slots)
+
+    def _swap(self, build: _Build) -> None:
+        """Make the built index current (write lock held). Slots that died during the build stay in it as
+        tombstones; the filter indexes are renumbered from the old ones, not recomputed from metadata."""
+        source = np.concatenate([*build.sources, np.empty(0, dtype=np.int64)]).astype(np.int64)
+        count = len(source)
+        renumber = np.full(self._n, -1, dtype=np.int64)
+        renumber[source] = np.arange(count)
+        capacity = max(count, 1024)
+        live = np.zeros(capacity, dtype=bool)
+        live[:count] = self._live[source]
+        for field_, old in self._codes.items():
+            codes = np.zeros(capacity, dtype=np.int32)
+            codes[:count] = old[source]
+            self._codes[field_] = codes
+        for key, old_slots in self._postings.items():
+            moved = renumber[np.frombuffer(old_slots, dtype=np.int64)]
+            self._postings[key] = array("q", moved[moved >= 0].tobytes())
+        self._slot = {image_id: int(renumber[slot]) for image_id, slot in self._slot.items()}
+        self._live, self._ids, self._n = live, build.ids, count
+        self._index, self._kind, self._built_for = build.index, build.kind, build.built_for
+        self._raw16 = build.raw16 if build.kind == "ivfpq" else None
 
     # ---- writes ----------------------------------------------------------------------------------
 
@@ -253,7 +426,7 @@ class FaissIndex:
         # The last of repeated ids in one batch wins, as if they had come one by one.
         last = {image_id: n for n, image_id in enumerate(image_ids)}
         keep = sorted(last.values())
-        with self._lock:
+        with self._rw.write():
             if self.dim is None:
                 self.dim = vectors.shape[1]
             if vectors.shape[1] != self.dim:
@@ -273,7 +446,7 @@ class FaissIndex:
         return self.delete_many([image_id]) == 1
 
     def delete_many(self, image_ids: Sequence[str]) -> int:
-        with self._lock:
+        with self._rw.write():
             gone = 0
             for image_id in set(image_ids):
                 if (slot := self._slot.pop(image_id, None)) is not None:
@@ -287,12 +460,12 @@ class FaissIndex:
     # ---- reads -----------------------------------------------------------------------------------
 
     def get(self, image_id: str) -> dict[str, str] | None:
-        with self._lock:
+        with self._rw.read():
             found = self.metadata.get(image_id)
             return None if found is None else dict(found)
 
     def vector(self, image_id: str) -> np.ndarray | None:
-        with self._lock:
+        with self._rw.read():
             slot = self._slot.get(image_id)
             return None if slot is None else self._vectors(np.array([slot])).reshape(-1).copy()
 
@@ -418,7 +591,7 @@ class FaissIndex:
     def search_many(self, vectors: np.ndarray, k: int, filters: flt.Filters | None = None) -> list[list[Hit]]:
         """The k nearest live images to each query (inner product, best first) that match `filters`."""
         wanted = flt.normalise(filters)
-        with self._lock:
+        with self._rw.read():
             queries = self._queries(vectors)
             if self._index is None or not self._slot or k <= 0:
                 return [[] for _ in queries]
@@ -435,14 +608,14 @@ class FaissIndex:
     def images(self, filters: flt.Filters | None = None) -> Iterator[tuple[str, dict[str, str]]]:
         """Every live image matching `filters`, with its metadata (a copy taken at the call)."""
         wanted = flt.normalise(filters)
-        with self._lock:
+        with self._rw.read():
             items = [(k, dict(v)) for k, v in self.metadata.items()]
         for image_id, metadata in items:
             if not wanted or flt.matches(flt.facets(metadata), wanted):
                 yield image_id, metadata
 
     def stats(self) -> IndexStats:
-        with self._lock:
+        with self._rw.read():
             live = self._live[: self._n]
             by_field: dict[str, dict[str, int]] = {}
             for field_, values in self._values.items():
@@ -476,12 +649,12 @@ class FaissIndex:
 
     def dump(self) -> bytes:
         """The whole index, metadata included, as one self-describing blob."""
-        with self._lock:
+        with self._rw.read():
             return self._pack(with_metadata=True) if self.dim is not None else b""
 
     def serialize(self) -> tuple[bytes, dict[str, dict[str, str]]]:
         """The index without its metadata, and the metadata (how the service stores its snapshots)."""
-        with self._lock:
+        with self._rw.read():
             data = self._pack(with_metadata=False) if self.dim is not None else b""
             return data, {k: dict(v) for k, v in self.metadata.items()}
 
@@ -518,6 +691,9 @@ class FaissIndex:
             raise ValueError("snapshot metadata does not match its index")
         for image_id, slot in self._slot.items():
             self._facet_slots(slot, self.metadata[image_id])
+        with self._rw.write():
+            # A snapshot taken during a background rebuild holds the old type: start it again.
+            self._maintain()
         return self
 
     @classmethod
@@ -536,7 +712,11 @@ class FaissIndex:
         return self
 
     def close(self) -> None:
-        """Nothing to release: the index lives in this process."""
+        """Stop a background rebuild (the index itself lives in this process: nothing else to release)."""
+        build = self._build
+        if build is not None and build.thread is not None:
+            build.cancelled = True
+            build.thread.join()
 
 
 def _top_k_by_slot(scores: np.ndarray, slots: np.ndarray, k: int) -> np.ndarray:
