@@ -149,13 +149,16 @@ class MilvusIndex:
         expr = expression(wanted)
         if wanted and (count := self._count(expr)) <= self.config.exact_below:
             return self._exact(queries, k, expr, count)
+        params = dict(self.config.search_params)
+        if "ef" in params:  # HNSW refuses an ef below the number of hits asked for
+            params["ef"] = max(params["ef"], k)
         results = self.client.search(
             self.name,
             data=queries.tolist(),
             limit=k,
             filter=expr,
             output_fields=["metadata"],
-            search_params={"metric_type": "IP", "params": dict(self.config.search_params)},
+            search_params={"metric_type": "IP", "params": params},
         )
         return [
             [Hit(str(hit["image_id"]), float(hit["distance"]), dict(hit["entity"]["metadata"])) for hit in row]

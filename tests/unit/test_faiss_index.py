@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 
 import faiss
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 
 from taxonstream.indexer import filters as flt
 from taxonstream.indexer.backend import FaissConfig
-from taxonstream.indexer.faiss_backend import FaissIndex, faiss_id
+from taxonstream.indexer.faiss_backend import FaissIndex, RWLock, faiss_id
 from taxonstream.indexer.milvus_backend import expression, literal
 
 
@@ -168,3 +170,189 @@ def test_sparse_filters_are_answered_exactly_by_either_exact_path(exact_below):
         hits = index.search(query, 10, {"genus": ["Rare"]})
         assert [h.image_id for h in hits] == [ids[n] for n in expected]
         assert np.allclose([h.score for h in hits], [vectors[n] @ query for n in expected], atol=1e-5)
+
+
+# ---- background rebuilds and concurrency ---------------------------------------------------------
+
+
+def test_a_migration_runs_in_the_background_and_keeps_what_was_written_meanwhile(monkeypatch):
+    from taxonstream.indexer import faiss_backend
+
+    monkeypatch.setattr(faiss_backend, "_BUILD_CHUNK", 100)  # several copy rounds
+    monkeypatch.setattr(faiss_backend, "_SWAP_TAIL", 0)
+    config = FaissConfig(hnsw_from=300, ivfpq_from=10**6, background_from=0, compact_min=10**9)
+    index, vectors = FaissIndex(config=config), unit(600, seed=2)
+    replaced = unit(600, seed=3)
+    model = {image_id(n): (vectors[n], {"genus": f"G{n % 5}"}) for n in range(300)}
+    copying, go_on = threading.Event(), threading.Event()
+    add_to = index._add_to
+
+    def held(*args):  # the builder stops after copying its first chunk, before adding it
+        copying.set()
+        assert go_on.wait(30)
+        add_to(*args)
+
+    monkeypatch.setattr(index, "_add_to", held)
+    add(index, 0, 300, vectors)  # crosses hnsw_from: the write returns at once
+    assert copying.wait(30)
+    assert (index.kind, index.migrating) == ("flat", "hnsw")
+
+    # Meanwhile: searches are answered (by the old, exact index), writes and deletes go on.
+    assert [h.image_id for h in index.search(vectors[5], 1)] == [image_id(5)]
+    add(index, 300, 400, vectors)  # new images
+    ids = [image_id(n) for n in range(0, 20)] + [image_id(n) for n in range(150, 160)]  # copied, not yet copied
+    index.upsert_many(ids, replaced[[*range(0, 20), *range(150, 160)]], [{"genus": "Moved"}] * len(ids))
+    gone = [image_id(n) for n in [*range(20, 40), *range(350, 360), *range(200, 210)]]
+    assert index.delete_many(gone) == len(gone)
+    model |= {image_id(n): (vectors[n], {"genus": f"G{n % 5}"}) for n in range(300, 400)}
+    model |= {i: (replaced[n], {"genus": "Moved"}) for i, n in zip(ids, [*range(20), *range(150, 160)], strict=True)}
+    for key in gone:
+        del model[key]
+    assert index.search(vectors[25], 300, {"genus": ["G0"]})  # a filtered search too
+    during = index.dump()  # a snapshot taken mid-migration holds the old type, consistently
+
+    go_on.set()
+    assert index.settle(timeout=60)
+    assert (index.kind, index.migrating) == ("hnsw", None)
+    after = index.dump()
+
+    def holds_the_model(target: FaissIndex) -> None:
+        assert len(target) == len(model)
+        for key, (vector, meta) in model.items():
+            assert target.get(key) == meta
+            assert np.allclose(target.vector(key), vector)
+            assert target.search(vector, 1)[0].image_id == key  # each finds itself in the new graph
+        for key in gone:
+            assert target.get(key) is None and target.vector(key) is None
+        genus = target.stats().by_field["genus"]
+        assert genus == {g: sum(m["genus"] == g for _, m in model.values()) for g in genus}
+        assert sum(genus.values()) == len(model)
+        hits = target.search(replaced[0], 100, {"genus": ["Moved"]})
+        assert {h.image_id for h in hits} == {i for i, (_, m) in model.items() if m["genus"] == "Moved"}
+        found = {h.image_id for h in target.search(vectors[1], len(model))}
+        assert found <= set(model) and len(found) >= 0.95 * len(model)
+
+    holds_the_model(index)
+    for blob in (during, after):  # both snapshots restore to the same collection
+        restored = FaissIndex.load(blob, config)
+        assert restored.settle(timeout=60) and restored.kind == "hnsw"  # the interrupted one migrates again
+        holds_the_model(restored)
+    assert FaissIndex.load(after, config).search(vectors[7], 10) == index.search(vectors[7], 10)
+
+
+def test_a_failed_background_rebuild_leaves_the_old_index_serving(monkeypatch):
+    config = FaissConfig(hnsw_from=100, background_from=0)
+    index, vectors = FaissIndex(config=config), unit(200)
+
+    def broken(*_args):
+        raise MemoryError("no room for the new index")
+
+    monkeypatch.setattr(index, "_add_to", broken)
+    add(index, 0, 150, vectors)
+    assert index.settle(timeout=30)
+    assert (index.kind, index.migrating, len(index)) == ("flat", None, 150)
+    assert index.search(vectors[9], 1)[0].image_id == image_id(9)
+    add(index, 150, 200, vectors)  # no retry at every write: it waits out the back-off
+    assert index.migrating is None and index.kind == "flat"
+
+
+def test_concurrent_searches_and_writes_end_in_the_brute_force_state():
+    # Exact index so that the end state can be compared hit for hit; compaction rebuilds run in the
+    # background (background_from=0) and swap while searches are in flight.
+    config = FaissConfig(kind="flat", background_from=0, compact_min=64, compact_ratio=0.2)
+    index, vectors, fresh = FaissIndex(config=config), unit(1000, seed=11), unit(1000, seed=12)
+    add(index, 0, 500, vectors)
+    queries = unit(8, seed=13)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def search_loop(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            while not stop.is_set():
+                query = queries[int(rng.integers(len(queries)))]
+                filters = {"genus": ["G1", "G3"]} if rng.random() < 0.5 else None
+                hits = index.search(query, 10, filters)
+                scores = [h.score for h in hits]
+                assert len(hits) == 10 and scores == sorted(scores, reverse=True)
+                assert filters is None or all(h.metadata["genus"] in ("G1", "G3") for h in hits)
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+
+    model = {image_id(n): (vectors[n], {"genus": f"G{n % 5}"}) for n in range(500)}
+    searchers = [threading.Thread(target=search_loop, args=(seed,)) for seed in range(4)]
+    for thread in searchers:
+        thread.start()
+    rng = np.random.default_rng(14)
+    for step in range(300):
+        n = int(rng.integers(1000))
+        key = image_id(n)
+        if step % 3 == 2 and key in model:
+            index.delete(key)
+            del model[key]
+        else:
+            vector, meta = (fresh if key in model else vectors)[n], {"genus": f"G{(n + step) % 5}"}
+            index.upsert(key, vector, meta)
+            model[key] = (vector, meta)
+    stop.set()
+    for thread in searchers:
+        thread.join()
+    assert not errors, errors[0]
+    assert index.settle(timeout=60)
+    assert index._n < 500 + 300  # compacted on the way
+    assert len(index) == len(model)
+    for query in queries:
+        for filters in (None, {"genus": ["G1", "G3"]}):
+            wanted = [k for k, (_, m) in model.items() if filters is None or m["genus"] in filters["genus"]]
+            expected = sorted(wanted, key=lambda k: (-float(model[k][0] @ query), k))[:10]
+            got = index.search(query, 10, filters)
+            assert {h.image_id for h in got} == set(expected)
+            assert [h.metadata for h in got] == [model[h.image_id][1] for h in got]
+
+
+def test_readers_share_the_lock_and_a_waiting_writer_holds_new_readers_back():
+    lock = RWLock()
+    order: list[str] = []
+    first_in, second_in, release = threading.Event(), threading.Event(), threading.Event()
+
+    def reader(entered: threading.Event, name: str) -> None:
+        with lock.read():
+            order.append(name)
+            entered.set()
+            release.wait(10)
+
+    def writer() -> None:
+        with lock.write():
+            order.append("writer")
+
+    a = threading.Thread(target=reader, args=(first_in, "a"))
+    a.start()
+    assert first_in.wait(5)
+    b = threading.Thread(target=reader, args=(second_in, "b"))
+    b.start()
+    assert second_in.wait(5)  # a second search while the first one runs: not serialised
+    w = threading.Thread(target=writer)
+    w.start()
+    time.sleep(0.1)
+    late_in = threading.Event()
+    c = threading.Thread(target=reader, args=(late_in, "c"))
+    c.start()
+    time.sleep(0.1)
+    assert order == ["a", "b"] and not late_in.is_set()  # the writer waits; a new reader waits behind it
+    release.set()
+    for thread in (a, b, w, c):
+        thread.join(5)
+    assert order == ["a", "b", "writer", "c"]
+
+
+def test_config_refuses_nonsense():
+    for bad in (
+        {"ef_search": 0},
+        {"hnsw_from": 10, "ivfpq_from": 5},
+        {"pq_nbits": 17},
+        {"ann_min_share": 1.5},
+        {"compact_ratio": 0},
+        {"nlist": -1},
+    ):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            FaissConfig(**bad)

@@ -305,3 +305,31 @@ def test_listing_returns_exactly_the_live_images_a_filter_matches(backend):
         assert sorted(listed) == sorted(model.matching(filters)), filters
         some = next(iter(listed), None)
         assert some is None or listed[some] == model.metadata[some]
+
+
+def test_indexer_settings_validate_the_tuning_knobs_and_reach_both_backends(monkeypatch):
+    import pydantic
+
+    from taxonstream.indexer.service import IndexerSettings
+
+    assert IndexerSettings().index_config().faiss == FaissConfig()  # defaults agree with the library's
+    monkeypatch.setenv("TAXONSTREAM_INDEX_EF_SEARCH", "300")
+    monkeypatch.setenv("TAXONSTREAM_INDEX_IVF_NPROBE", "48")
+    monkeypatch.setenv("TAXONSTREAM_MILVUS_INDEX_TYPE", "IVF_PQ")
+    settings = IndexerSettings(index_kind="ivfpq", index_ivf_nlist=2048, index_pq_m=32, index_exact_below=500)
+    config = settings.index_config()
+    assert (config.faiss.kind, config.faiss.ef_search, config.faiss.nprobe) == ("ivfpq", 300, 48)
+    assert (config.faiss.nlist, config.faiss.pq_m, config.faiss.exact_below) == (2048, 32, 500)
+    assert config.milvus.index_type == "IVF_PQ"
+    assert dict(config.milvus.index_params) == {"nlist": 2048, "m": 32, "nbits": 8}
+    assert dict(config.milvus.search_params) == {"nprobe": 48}
+    for bad, field_ in (
+        ({"index_ef_search": 0}, "index_ef_search"),
+        ({"index_pq_nbits": 20}, "index_pq_nbits"),
+        ({"index_ann_min_share": 2}, "index_ann_min_share"),
+        ({"milvus_exact_below": 20_000}, "milvus_exact_below"),
+        ({"index_hnsw_from": 10, "index_ivfpq_from": 5}, "must not exceed index_ivfpq_from"),
+        ({"index_kind": "annoy"}, "index_kind"),
+    ):
+        with pytest.raises(pydantic.ValidationError, match=field_):
+            IndexerSettings(**bad)
