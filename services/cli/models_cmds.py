@@ -63,16 +63,42 @@ def cmd_repository(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_install_detector(args: argparse.Namespace) -> int:
+    """A DETR-family Hugging Face checkpoint folder into the Triton layout, behind the detector's contract."""
+    from taxonstream.models.detector_checkpoints import install_detector
+
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_dir():
+        raise InputError(f"{checkpoint}: not a folder (a Hugging Face checkpoint: config.json + model.safetensors)")
+    try:
+        entry = install_detector(checkpoint, Path(args.out), args.target, args.version, args.name or "detr",
+                                 args.label or (), args.image_size)
+    except (ValueError, KeyError, RuntimeError, OSError) as error:
+        raise InputError(f"{checkpoint}: {error}") from error
+    classes = entry["specimen_classes"]
+    print(f"{entry['model_id']:24s} {entry['family']:6s} {entry['input_size'][0]}px, {entry['queries']} queries, "
+          f"specimen = {'any class' if classes == 'any' else ', '.join(classes.values())}  "
+          f"(export {entry['export_seconds']:.1f} s; torch vs onnxruntime max |diff| {entry['parity']:.2g})")
+    print(f"use it: TAXONSTREAM_DETECTOR_MODEL={entry['name']} TAXONSTREAM_DETECTOR_MODEL_VERSION={entry['version']}")
+    if args.upload:
+        _upload(Path(args.out), args.bucket, args.prefix)
+    return 0
+
+
 def cmd_install(args: argparse.Namespace) -> int:
     """A real checkpoint (open_clip format) into the Triton layout, beside the stand-ins."""
     from taxonstream.models.checkpoints import install_clip
 
+    if args.kind == "detr":
+        return cmd_install_detector(args)
+    if args.label or args.image_size:
+        raise InputError("--label and --image-size apply to detr only")
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
         raise InputError(f"{checkpoint}: no such file")
     try:
         entries = install_clip(args.kind, checkpoint, Path(args.out), args.target, args.version,
-                               quick_gelu=args.quick_gelu)
+                               name=args.name, quick_gelu=args.quick_gelu)
     except (ValueError, KeyError, RuntimeError) as error:
         raise InputError(f"{checkpoint}: {error}") from error
     for entry in entries:
@@ -378,10 +404,17 @@ examples:
     r = sub.add_parser("repository", help="write the stand-in models' Triton repository (and upload it)")
     _target_and_upload(r)
     r.set_defaults(run=cmd_repository)
-    i = sub.add_parser("install", help="a real BioCLIP / BioCLIP 2 checkpoint (open_clip format) into Triton's layout")
-    i.add_argument("kind", choices=["bioclip", "bioclip2"])
-    i.add_argument("--checkpoint", required=True, help="open_clip state dict: .bin/.pt or .safetensors")
+    i = sub.add_parser("install", help="a real checkpoint into Triton's layout: BioCLIP / BioCLIP 2 (open_clip "
+                       "format) or a DETR-family detector (Hugging Face folder)")
+    i.add_argument("kind", choices=["bioclip", "bioclip2", "detr"])
+    i.add_argument("--checkpoint", required=True, help="bioclip*: open_clip state dict (.bin/.pt or .safetensors); "
+                   "detr: Hugging Face folder with config.json and model.safetensors or pytorch_model.bin")
+    i.add_argument("--name", help="model name in the repository (default: the kind, e.g. bioclip -> bioclip_image)")
     i.add_argument("--version", default="1", help="model version to write (default 1)")
     i.add_argument("--quick-gelu", action="store_true", help="the checkpoint was trained with QuickGELU (OpenAI)")
+    i.add_argument("--label", action="append", metavar="CLASS", help="detr: class (name or id) that counts as a "
+                   "specimen, repeatable; default: the only class, or any class but no-object")
+    i.add_argument("--image-size", type=int, metavar="S", help="detr: input side S (default: the checkpoint's "
+                   "training size from preprocessor_config.json, else 800)")
     _target_and_upload(i)
     i.set_defaults(run=cmd_install)
