@@ -9,7 +9,9 @@ Queries are fresh draws from the same distribution (not stored vectors).
 
 Reports, for the same data and queries:
 - ingest: vectors/s through `FaissIndex.upsert_many` in batches of 10,000 (the path the indexer's worker
-  takes, including the flat → HNSW migration at 100k), and FAISS flat's add for comparison;
+  takes), and FAISS flat's add for comparison; the flat → HNSW migration at 100k runs in the background, so
+  the figure includes waiting for it at the end, and the slowest single batch (the write path's latency)
+  is reported beside it;
 - memory: the process's resident-memory growth per vector during ingest (index + ids + metadata + filter
   indexes), and the snapshot's bytes per vector;
 - search: recall@10 against exact search and queries/s, one query per call (as the gRPC service answers)
@@ -17,6 +19,7 @@ Reports, for the same data and queries:
 - filtered search: one genus (0.2%, exact over the gathered matches), 3% of the genera (exact, FAISS's
   flat scan with the bitmap) and one provider of three (HNSW with an IDSelector): recall@10 against
   exact filtered search, and queries/s;
+- concurrency: queries/s one per call from 1, 2, … threads at once (searches share a read lock);
 - snapshot: dump and load times, and whether the loaded index answers exactly as the original.
 """
 
@@ -28,6 +31,7 @@ import os
 import platform
 import resource
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -94,6 +98,9 @@ def main() -> int:
     ap.add_argument("--kind", choices=["flat", "hnsw", "ivfpq"], help="force the index type (default: by size)")
     ap.add_argument("--hnsw-m", type=int, default=32)
     ap.add_argument("--ef-construction", type=int, default=80)
+    ap.add_argument("--nlist", type=int, default=0, help="IVF lists (0: about 4·√n)")
+    ap.add_argument("--pq-nbits", type=int, default=8)
+    ap.add_argument("--threads", default="1,2", help="search threads to time together")
     ap.add_argument("--batch", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -116,14 +123,26 @@ def main() -> int:
         },
         # Other work on the machine skews timings: the 1-minute load average at each phase says how much.
         "load_average": {"start": os.getloadavg()[0]},
-        "config": {"kind": args.kind or "by size", "hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction},
+        "config": {
+            "kind": args.kind or "by size",
+            "hnsw_m": args.hnsw_m,
+            "ef_construction": args.ef_construction,
+            "nlist": args.nlist or "auto",
+            "pq_nbits": args.pq_nbits,
+        },
     }
 
     # ---- ingest: the product index and flat, from the same chunks ----------------------------------
-    config = FaissConfig(hnsw_m=args.hnsw_m, ef_construction=args.ef_construction, kind=args.kind)
+    config = FaissConfig(
+        hnsw_m=args.hnsw_m,
+        ef_construction=args.ef_construction,
+        kind=args.kind,
+        nlist=args.nlist,
+        pq_nbits=args.pq_nbits,
+    )
     index, flat = FaissIndex(config=config), faiss.IndexFlatIP(args.dim)
     species = np.empty(args.n, dtype=np.int64)
-    generate = ingest = flat_add = 0.0
+    generate = ingest = flat_add = slowest = 0.0
     rss_before = rss_bytes()
     for start in range(0, args.n, args.batch):
         t0 = time.perf_counter()
@@ -145,14 +164,22 @@ def main() -> int:
         flat.add(vectors)
         t3 = time.perf_counter()
         generate, ingest, flat_add = generate + t1 - t0, ingest + t2 - t1, flat_add + t3 - t2
+        slowest = max(slowest, t2 - t1)
         if (start // args.batch) % 10 == 0:
-            log(f"ingested {start + count:>9,}  kind={index.kind}  {(start + count) / ingest:,.0f} vectors/s")
+            rate = (start + count) / ingest
+            log(f"ingested {start + count:>9,}  kind={index.kind} building={index.migrating}  {rate:,.0f} vectors/s")
+    t0 = time.perf_counter()
+    index.settle()  # a background rebuild still under way is part of the ingest
+    settle = time.perf_counter() - t0
+    ingest += settle
     rss_growth = rss_bytes() - rss_before - flat.ntotal * args.dim * 4  # the flat baseline is not ours
     results["ingest"] = {
         "kind": index.kind,
         "product_vectors_per_s": args.n / ingest,
         "flat_add_vectors_per_s": args.n / flat_add,
         "seconds": ingest,
+        "waiting_for_background_rebuild_seconds": settle,
+        "slowest_batch_seconds": slowest,
         "rss_growth_bytes_per_vector": rss_growth / args.n,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
@@ -242,6 +269,21 @@ def main() -> int:
         filtered.append(row)
         log(json.dumps(row))
     results["filtered"] = filtered
+
+    # ---- concurrency: one query per call from several threads at once ------------------------------
+    concurrent = []
+    for threads in (int(t) for t in args.threads.split(",")):
+        share = np.array_split(queries, threads)
+        t0 = time.perf_counter()
+        workers = [threading.Thread(target=lambda part: [index.search(q, k) for q in part], args=(p,)) for p in share]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        row = {"threads": threads, "single_qps": len(queries) / (time.perf_counter() - t0)}
+        concurrent.append(row)
+        log(json.dumps(row))
+    results["concurrent"] = concurrent
     results["load_average"]["after_search"] = os.getloadavg()[0]
 
     # ---- snapshot: what a restarted replica loads before replaying the topic --------------------------
