@@ -1,6 +1,8 @@
-"""`taxonstream checksum` (sum-buddy's command, on every core) and `taxonstream dupes` (exact and near duplicates).
+"""`taxonstream checksum` (sum-buddy's command, on every core), `taxonstream dupes` (exact and near duplicates)
+and `taxonstream manifest` (a job's manifest).
 
-Both work on files here and need no running stack.
+`checksum` and `dupes PATH` work on files here and need no running stack; `dupes JOB` and `manifest JOB` ask
+the checksummer service.
 """
 
 from __future__ import annotations
@@ -27,7 +29,26 @@ DUPES_HELP = """\
 Report exact duplicates (same sha256) and near duplicates (perceptual hashes within --max-distance bits:
 re-encoded, resized or slightly cropped copies) among the files under PATH.
 
-The JOB form (duplicates within an ingested job) needs the running stack and is not available yet.
+taxonstream dupes PATH   files here (no stack needed)
+taxonstream dupes JOB    an ingested job, from the checksummer's duplicate registry (the stack must run):
+                         every group that includes one of the job's records, with members from any job
+
+An argument that is an existing path is read as PATH; anything else is a job id.
+"""
+
+MANIFEST_HELP = """\
+Write a job's manifest: one row per record whose bytes were stored and verified, with sum-buddy's columns
+first (filepath, filename, md5, then the other digests the checksummer computes: sha1, sha256) and then ours:
+key, source_url, license, record_id, job_id, image_id, size_bytes, phash, duplicate_of, near_duplicates.
+
+  taxonstream manifest JOB                    CSV to stdout
+  taxonstream manifest JOB -o FILE.csv        CSV (sum-buddy's dialect), or -o FILE.parquet: the same columns
+
+filepath is the stored object (s3://bucket/originals/sha256/…), filename the last segment of the source URL.
+Exact duplicates have a row each, linked to the image by image_id and duplicate_of; near duplicates list
+"image_id:distance" entries. Records that failed have no row: `taxonstream jobs JOB --report FILE` lists
+them with their reason, and this command says how many records have no row. The checksummer also keeps the
+assembled file in S3 as jobs/JOB/manifest.csv|.parquet. Needs the running stack.
 """
 
 
@@ -74,7 +95,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         description=DUPES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("path", metavar="PATH", help="a directory (or a ZIP file) of images")
+    p.add_argument("path", metavar="PATH|JOB", help="a directory (or a ZIP file) of images, or an ingested job's id")
     p.add_argument(
         "-d",
         "--max-distance",
@@ -86,6 +107,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output-file", metavar="FILE", help="also write every group member to FILE (.csv/.parquet)")
     _filters(p)
     p.set_defaults(run=cmd_dupes)
+
+    p = commands.add_parser(
+        "manifest",
+        help="a job's manifest: sum-buddy's columns, then source URL, licence, image and duplicates",
+        description=MANIFEST_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("job_id", metavar="JOB", help="the job's id (taxonstream jobs lists them)")
+    p.add_argument("-o", "--output-file", metavar="FILE", help="FILE.csv or FILE.parquet; default: CSV to stdout")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite the output file if it exists")
+    p.set_defaults(run=cmd_manifest)
 
 
 def checksum_main(argv: list[str]) -> int:
@@ -140,12 +172,10 @@ def cmd_dupes(args: argparse.Namespace) -> int:
     from taxonstream.integrity.dupes import find_duplicates
     from taxonstream.integrity.phash import hamming, to_hex
 
-    if not os.path.exists(args.path):
-        return _fail(
-            f"{args.path}: no such file or directory (the JOB form needs the running stack; not available yet)"
-        )
     if not 0 <= args.max_distance < 64:
         return _fail("--max-distance must be 0..63")
+    if not os.path.exists(args.path):
+        return _job_dupes(args)
     started = time.monotonic()
     try:
         entries = plan(args.path, None, args.ignore_file, args.include_hidden, args.archive_dive)
@@ -207,8 +237,10 @@ def cmd_dupes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_rows(rows: list[dict[str, object]], path: str) -> None:
-    fields = ["kind", "group", "sha256", "phash", "distance", "filepath"]
+FIELDS = ["kind", "group", "sha256", "phash", "distance", "filepath"]
+
+
+def _write_rows(rows: list[dict[str, object]], path: str, fields: list[str] = FIELDS) -> None:
     if path.lower().endswith(".parquet"):
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -221,3 +253,143 @@ def _write_rows(rows: list[dict[str, object]], path: str) -> None:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _checksummer():
+    """A stub for the checksummer (TAXONSTREAM_CHECKSUMMER_ADDR, else the local stack's port)."""
+    import grpc
+
+    from taxonstream.cli import stack
+    from taxonstream.v1 import checksummer_pb2_grpc
+
+    port = next(s.grpc_port for s in stack.SERVICES if s.name == "checksummer")
+    address = os.environ.get("TAXONSTREAM_CHECKSUMMER_ADDR", f"127.0.0.1:{port}")
+    channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
+    return checksummer_pb2_grpc.ChecksummerStub(channel)
+
+
+def _rpc_failure(error, what: str) -> int:
+    import grpc
+
+    if error.code() == grpc.StatusCode.NOT_FOUND:
+        return _fail(f"{what}: {error.details()}")
+    if error.code() == grpc.StatusCode.UNAVAILABLE:
+        return _fail(f"{what}: the checksummer is not reachable (is the stack up? `taxonstream stack status`)")
+    return _fail(f"{what}: {error.code().name}: {error.details()}")
+
+
+def _job_dupes(args: argparse.Namespace) -> int:
+    import grpc
+
+    from taxonstream.v1 import checksummer_pb2
+
+    job = args.path
+    request = checksummer_pb2.JobDuplicatesRequest(job_id=job, max_distance=args.max_distance)
+    try:
+        found = _checksummer().JobDuplicates(request, timeout=600)
+    except grpc.RpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            return _fail(f"{job}: neither a file or directory here nor a job the stack knows")
+        if error.code() == grpc.StatusCode.UNAVAILABLE:
+            return _fail(f"{job}: no such file or directory, and no checksummer reachable to look it up as a job")
+        return _rpc_failure(error, f"dupes {job}")
+    print(f"job {job}: {found.rows} records with verified bytes, {found.contents} distinct contents")
+    copies = sum(len(g.sources) for g in found.exact)
+    print(f"\nexact duplicates: {len(found.exact)} groups, {copies} records")
+    for group in found.exact:
+        print(f"  sha256 {group.image_id[:16]}…  {len(group.sources)} copies")
+        for s in group.sources:
+            print(f"    {s.record_id}  {s.url}")
+    print(f"\nnear duplicates (pHash within {found.max_distance} bits): {len(found.near)} groups")
+    rows: list[dict[str, object]] = [
+        {
+            "kind": "exact",
+            "group": n,
+            "sha256": g.image_id,
+            "phash": "",
+            "distance": 0,
+            "filepath": s.url,
+            "record_id": s.record_id,
+            "job_id": s.job_id,
+        }
+        for n, g in enumerate(found.exact, start=1)
+        for s in g.sources
+    ]
+    for n, group in enumerate(found.near, start=1):
+        print(f"  group {n}: {len(group.members)} images")
+        for m in group.members:
+            where = "" if m.in_job else f"  (job {m.source.job_id})"
+            print(f"    {m.phash}  {m.source.record_id}  {m.source.url}{where}")
+        label = {m.sha256: m.source.record_id for m in group.members}
+        for pair in group.pairs:
+            print(f"      {pair.distance:>2} bits  {label[pair.a]}  ~  {label[pair.b]}")
+        head = group.members[0]
+        distance = {(p.a, p.b): p.distance for p in group.pairs} | {(p.b, p.a): p.distance for p in group.pairs}
+        rows += [
+            {
+                "kind": "near",
+                "group": n,
+                "sha256": m.sha256,
+                "phash": m.phash,
+                "distance": distance.get((head.sha256, m.sha256), 0),
+                "filepath": m.source.url,
+                "record_id": m.source.record_id,
+                "job_id": m.source.job_id,
+            }
+            for m in group.members
+        ]
+    if args.output_file:
+        _write_rows(rows, args.output_file, [*FIELDS, "record_id", "job_id"])
+        print(f"\nwrote {len(rows)} rows to {args.output_file}")
+    return 0
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    import grpc
+
+    from taxonstream.v1 import checksummer_pb2
+
+    output = args.output_file
+    fmt = "csv"
+    if output:
+        if not output.lower().endswith((".csv", ".parquet")):
+            return _fail(f"output file {output!r}: the extension must be .csv or .parquet")
+        if os.path.exists(output) and not args.force:
+            return _fail(f"{output} already exists (-f to overwrite)")
+        fmt = output.lower().rsplit(".", 1)[1]
+    request = checksummer_pb2.JobManifestRequest(job_id=args.job_id, format=fmt)
+    parts: list[bytes] = []
+    summary = None
+    try:
+        for part in _checksummer().JobManifest(request, timeout=3600):
+            parts.append(part.data)
+            if part.HasField("summary"):
+                summary = part.summary
+    except grpc.RpcError as error:
+        return _rpc_failure(error, f"manifest {args.job_id}")
+    if summary is None:
+        return _fail(f"manifest {args.job_id}: the checksummer's answer ended early")
+    data = b"".join(parts)
+    if output:  # written whole, so an interrupted run leaves no half manifest under the name
+        partial = f"{output}.partial"
+        with open(partial, "wb") as handle:
+            handle.write(data)
+        os.replace(partial, output)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    where = output or "stdout"
+    print(
+        f"job {summary.job_id}: {summary.rows} rows of {summary.records} records "
+        f"({summary.exact_duplicates} exact duplicates, {summary.near_duplicates} with near duplicates), "
+        f"columns {', '.join(['filepath', 'filename', *summary.algorithms])} … to {where}; stored as {summary.key}",
+        file=sys.stderr,
+    )
+    if summary.without_row:
+        shown = ", ".join(summary.without_row_ids[:5]) + (" …" if summary.without_row > 5 else "")
+        print(
+            f"  {summary.without_row} records have no row (failed, or not verified yet): {shown}\n"
+            f"  why: taxonstream jobs {summary.job_id} --report FILE",
+            file=sys.stderr,
+        )
+    return 0

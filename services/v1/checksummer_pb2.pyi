@@ -94,3 +94,117 @@ class BuddyCheckResponse(_message.Message):
     mismatched: int
     missing: int
     def __init__(self, results: _Optional[_Iterable[_Union[BuddyCheckResult, _Mapping]]] = ..., mismatched: _Optional[int] = ..., missing: _Optional[int] = ...) -> None: ...
+
+class JobManifestRequest(_message.Message):
+    __slots__ = ("job_id", "format")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    format: str
+    def __init__(self, job_id: _Optional[str] = ..., format: _Optional[str] = ...) -> None: ...
+
+class JobManifestSummary(_message.Message):
+    __slots__ = ("job_id", "key", "format", "algorithms", "records", "rows", "exact_duplicates", "near_duplicates", "without_row", "without_row_ids")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHMS_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    EXACT_DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    NEAR_DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    WITHOUT_ROW_FIELD_NUMBER: _ClassVar[int]
+    WITHOUT_ROW_IDS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    key: str
+    format: str
+    algorithms: _containers.RepeatedScalarFieldContainer[str]
+    records: int
+    rows: int
+    exact_duplicates: int
+    near_duplicates: int
+    without_row: int
+    without_row_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., key: _Optional[str] = ..., format: _Optional[str] = ..., algorithms: _Optional[_Iterable[str]] = ..., records: _Optional[int] = ..., rows: _Optional[int] = ..., exact_duplicates: _Optional[int] = ..., near_duplicates: _Optional[int] = ..., without_row: _Optional[int] = ..., without_row_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class JobManifestPart(_message.Message):
+    __slots__ = ("data", "summary")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    summary: JobManifestSummary
+    def __init__(self, data: _Optional[bytes] = ..., summary: _Optional[_Union[JobManifestSummary, _Mapping]] = ...) -> None: ...
+
+class JobDuplicatesRequest(_message.Message):
+    __slots__ = ("job_id", "max_distance")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    max_distance: int
+    def __init__(self, job_id: _Optional[str] = ..., max_distance: _Optional[int] = ...) -> None: ...
+
+class DuplicateSource(_message.Message):
+    __slots__ = ("record_id", "job_id", "url")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    job_id: str
+    url: str
+    def __init__(self, record_id: _Optional[str] = ..., job_id: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
+
+class ExactDuplicateGroup(_message.Message):
+    __slots__ = ("image_id", "sources")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    sources: _containers.RepeatedCompositeFieldContainer[DuplicateSource]
+    def __init__(self, image_id: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[DuplicateSource, _Mapping]]] = ...) -> None: ...
+
+class NearDuplicateMember(_message.Message):
+    __slots__ = ("sha256", "image_id", "phash", "source", "in_job")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    PHASH_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    IN_JOB_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    image_id: str
+    phash: str
+    source: DuplicateSource
+    in_job: bool
+    def __init__(self, sha256: _Optional[str] = ..., image_id: _Optional[str] = ..., phash: _Optional[str] = ..., source: _Optional[_Union[DuplicateSource, _Mapping]] = ..., in_job: _Optional[bool] = ...) -> None: ...
+
+class NearDuplicatePair(_message.Message):
+    __slots__ = ("a", "b", "distance")
+    A_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    a: str
+    b: str
+    distance: int
+    def __init__(self, a: _Optional[str] = ..., b: _Optional[str] = ..., distance: _Optional[int] = ...) -> None: ...
+
+class NearDuplicateGroup(_message.Message):
+    __slots__ = ("members", "pairs")
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[NearDuplicateMember]
+    pairs: _containers.RepeatedCompositeFieldContainer[NearDuplicatePair]
+    def __init__(self, members: _Optional[_Iterable[_Union[NearDuplicateMember, _Mapping]]] = ..., pairs: _Optional[_Iterable[_Union[NearDuplicatePair, _Mapping]]] = ...) -> None: ...
+
+class JobDuplicatesResponse(_message.Message):
+    __slots__ = ("job_id", "rows", "contents", "max_distance", "exact", "near")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    CONTENTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
+    NEAR_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    rows: int
+    contents: int
+    max_distance: int
+    exact: _containers.RepeatedCompositeFieldContainer[ExactDuplicateGroup]
+    near: _containers.RepeatedCompositeFieldContainer[NearDuplicateGroup]
+    def __init__(self, job_id: _Optional[str] = ..., rows: _Optional[int] = ..., contents: _Optional[int] = ..., max_distance: _Optional[int] = ..., exact: _Optional[_Iterable[_Union[ExactDuplicateGroup, _Mapping]]] = ..., near: _Optional[_Iterable[_Union[NearDuplicateGroup, _Mapping]]] = ...) -> None: ...

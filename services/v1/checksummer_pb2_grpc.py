@@ -49,6 +49,16 @@ class ChecksummerStub:
                 request_serializer=taxonstream_dot_v1_dot_checksummer__pb2.BuddyCheckRequest.SerializeToString,
                 response_deserializer=taxonstream_dot_v1_dot_checksummer__pb2.BuddyCheckResponse.FromString,
                 _registered_method=True)
+        self.JobManifest = channel.unary_stream(
+                '/taxonstream.v1.Checksummer/JobManifest',
+                request_serializer=taxonstream_dot_v1_dot_checksummer__pb2.JobManifestRequest.SerializeToString,
+                response_deserializer=taxonstream_dot_v1_dot_checksummer__pb2.JobManifestPart.FromString,
+                _registered_method=True)
+        self.JobDuplicates = channel.unary_unary(
+                '/taxonstream.v1.Checksummer/JobDuplicates',
+                request_serializer=taxonstream_dot_v1_dot_checksummer__pb2.JobDuplicatesRequest.SerializeToString,
+                response_deserializer=taxonstream_dot_v1_dot_checksummer__pb2.JobDuplicatesResponse.FromString,
+                _registered_method=True)
 
 
 class ChecksummerServicer:
@@ -73,6 +83,23 @@ class ChecksummerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def JobManifest(self, request, context):
+        """A job's manifest: sum-buddy's columns (filepath, filename, <algorithm>…) then ours, one row per record
+        whose bytes were verified (exact and near duplicates included; failed records have none). Assembled
+        from the rows the worker keeps per record, stored as jobs/<job_id>/manifest.<format>, and streamed:
+        the file in parts, the summary in the last message. NOT_FOUND for an unknown job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JobDuplicates(self, request, context):
+        """Exact and near-duplicate groups that include a job's records (other members may come from any job).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChecksummerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +117,16 @@ def add_ChecksummerServicer_to_server(servicer, server):
                     servicer.BuddyCheck,
                     request_deserializer=taxonstream_dot_v1_dot_checksummer__pb2.BuddyCheckRequest.FromString,
                     response_serializer=taxonstream_dot_v1_dot_checksummer__pb2.BuddyCheckResponse.SerializeToString,
+            ),
+            'JobManifest': grpc.unary_stream_rpc_method_handler(
+                    servicer.JobManifest,
+                    request_deserializer=taxonstream_dot_v1_dot_checksummer__pb2.JobManifestRequest.FromString,
+                    response_serializer=taxonstream_dot_v1_dot_checksummer__pb2.JobManifestPart.SerializeToString,
+            ),
+            'JobDuplicates': grpc.unary_unary_rpc_method_handler(
+                    servicer.JobDuplicates,
+                    request_deserializer=taxonstream_dot_v1_dot_checksummer__pb2.JobDuplicatesRequest.FromString,
+                    response_serializer=taxonstream_dot_v1_dot_checksummer__pb2.JobDuplicatesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,6 +210,60 @@ class Checksummer:
             '/taxonstream.v1.Checksummer/BuddyCheck',
             taxonstream_dot_v1_dot_checksummer__pb2.BuddyCheckRequest.SerializeToString,
             taxonstream_dot_v1_dot_checksummer__pb2.BuddyCheckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JobManifest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/taxonstream.v1.Checksummer/JobManifest',
+            taxonstream_dot_v1_dot_checksummer__pb2.JobManifestRequest.SerializeToString,
+            taxonstream_dot_v1_dot_checksummer__pb2.JobManifestPart.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JobDuplicates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taxonstream.v1.Checksummer/JobDuplicates',
+            taxonstream_dot_v1_dot_checksummer__pb2.JobDuplicatesRequest.SerializeToString,
+            taxonstream_dot_v1_dot_checksummer__pb2.JobDuplicatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

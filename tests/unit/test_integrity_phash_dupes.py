@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import socket
 import subprocess
 import sys
 import zipfile
@@ -25,6 +27,13 @@ from taxonstream.integrity.phash import (
 )
 from taxonstream.integrity.sumbuddy import plan
 from taxonstream.models.synthetic import near_duplicate, shapes_image
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 THRESHOLD = 8
 
@@ -167,6 +176,8 @@ def test_dupes_command_prints_and_writes_the_groups(folder: Path, tmp_path: Path
         capture_output=True, text=True, timeout=120,
     )
     assert "exact duplicates: 2 groups" in strict.stdout
+    # Not a path: a job id, looked up in the checksummer (unknown there, or no stack running here).
+    env = {**os.environ, "TAXONSTREAM_CHECKSUMMER_ADDR": f"127.0.0.1:{closed_port()}"}
     missing = subprocess.run([sys.executable, "-m", "taxonstream.cli.main", "dupes", "job-1234"],
-                             capture_output=True, text=True)
-    assert missing.returncode == 1 and "needs the running stack" in missing.stderr
+                             capture_output=True, text=True, env=env)
+    assert missing.returncode == 1 and "job-1234: no such file or directory, and no checksummer" in missing.stderr

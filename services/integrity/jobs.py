@@ -1,0 +1,244 @@
+"""A job's manifest and duplicate groups, from one small object per record that the checksummer writes.
+
+Why one object per record: the checksummer runs as several replicas and Kafka delivers at least once, so
+each record's row is written (overwritten, with the same content) by whichever replica verified it, before
+its offset is committed; nothing has to be appended or merged. The manifest is assembled from the rows when
+asked for. Keys (next to the fetcher's `jobs/<job_id>/records-NNNNNN.json`):
+
+  jobs/<job_id>/manifest/rows/<record id, %-quoted>.json   one record's row (ManifestRow fields, row, sha256)
+  jobs/<job_id>/manifest.csv | manifest.parquet            the last assembled manifest
+
+Rows exist for records whose stored bytes the checksummer verified: new images, exact duplicates (linked to
+the image by `image_id`/`duplicate_of`) and near duplicates. Records that failed (download, validation, a
+checksum mismatch) have no row; the job's outcome report lists them with their reason, and the assembly
+reports which submitted records have no row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from taxonstream.integrity.manifest import ManifestRow, filename_of_url, license_of, object_path, write_manifest
+from taxonstream.integrity.phash import from_hex
+from taxonstream.integrity.registry import DuplicateRegistry, Store, provenance_key
+
+FORMATS = ("csv", "parquet")
+
+
+def rows_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/manifest/rows/"
+
+
+def row_key(job_id: str, record_id: str) -> str:
+    return rows_prefix(job_id) + quote(record_id, safe="") + ".json"
+
+
+def manifest_key(job_id: str, fmt: str) -> str:
+    return f"jobs/{job_id}/manifest.{fmt}"
+
+
+def records_prefix(job_id: str) -> str:
+    """Where the fetcher keeps a job's submitted records (its `records_key` chunks)."""
+    return f"jobs/{job_id}/records-"
+
+
+def manifest_row(
+    *,
+    bucket: str,
+    object_key: str,
+    sha256: str,
+    size_bytes: int,
+    record: Mapping[str, Any],
+    digests: Mapping[str, str],
+    image_id: str,
+    phash: str,
+    duplicate_of: str = "",
+    near: Sequence[tuple[str, int]] = (),
+) -> dict[str, Any]:
+    """The stored row of one verified record: a ManifestRow's fields plus the record's row number and sha256."""
+    url = str(record.get("url", ""))
+    metadata = record.get("metadata") or {}
+    row = ManifestRow(
+        filepath=object_path(bucket, object_key),
+        filename=filename_of_url(url, fallback=sha256),
+        digests=dict(digests),
+        key=object_key,
+        source_url=url,
+        license=license_of(metadata),
+        record_id=str(record["record_id"]),
+        job_id=str(record.get("job_id", "")),
+        image_id=image_id,
+        size_bytes=size_bytes,
+        phash=phash,
+        duplicate_of=duplicate_of,
+        near_duplicates=tuple(near),
+    )
+    stored = dataclasses.asdict(row)
+    stored["near_duplicates"] = [[i, d] for i, d in row.near_duplicates]
+    return {**stored, "row": int(record.get("row", 0)), "sha256": sha256}
+
+
+def to_manifest_row(stored: Mapping[str, Any]) -> ManifestRow:
+    names = {f.name for f in dataclasses.fields(ManifestRow)}
+    values = {k: v for k, v in stored.items() if k in names}
+    values["near_duplicates"] = tuple((str(i), int(d)) for i, d in stored.get("near_duplicates", []))
+    return ManifestRow(**values)
+
+
+def algorithms_of(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Digest columns: md5 first (sum-buddy's default, so its readers find it third), then the rest sorted."""
+    names = {a for r in rows for a in r.get("digests", {})}
+    return sorted(names, key=lambda a: (a != "md5", a))
+
+
+def load_rows(store: Store, job_id: str, threads: int = 16) -> list[dict[str, Any]]:
+    """Every stored row of a job, in the order the records were submitted."""
+    keys = store.list(rows_prefix(job_id))
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(keys)))) as pool:
+        rows = [r for r in pool.map(store.get_json, keys) if r is not None]
+    return sorted(rows, key=lambda r: (r.get("row", 0), r.get("record_id", "")))
+
+
+def submitted_record_ids(store: Store, job_id: str) -> list[str]:
+    """The record ids the fetcher kept for a job (empty: no such job, or submitted before it kept them)."""
+    ids: list[str] = []
+    for key in sorted(store.list(records_prefix(job_id))):
+        ids.extend(str(r["record_id"]) for r in store.get_json(key) or [])
+    return ids
+
+
+def manifest_bytes(rows: Sequence[Mapping[str, Any]], fmt: str) -> tuple[bytes, list[str]]:
+    """The manifest as CSV (sum-buddy's dialect) or Parquet bytes, and its digest columns."""
+    if fmt not in FORMATS:
+        raise ValueError(f"a manifest is one of {FORMATS}, not {fmt!r}")
+    algorithms = algorithms_of(rows)
+    with tempfile.TemporaryDirectory(prefix="taxonstream-manifest-") as folder:
+        path = Path(folder) / f"manifest.{fmt}"
+        write_manifest((to_manifest_row(r) for r in rows), path, algorithms)
+        return path.read_bytes(), algorithms
+
+
+# -- duplicate groups touching a job ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    record_id: str
+    job_id: str
+    url: str
+
+
+@dataclass(frozen=True)
+class ExactGroup:
+    image_id: str
+    sources: list[Source]  # every record that brought these bytes, from any job
+
+
+@dataclass(frozen=True)
+class NearMember:
+    sha256: str  # the content
+    image_id: str  # the image it belongs to (itself, or the image it was dropped for under policy "drop")
+    phash: str
+    source: Source  # the record that first brought it
+    in_job: bool
+
+
+@dataclass
+class NearGroup:
+    members: list[NearMember] = field(default_factory=list)
+    pairs: list[tuple[str, str, int]] = field(default_factory=list)  # (sha256, sha256, bits), every close pair
+
+
+@dataclass(frozen=True)
+class JobDuplicates:
+    exact: list[ExactGroup]
+    near: list[NearGroup]
+    contents: int  # distinct contents among the job's rows
+
+
+def _source(entry: Mapping[str, Any]) -> Source:
+    return Source(str(entry.get("record_id", "")), str(entry.get("job_id", "")), str(entry.get("url", "")))
+
+
+def _order(source: Source, job: str) -> tuple[bool, str, int, str]:
+    """The job's own records first, in submission order (record ids are "<job>:<row>"), then other jobs'."""
+    _, _, row = source.record_id.rpartition(":")
+    return (source.job_id != job, source.job_id, int(row) if row.isdigit() else -1, source.record_id)
+
+
+def job_duplicates(
+    rows: Sequence[Mapping[str, Any]],
+    registry: DuplicateRegistry,
+    max_distance: int | None = None,
+    near_query: Any = None,
+    threads: int = 16,
+) -> JobDuplicates:
+    """Exact groups (images of the job's rows with more than one source) and near groups (contents within the
+    radius, transitively) that include at least one of the job's rows; other jobs' records appear as members.
+
+    `near_query(phash, radius)` answers from the registry's pHash index (the caller may wrap it in a lock).
+    """
+    store = registry.store
+    job = str(rows[0].get("job_id", "")) if rows else ""
+    query = near_query or (lambda value, radius: registry.index.query(value, radius))
+    radius = registry.max_distance if max_distance is None else max_distance
+
+    # Exact: provenance entries of each image whose bytes are the image's own (a near duplicate dropped for
+    # the image also has a provenance entry there, with other bytes; it belongs to a near group instead).
+    images = sorted({str(r["image_id"]) for r in rows if r.get("image_id")})
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(images)))) as pool:
+        found = list(pool.map(registry.sources, images))
+    exact = []
+    for image_id, entries in zip(images, found, strict=True):
+        same = [e for e in entries if e and e.get("sha256", image_id) == image_id]
+        if len(same) > 1:
+            sources = sorted((_source(e) for e in same), key=lambda s: _order(s, job))
+            exact.append(ExactGroup(image_id, sources))
+
+    # Near: a union-find over contents, seeded by the job's own contents.
+    own: dict[str, Mapping[str, Any]] = {}
+    for r in rows:
+        own.setdefault(str(r.get("sha256", r.get("image_id", ""))), r)
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    pairs: dict[tuple[str, str], int] = {}
+    phashes: dict[str, str] = {}
+    for sha, r in own.items():
+        if not r.get("phash"):
+            continue
+        phashes[sha] = str(r["phash"])
+        for other, distance in query(from_hex(str(r["phash"])), radius):
+            if other == sha:
+                continue
+            pairs[(min(sha, other), max(sha, other))] = int(distance)
+            parent[root(sha)] = root(other)
+    members: dict[str, NearMember] = {}
+    for sha in {s for pair in pairs for s in pair}:
+        if sha in own:
+            r = own[sha]
+            source = Source(str(r.get("record_id", "")), str(r.get("job_id", "")), str(r.get("source_url", "")))
+            members[sha] = NearMember(sha, str(r.get("image_id", sha)), phashes.get(sha, ""), source, True)
+            continue
+        entry = registry.lookup(sha) or {}
+        image_id = str(entry.get("image_id", sha))
+        first = store.get_json(provenance_key(image_id, str(entry.get("record_id", "")))) or {}
+        members[sha] = NearMember(sha, image_id, str(entry.get("phash", "")), _source(first), False)
+    groups: dict[str, NearGroup] = {}
+    for sha in sorted(members, key=lambda s: (*_order(members[s].source, job), s)):
+        groups.setdefault(root(sha), NearGroup()).members.append(members[sha])
+    for (a, b), distance in sorted(pairs.items(), key=lambda kv: (kv[1], kv[0])):
+        groups[root(a)].pairs.append((a, b, distance))
+    return JobDuplicates(exact=exact, near=list(groups.values()), contents=len(own))
