@@ -24,6 +24,12 @@ RUN python /src/tools/k8s/image_requirements.py triton > /tmp/requirements.txt \
  && python -m venv --without-pip /opt/venv \
  && pip --python /opt/venv/bin/python install --only-binary=:all: --requirement /tmp/requirements.txt
 
+# The indexer's: the core ones plus the `milvus` extra, so TAXONSTREAM_INDEX_BACKEND=milvus works as shipped.
+FROM build AS venv-indexer
+RUN python /src/tools/k8s/image_requirements.py indexer > /tmp/requirements.txt \
+ && python -m venv --without-pip /opt/venv \
+ && pip --python /opt/venv/bin/python install --only-binary=:all: --requirement /tmp/requirements.txt
+
 # The CLIP BPE vocabulary, taken at build time from the open_clip wheel (pinned by hash in
 # services/models/tokenizer.py); a pod never downloads anything.
 FROM venv-triton AS vocab
@@ -64,6 +70,12 @@ COPY services/ /app/taxonstream/
 RUN python -m compileall -q /app
 USER 10001:10001
 
+FROM runtime AS runtime-indexer
+COPY --from=venv-indexer /opt/venv /opt/venv
+COPY services/ /app/taxonstream/
+RUN python -m compileall -q /app
+USER 10001:10001
+
 # --- one target per service -------------------------------------------------------------------
 FROM runtime-core AS fetcher
 CMD ["python", "-m", "taxonstream.fetcher"]
@@ -80,5 +92,5 @@ ENV TAXONSTREAM_TOKENIZER_DIR=/opt/tokenizer \
     HF_HUB_OFFLINE=1
 CMD ["python", "-m", "taxonstream.embedder"]
 
-FROM runtime-core AS indexer
+FROM runtime-indexer AS indexer
 CMD ["python", "-m", "taxonstream.indexer"]

@@ -136,7 +136,8 @@ def test_runtime_images_are_non_root_and_have_no_build_tools():
         assert "pip uninstall" in runs, "the base image's pip is removed from runtime images"
         copied = [args for keyword, args in instructions if keyword == "COPY" and "--from=" in args]
         venvs = [c for c in copied if "/opt/venv" in c]
-        assert venvs and all(re.search(r"--from=venv-(core|triton) /opt/venv /opt/venv", c) for c in venvs), copied
+        venv_copy = r"--from=venv-(core|triton|indexer) /opt/venv /opt/venv"
+        assert venvs and all(re.search(venv_copy, c) for c in venvs), copied
         # Besides the venv, only the embedder takes something from a build stage: the tokenizer vocabulary.
         others = [c for c in copied if c not in venvs]
         assert others == (["--from=vocab /opt/tokenizer /opt/tokenizer"] if target == "embedder" else []), others
@@ -153,10 +154,11 @@ def test_the_embedder_image_carries_its_tokenizer_vocabulary():
 def test_only_model_services_carry_the_triton_client():
     stages = _stages()
     for target in SERVICES:
-        venv = "venv-triton" if target in {"detector", "embedder"} else "venv-core"
+        venv = {"detector": "venv-triton", "embedder": "venv-triton", "indexer": "venv-indexer"}
+        venv = venv.get(target, "venv-core")
         copied = [a for s in _lineage(stages, target) for k, a in stages[s]["instructions"] if k == "COPY"]
         assert any(f"--from={venv} " in c for c in copied), target
-    for venv, variant in (("venv-core", "core"), ("venv-triton", "triton")):
+    for venv, variant in (("venv-core", "core"), ("venv-triton", "triton"), ("venv-indexer", "indexer")):
         runs = " ".join(a for k, a in stages[venv]["instructions"] if k == "RUN")
         assert f"image_requirements.py {variant} " in runs and "--only-binary=:all:" in runs
 
@@ -169,6 +171,8 @@ def test_image_requirements_follow_pyproject():
     assert not any(image_requirements.requirement_name(d) == "torch" for d in image_requirements.requirements("triton"))
     assert not any(image_requirements.requirement_name(d) == "tritonclient" for d in core)
     assert set(deps) - set(core) == {d for d in deps if d.startswith("tritonclient")}
+    # The indexer's image can run the Milvus backend as shipped.
+    assert image_requirements.requirements("indexer") == [*core, *project["optional-dependencies"]["milvus"]]
     with pytest.raises(ValueError):
         image_requirements.requirements("gpu")
 

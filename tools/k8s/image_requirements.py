@@ -2,6 +2,7 @@
 
     python tools/k8s/image_requirements.py core     # without the Triton client
     python tools/k8s/image_requirements.py triton   # everything, plus the `text` extra (detector, embedder)
+    python tools/k8s/image_requirements.py indexer  # core plus the `milvus` extra (the Milvus backend)
 
 The Dockerfile runs this in its build stage, so the images follow pyproject.toml with no second
 list to keep in step. Standard library only: it runs on the bare Python base image.
@@ -17,7 +18,7 @@ from pathlib import Path
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 # Only the services that run models talk to Triton; the others' images leave its client out.
 TRITON_ONLY = {"tritonclient"}
-VARIANTS = ("core", "triton")
+VARIANTS = ("core", "triton", "indexer")
 
 
 def requirement_name(requirement: str) -> str:
@@ -36,7 +37,11 @@ def requirements(variant: str, pyproject: Path = PYPROJECT) -> list[str]:
     if variant == "triton":
         # The embedder tokenizes text (CLIP BPE through transformers' tokenizer; no torch needed).
         return [*deps, *project["optional-dependencies"]["text"]]
-    return [dep for dep in deps if requirement_name(dep) not in TRITON_ONLY]
+    core = [dep for dep in deps if requirement_name(dep) not in TRITON_ONLY]
+    if variant == "indexer":
+        # TAXONSTREAM_INDEX_BACKEND=milvus must work from the stock image: pymilvus, and Milvus Lite for a .db uri.
+        return [*core, *project["optional-dependencies"]["milvus"]]
+    return core
 
 
 if __name__ == "__main__":
