@@ -239,8 +239,9 @@ def _stored_images(job: str = "", filters: list[str] = (), model: str = "", vers
             for hit in indexer_pb2_grpc.IndexerStub(channel).ListImages(request, timeout=3600):
                 yield StoredImage(hit.image_id, hit.metadata, hit.vector)
         except grpc.RpcError as error:
-            if model and error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
-                                          grpc.StatusCode.INVALID_ARGUMENT):
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:  # a filter the index does not know
+                raise InputError(error.details()) from error
+            if model and error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
                 raise InputError(f"the index has no {model}/{version or '1'} version: {error.details()} "
                                  "(`taxonstream stats` lists the versions)") from error
             raise
