@@ -199,3 +199,85 @@ def test_unsupported_family_and_missing_weights_are_refused(tmp_path: Path) -> N
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(ValueError, match="neither"):
         load_detector(tmp_path)
+
+
+def test_cli_installs_a_detr_folder(detr_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from taxonstream.cli.inputs import InputError
+    from taxonstream.cli.main import parser
+
+    args = parser().parse_args(["models", "install", "detr", "--checkpoint", str(detr_checkpoint), "--out",
+                                str(tmp_path / "models"), "--name", "specimens", "--version", "2",
+                                "--label", "insect", "--label", "2", "--image-size", "64"])
+    assert args.run(args) == 0
+    printed = capsys.readouterr().out
+    assert "specimens/2" in printed and "specimen = insect, ruler" in printed
+    assert "TAXONSTREAM_DETECTOR_MODEL=specimens TAXONSTREAM_DETECTOR_MODEL_VERSION=2" in printed
+    assert (tmp_path / "models" / "specimens" / "2" / "model.onnx").is_file()
+    args = parser().parse_args(["models", "install", "detr", "--checkpoint", str(detr_checkpoint), "--out",
+                                str(tmp_path / "models"), "--label", "beetle"])
+    with pytest.raises(InputError, match="not a class"):
+        args.run(args)
+
+
+# timm's ResNet parameter names, written from its layout (conv1/bn1 stem, layerN.B.convK/bnK, downsample.0/1),
+# mapped to transformers' ResNet names: how the main revision of facebook/detr-resnet-50 stores its backbone.
+def _hf_to_timm(key: str) -> str:
+    import re
+
+    rules = [
+        (r"embedder\.embedder\.convolution\.(.+)", lambda m: f"conv1.{m[1]}"),
+        (r"embedder\.embedder\.normalization\.(.+)", lambda m: f"bn1.{m[1]}"),
+        (r"encoder\.stages\.(\d)\.layers\.(\d+)\.layer\.(\d)\.convolution\.(.+)",
+         lambda m: f"layer{int(m[1]) + 1}.{m[2]}.conv{int(m[3]) + 1}.{m[4]}"),
+        (r"encoder\.stages\.(\d)\.layers\.(\d+)\.layer\.(\d)\.normalization\.(.+)",
+         lambda m: f"layer{int(m[1]) + 1}.{m[2]}.bn{int(m[3]) + 1}.{m[4]}"),
+        (r"encoder\.stages\.(\d)\.layers\.(\d+)\.shortcut\.convolution\.(.+)",
+         lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.0.{m[3]}"),
+        (r"encoder\.stages\.(\d)\.layers\.(\d+)\.shortcut\.normalization\.(.+)",
+         lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.1.{m[3]}"),
+    ]
+    for pattern, rename in rules:
+        match = re.fullmatch(pattern, key)
+        if match:
+            return rename(match)
+    raise AssertionError(key)
+
+
+def test_a_timm_backbone_checkpoint_loads_without_timm(tmp_path: Path) -> None:
+    """STAND-IN DETR with ResNet-50's real backbone geometry (random, seed 13; 1+1 small transformer layers),
+    saved the way timm-backbone checkpoints are: config `use_timm_backbone: true, backbone: resnet50` and
+    timm parameter names. It must load and compute exactly what the same weights do on transformers' ResNet."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(13)
+    backbone = transformers.ResNetConfig(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3],
+                                         layer_type="bottleneck", out_features=["stage4"])
+    reference = transformers.DetrForObjectDetection(tiny_detr_config(backbone_config=backbone)).eval()
+    with torch.no_grad():  # non-trivial frozen batch-norm statistics, so a misplaced one shows
+        for name, buffer in reference.named_buffers():
+            if name.endswith(("running_mean", "running_var")):
+                buffer.copy_(torch.rand(buffer.shape) * 0.5 + (0.75 if name.endswith("var") else -0.25))
+    reference.save_pretrained(tmp_path / "hf")
+    prefix = "model.backbone.conv_encoder.model."
+    state = {(prefix + _hf_to_timm(k[len(prefix):]) if k.startswith(prefix) else k): v
+             for k, v in load_file(str(tmp_path / "hf" / "model.safetensors")).items()}
+    state[prefix + "fc.weight"] = torch.zeros(1000, 2048)  # timm's classifier: not part of DETR, dropped
+    timm_folder = tmp_path / "timm"
+    timm_folder.mkdir()
+    save_file(state, str(timm_folder / "model.safetensors"))
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    del config["backbone_config"]
+    config |= {"use_timm_backbone": True, "backbone": "resnet50", "use_pretrained_backbone": True, "dilation": False}
+    (timm_folder / "config.json").write_text(json.dumps(config))
+
+    converted = load_detector(timm_folder)
+    pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected, got = reference(pixel_values=pixels), converted(pixel_values=pixels)
+    torch.testing.assert_close(got.logits, expected.logits, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got.pred_boxes, expected.pred_boxes, rtol=0, atol=1e-6)
+
+    config["dilation"] = True
+    (timm_folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="needs timm"):
+        load_detector(timm_folder)
