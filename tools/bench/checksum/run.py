@@ -141,6 +141,7 @@ def main() -> int:
     ordered = [Path(e.filepath) for e in entries]
     megabytes = sum(e.size for e in entries) / 1e6
     print(f"{len(entries)} files, {megabytes:.0f} MB in {data}; {cores} cores; algorithm {args.algorithm}")
+    load_before = os.getloadavg()  # other work on the machine: the figures mean little when it is high
     for path in files:  # into the page cache, so every contestant reads memory, not disk
         path.read_bytes()
 
@@ -177,6 +178,7 @@ def main() -> int:
             best[name], cpu[name] = min(best[name], wall), min(cpu[name], used)
         ceiling = max(ceiling, parallel_ceiling(cores, int(megabytes), args.algorithm))
     identical = ours_csv.read_bytes() == theirs_csv.read_bytes()
+    load_after = os.getloadavg()
 
     single = megabytes / best["hashlib, 1 core"]
     goal = 0.9 * cores * single
@@ -194,11 +196,14 @@ def main() -> int:
               f"{', command start-up' if 'checksum' in name else ''}): on {cores} free cores it could reach "
               f"at most {base / cpu[name]:.2f} × {cores} × one core")
     print(f"taxonstream CSV byte-identical to sum-buddy's: {identical}")
+    print(f"load average (1, 5, 15 min) before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
+          f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f} (the run itself adds ~1-2)")
     if args.json:
         args.json.write_text(json.dumps({
             "files": len(entries), "megabytes": megabytes, "cores": cores, "algorithm": args.algorithm,
             "seconds": best, "goal_mb_s": goal, "taxonstream_mb_s": ours, "identical": identical,
             "parallel_memory_ceiling_mb_s": ceiling, "cpu_seconds": cpu,
+            "load_average_before": load_before, "load_average_after": load_after,
         }, indent=2))
     return 0 if identical else 1
 
