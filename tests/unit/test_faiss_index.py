@@ -256,10 +256,18 @@ def test_a_failed_background_rebuild_leaves_the_old_index_serving(monkeypatch):
     assert index.migrating is None and index.kind == "flat"
 
 
-def test_concurrent_searches_and_writes_end_in_the_brute_force_state():
-    # Exact index so that the end state can be compared hit for hit; compaction rebuilds run in the
-    # background (background_from=0) and swap while searches are in flight.
-    config = FaissConfig(kind="flat", background_from=0, compact_min=64, compact_ratio=0.2)
+@pytest.mark.parametrize(
+    "config",
+    [
+        # Exact, so that the end state can be compared hit for hit; compaction rebuilds run in the
+        # background (background_from=0) and swap while searches are in flight.
+        FaissConfig(kind="flat", background_from=0, compact_min=64, compact_ratio=0.2),
+        # The writes take it past hnsw_from: a background migration runs beside the searches.
+        FaissConfig(hnsw_from=520, background_from=0, compact_min=64, compact_ratio=0.2),
+    ],
+    ids=["flat-compactions", "migration-to-hnsw"],
+)
+def test_concurrent_searches_and_writes_end_in_the_brute_force_state(config):
     index, vectors, fresh = FaissIndex(config=config), unit(1000, seed=11), unit(1000, seed=12)
     add(index, 0, 500, vectors)
     queries = unit(8, seed=13)
@@ -300,7 +308,7 @@ def test_concurrent_searches_and_writes_end_in_the_brute_force_state():
     assert not errors, errors[0]
     assert index.settle(timeout=60)
     assert index._n < 500 + 300  # compacted on the way
-    assert len(index) == len(model)
+    assert len(index) == len(model) and index.kind == (config.kind or "hnsw")
     for query in queries:
         for filters in (None, {"genus": ["G1", "G3"]}):
             wanted = [k for k, (_, m) in model.items() if filters is None or m["genus"] in filters["genus"]]
