@@ -129,22 +129,26 @@ class Classifier:
         return self.bank(bank or DEFAULT_BANK).predict(image, rank, k, self.logit_scale)
 
 
-def classify_response(servicer, request, vector: np.ndarray):
-    """The indexer's ClassifyResponse for `request`; the servicer lends its settings, embedder and store."""
+def classify_response(servicer, request, vector: np.ndarray, model: str, model_version: str):
+    """The indexer's ClassifyResponse for `request` against index version `model`/`model_version`.
+
+    The servicer lends its embedder and store; one classifier (and its label-embedding caches) per version.
+    """
     from taxonstream.v1 import embedder_pb2, indexer_pb2
 
-    classifier = getattr(servicer, "_classifier", None)
+    classifiers = servicer.__dict__.setdefault("_classifiers", {})
+    classifier = classifiers.get((model, model_version))
     if classifier is None:
-        settings = servicer.settings
 
         def embed_texts(texts: list[str]) -> tuple[np.ndarray, str, str]:
-            answer = servicer.embedder.EmbedTexts(embedder_pb2.EmbedTextsRequest(texts=texts), timeout=300)
+            answer = servicer.embedder.EmbedTexts(
+                embedder_pb2.EmbedTextsRequest(texts=texts, model=model, model_version=model_version), timeout=300
+            )
             return (np.asarray([v.values for v in answer.vectors], dtype=np.float32),
                     answer.model, answer.model_version)
 
-        classifier = Classifier(embed_texts, servicer.work.snapshots.store, settings.index_model,
-                                settings.index_model_version)
-        servicer._classifier = classifier
+        classifier = Classifier(embed_texts, servicer.store, model, model_version)
+        classifiers[(model, model_version)] = classifier
     k = request.k or 5
     if request.labels:
         predictions = classifier.zero_shot(vector, list(request.labels), k, list(request.templates))

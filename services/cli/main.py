@@ -209,17 +209,30 @@ def _filters(pairs: list[str]) -> list[indexer_pb2.Filter]:
     return found
 
 
+def _version(text: str | None) -> dict[str, str]:
+    """--model MODEL[/VERSION] as request fields; none: the serving index version."""
+    if not text:
+        return {}
+    from taxonstream.indexer.versions import VersionKey
+
+    try:
+        key = VersionKey.parse(text)
+    except ValueError as error:
+        raise InputError(f"--model: {error}") from None
+    return {"model": key.model, "model_version": key.version}
+
+
 def cmd_search(args: argparse.Namespace) -> int:
-    filters = _filters(args.filter)
+    common = {"k": args.k, "filters": _filters(args.filter), **_version(args.model)}
     if args.image:
         path = Path(args.image)
         if not path.is_file():
             raise InputError(f"{path}: no such file")
-        request = indexer_pb2.SearchRequest(image=path.read_bytes(), k=args.k, filters=filters)
+        request = indexer_pb2.SearchRequest(image=path.read_bytes(), **common)
     elif args.text:
-        request = indexer_pb2.SearchRequest(text=args.text, k=args.k, filters=filters)
+        request = indexer_pb2.SearchRequest(text=args.text, **common)
     else:
-        request = indexer_pb2.SearchRequest(image_id=args.id, k=args.k, filters=filters)
+        request = indexer_pb2.SearchRequest(image_id=args.id, **common)
     with _channel("indexer") as channel:
         response = indexer_pb2_grpc.IndexerStub(channel).Search(request, timeout=120)
     print(f"{len(response.hits)} hits (model {response.model}/{response.model_version})")
@@ -234,8 +247,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     with _channel("indexer") as channel:
-        stats = indexer_pb2_grpc.IndexerStub(channel).Stats(indexer_pb2.StatsRequest(), timeout=60)
+        request = indexer_pb2.StatsRequest(**_version(args.model))
+        stats = indexer_pb2_grpc.IndexerStub(channel).Stats(request, timeout=60)
     print(f"{stats.images} images indexed ({stats.kind} index, model {stats.model}/{stats.model_version})")
+    if len(stats.versions) > 1:
+        print("  versions  " + ", ".join(
+            f"{v.model}/{v.model_version}{' (serving)' if v.serving else ''} {v.images}" for v in stats.versions
+        ))
     for field in sorted(stats.by_field):
         counts = sorted(stats.by_field[field].counts.items(), key=lambda kv: (-kv[1], kv[0]))
         shown = ", ".join(f"{value} {count}" for value, count in counts[: args.top])
@@ -314,10 +332,12 @@ def parser() -> argparse.ArgumentParser:
         "repeat to require several fields; applied inside the search, so k hits still come back",
     )
     p.add_argument("--thumbnails", action="store_true", help="print a presigned URL of each hit's 256-px crop")
+    p.add_argument("--model", metavar="MODEL[/VERSION]", help="search this index version (default: the serving one)")
     p.set_defaults(run=cmd_search)
 
     p = commands.add_parser("stats", help="how many images, and how they spread over ranks, providers, licences")
     p.add_argument("--top", type=int, default=8, help="values to show per field (default 8)")
+    p.add_argument("--model", metavar="MODEL[/VERSION]", help="this index version (default: the serving one)")
     p.set_defaults(run=cmd_stats)
     integrity_cmds.add_commands(commands)
     from taxonstream.cli import fetch_cmd  # the standalone downloader (no stack needed)
@@ -330,6 +350,9 @@ def parser() -> argparse.ArgumentParser:
     from taxonstream.cli import export_cmd  # shards of a job's or a query's images
 
     export_cmd.add_commands(commands)
+    from taxonstream.cli import versions_cmds  # reembed, index versions|serve|retire
+
+    versions_cmds.add_commands(commands)
     return top
 
 

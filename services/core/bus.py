@@ -104,6 +104,15 @@ class Bus:
                 consumer.seek_to_beginning(tp)
         return consumer
 
+    def end_offsets(self, topic: str) -> dict[TopicPartition, int]:
+        """The next offset of every partition of `topic`: where a reader starting "now" begins."""
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
+        try:
+            partitions = [TopicPartition(topic, p) for p in self.partitions(consumer, topic)]
+            return dict(consumer.end_offsets(partitions))
+        finally:
+            consumer.close(autocommit=False)
+
     @staticmethod
     def partitions(consumer: KafkaConsumer, topic: str, timeout: float = 30.0) -> list[int]:
         deadline = time.monotonic() + timeout

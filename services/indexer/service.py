@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+import re
 import threading
 import time
 from datetime import timedelta
@@ -19,9 +21,11 @@ from taxonstream.core.outcomes import outcome
 from taxonstream.core.server import Service, connect, registrar
 from taxonstream.core.settings import CoreSettings
 from taxonstream.core.store import ObjectStore, derivative_keys
+from taxonstream.core.triton import TritonModel
 from taxonstream.core.worker import StreamWorker, each
 from taxonstream.indexer.backend import FaissConfig, IndexBackend, IndexConfig, MilvusConfig, open_index, restore_index
 from taxonstream.indexer.filters import field_name
+from taxonstream.indexer.versions import Registry, VersionKey, Versions
 from taxonstream.v1 import (
     detector_pb2,
     detector_pb2_grpc,
@@ -30,7 +34,7 @@ from taxonstream.v1 import (
     indexer_pb2,
     indexer_pb2_grpc,
 )
-from taxonstream.v1.messages_pb2 import Embedding, Outcome
+from taxonstream.v1.messages_pb2 import Embedding, Outcome, ReembedImage
 
 log = logging.getLogger(__name__)
 STAGE = "indexer"
@@ -152,63 +156,113 @@ def lineage(embedding: Embedding) -> dict[str, str]:
 
 
 class Snapshots:
-    """The index and the offsets it includes, in S3: restore + replay rebuilds any replica."""
+    """One version's index, the offsets it includes and its tombstones, in S3: restore + replay rebuilds it."""
 
-    def __init__(self, store: ObjectStore, settings: IndexerSettings) -> None:
+    def __init__(self, store: ObjectStore, settings: IndexerSettings, key: VersionKey) -> None:
         self.store = store
-        self.config = settings.index_config()
-        self.prefix = f"index/{settings.index_model}/{settings.index_model_version}/{self.config.backend}/"
+        config = settings.index_config()
+        if key != VersionKey(settings.index_model, settings.index_model_version):
+            # Each version is its own Milvus collection; the configured name stays the default version's.
+            suffix = re.sub(r"[^0-9A-Za-z_]", "_", f"{key.model}_v{key.version}")
+            config = dataclasses.replace(
+                config, milvus=dataclasses.replace(config.milvus, collection=f"{config.milvus.collection}_{suffix}")
+            )
+        self.config = config
+        self.prefix = f"index/{key.model}/{key.version}/{config.backend}/"
 
-    def load(self, topic: str) -> tuple[IndexBackend, dict[TopicPartition, int]]:
+    def load(self, topic: str) -> tuple[IndexBackend, dict[TopicPartition, int], set[str]]:
         latest = self.store.get_json(self.prefix + "latest.json")
         if latest is None or not latest.get("index_key"):
-            return open_index(self.config), {}  # nothing durable yet: replay the topic from its start
+            return open_index(self.config), {}, set()  # nothing durable yet: replay from the start offsets
         index = restore_index(self.config, self.store.get(latest["index_key"]))
         offsets = {TopicPartition(topic, int(p)): int(o) for p, o in latest["offsets"].items()}
-        log.info("restored snapshot", extra={"images": len(index), "offsets": latest["offsets"]})
-        return index, offsets
+        tombstones = set(self.store.get_json(latest["tombstones_key"]) or []) if latest.get("tombstones_key") else set()
+        log.info("restored snapshot", extra={"prefix": self.prefix, "images": len(index), "offsets": latest["offsets"]})
+        return index, offsets, tombstones
 
-    def save(self, index: IndexBackend, offsets: dict[TopicPartition, int]) -> None:
+    def forget(self) -> None:
+        """A retired version: adding it again starts it empty (old snapshot objects stay until cleaned)."""
+        self.store.put_json(self.prefix + "latest.json", {})
+
+    def save(self, index: IndexBackend, offsets: dict[TopicPartition, int], tombstones: set[str]) -> None:
         data = index.dump()
         if not data:
             return
         generation = time.strftime("%Y%m%dT%H%M%S") + f"-{time.time_ns() % 1_000_000:06d}"
         key = self.prefix + f"snapshots/{generation}.bin"
         self.store.put(key, data)
-        # latest.json last: a crash between the two writes leaves the previous snapshot in force.
-        self.store.put_json(
-            self.prefix + "latest.json",
-            {
-                "generation": generation,
-                "index_key": key,
-                "offsets": {str(tp.partition): o for tp, o in offsets.items()},
-            },
-        )
+        latest = {
+            "generation": generation,
+            "index_key": key,
+            "offsets": {str(tp.partition): o for tp, o in offsets.items()},
+        }
+        if tombstones:
+            latest["tombstones_key"] = self.prefix + f"snapshots/{generation}.tombstones.json"
+            self.store.put_json(latest["tombstones_key"], sorted(tombstones))
+        # latest.json last: a crash between the writes leaves the previous snapshot in force.
+        self.store.put_json(self.prefix + "latest.json", latest)
 
 
 class IndexWorker:
-    def __init__(self, settings: IndexerSettings, bus: Bus, store: ObjectStore) -> None:
+    """One index version fed from the `embedded` topic in replica mode.
+
+    Its own model's embeddings are upserted; a fresh embedding of another model whose image this version
+    lacks is sent to `reembed` for this version's model, so a version added by `reembed` also takes every
+    image ingested after it was added. Deletions are remembered (tombstones) so a backfill asked for
+    before a delete cannot bring the image back.
+    """
+
+    def __init__(
+        self,
+        settings: IndexerSettings,
+        bus: Bus,
+        store: ObjectStore,
+        key: VersionKey,
+        start_offsets: dict[TopicPartition, int] | None = None,
+    ) -> None:
         self.settings = settings
         self.bus = bus
-        self.snapshots = Snapshots(store, settings)
-        self.index, self.offsets = self.snapshots.load(bus.topics.embedded)
+        self.key = key
+        self.snapshots = Snapshots(store, settings, key)
+        self.index, self.offsets, self.tombstones = self.snapshots.load(bus.topics.embedded)
+        if not self.offsets and start_offsets:
+            self.offsets = dict(start_offsets)  # a version added by reembed: from when it was added
         self._dirty = False
         self._last_snapshot = time.monotonic()
         self._lock = threading.Lock()
+        self.retired = False
 
     def handle(self, embedding: Embedding) -> list[Emit]:
+        image_id = embedding.image_id
         if embedding.deleted:
-            self.index.delete(embedding.image_id)
+            self.index.delete(image_id)
+            self.tombstones.add(image_id)
             self._dirty = True
             return []
-        record = embedding.crop.image.fetched.record
-        wanted = (self.settings.index_model, self.settings.index_model_version)
-        if (embedding.model, embedding.model_version) != wanted:
-            log.info("skipped an embedding of another model", extra={"model": embedding.model})
-            return []
-        self.index.upsert(embedding.image_id, np.asarray(embedding.vector, dtype=np.float32), lineage(embedding))
+        if (embedding.model, embedding.model_version) != (self.key.model, self.key.version):
+            return self._follow(embedding)
+        if embedding.backfill:
+            if image_id not in self.tombstones:
+                self.index.upsert(image_id, np.asarray(embedding.vector, dtype=np.float32), dict(embedding.lineage))
+                self._dirty = True
+            return []  # its record finished when the image was first indexed
+        self.tombstones.discard(image_id)
+        self.index.upsert(image_id, np.asarray(embedding.vector, dtype=np.float32), lineage(embedding))
         self._dirty = True
-        return [outcome(self.bus.topics, record, Outcome.INDEXED, stage=STAGE, image_id=embedding.image_id)]
+        record = embedding.crop.image.fetched.record
+        return [outcome(self.bus.topics, record, Outcome.INDEXED, stage=STAGE, image_id=image_id)]
+
+    def _follow(self, embedding: Embedding) -> list[Emit]:
+        """Another model's fresh embedding: ask for this image with this version's model too."""
+        if embedding.backfill or not embedding.crop.crop_key or self.index.vector(embedding.image_id) is not None:
+            return []
+        return [self.reembed_request(embedding.image_id, embedding.crop.crop_key, lineage(embedding))]
+
+    def reembed_request(self, image_id: str, crop_key: str, metadata: dict[str, str]) -> Emit:
+        request = ReembedImage(
+            image_id=image_id, crop_key=crop_key, lineage=metadata, model=self.key.model, model_version=self.key.version
+        )
+        return Emit(self.bus.topics.reembed, image_id, request)
 
     def durable(self, done: dict[TopicPartition, int]) -> None:
         self.offsets.update(done)
@@ -217,11 +271,14 @@ class IndexWorker:
 
     def snapshot(self) -> None:
         with self._lock:
-            if not self._dirty:
+            if not self._dirty or self.retired:
                 return
-            self.snapshots.save(self.index, dict(self.offsets))
+            self.snapshots.save(self.index, dict(self.offsets), set(self.tombstones))
             self._dirty = False
             self._last_snapshot = time.monotonic()
+
+    def caught_up(self, ends: dict[TopicPartition, int]) -> bool:
+        return all(self.offsets.get(tp, 0) >= end for tp, end in ends.items())
 
     def worker(self) -> StreamWorker[Embedding]:
         return StreamWorker(
@@ -239,34 +296,52 @@ class IndexWorker:
 
 
 class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
-    def __init__(self, settings: IndexerSettings, work: IndexWorker) -> None:
+    def __init__(
+        self, settings: IndexerSettings, versions: Versions[IndexWorker], bus: Bus, store: ObjectStore
+    ) -> None:
         self.settings = settings
-        self.work = work
+        self.versions = versions
+        self.bus = bus
+        self.store = store
         self.detector = detector_pb2_grpc.DetectorStub(grpc.insecure_channel(settings.detector_addr))
         self.embedder = embedder_pb2_grpc.EmbedderStub(grpc.insecure_channel(settings.embedder_addr))
 
     @functools.cached_property
     def producer(self):
-        return self.work.bus.producer()
+        return self.bus.producer()
 
-    def _query_vector(self, request, context) -> np.ndarray:
+    def _version(self, request, context) -> IndexWorker:
+        """The index version a request names (model, model_version), or the serving one."""
+        key = VersionKey(request.model, request.model_version or "1") if request.model else None
+        work = self.versions.get(key)
+        if work is None:
+            known = ", ".join(str(k) for k, _ in self.versions.items())
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no index version {key}; this indexer keeps {known}")
+        return work
+
+    def _query_vector(self, request, context, work: IndexWorker) -> np.ndarray:
         query = request.WhichOneof("query")  # Search and Classify requests share this oneof
+        model = {"model": work.key.model, "model_version": work.key.version}
         if query == "text":
             try:
-                answer = self.embedder.EmbedTexts(embedder_pb2.EmbedTextsRequest(texts=[request.text]), timeout=60)
+                answer = self.embedder.EmbedTexts(
+                    embedder_pb2.EmbedTextsRequest(texts=[request.text], **model), timeout=60
+                )
             except grpc.RpcError as error:
                 context.abort(error.code(), f"query text: {error.details()}")
             return np.asarray(answer.vectors[0].values, dtype=np.float32)
         if query == "image_id":
-            vector = self.work.index.vector(request.image_id)
+            vector = work.index.vector(request.image_id)
             if vector is None:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"image {request.image_id!r} is not indexed")
+                context.abort(grpc.StatusCode.NOT_FOUND, f"image {request.image_id!r} is not indexed in {work.key}")
             return vector
         if query == "image":
             # The same path an ingested image takes: detect and crop, then embed the crop.
             try:
                 crop = self.detector.Detect(detector_pb2.DetectRequest(image=request.image), timeout=60).crop
-                embedded = self.embedder.EmbedImages(embedder_pb2.EmbedImagesRequest(images=[crop]), timeout=60)
+                embedded = self.embedder.EmbedImages(
+                    embedder_pb2.EmbedImagesRequest(images=[crop], **model), timeout=60
+                )
             except grpc.RpcError as error:
                 context.abort(error.code(), f"query image: {error.details()}")
             return np.asarray(embedded.vectors[0].values, dtype=np.float32)
@@ -281,50 +356,61 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
 
     def Search(self, request, context) -> indexer_pb2.SearchResponse:
         filters = self._filters(request, context)
-        vector = self._query_vector(request, context)
-        hits = self.work.index.search(vector, request.k or 10, filters or None)
-        store = self.work.snapshots.store
+        work = self._version(request, context)
+        vector = self._query_vector(request, context, work)
+        hits = work.index.search(vector, request.k or 10, filters or None)
         return indexer_pb2.SearchResponse(
             hits=[
                 indexer_pb2.Hit(
                     image_id=h.image_id,
                     score=h.score,
                     metadata=h.metadata,
-                    thumbnail_url=store.presigned_url(h.metadata["thumbnail_key"], timedelta(hours=1))
+                    thumbnail_url=self.store.presigned_url(h.metadata["thumbnail_key"], timedelta(hours=1))
                     if h.metadata.get("thumbnail_key")
                     else "",
                 )
                 for h in hits
             ],
-            model=self.settings.index_model,
-            model_version=self.settings.index_model_version,
+            model=work.key.model,
+            model_version=work.key.version,
         )
 
     def Stats(self, request, context) -> indexer_pb2.StatsResponse:
-        stats = self.work.index.stats()
+        work = self._version(request, context)
+        stats = work.index.stats()
         return indexer_pb2.StatsResponse(
             images=stats.images,
-            model=self.settings.index_model,
-            model_version=self.settings.index_model_version,
-            offsets={str(tp.partition): o for tp, o in self.work.offsets.items()},
+            model=work.key.model,
+            model_version=work.key.version,
+            offsets={str(tp.partition): o for tp, o in work.offsets.items()},
             kind=stats.kind,
             by_field={f: indexer_pb2.FieldCounts(counts=c) for f, c in stats.by_field.items()},
+            versions=[
+                indexer_pb2.IndexVersion(
+                    model=key.model,
+                    model_version=key.version,
+                    images=len(other.index),
+                    serving=key == self.versions.serving,
+                )
+                for key, other in self.versions.items()
+            ],
         )
 
     def ListImages(self, request, context):
         filters = self._filters(request, context)
-        for image_id, metadata in self.work.index.images(filters or None):
+        work = self._version(request, context)
+        for image_id, metadata in work.index.images(filters or None):
             if not request.job_id or metadata.get("job_id") == request.job_id:
                 hit = indexer_pb2.Hit(image_id=image_id, metadata=metadata)
                 if request.with_vectors:
-                    vector = self.work.index.vector(image_id)
+                    vector = work.index.vector(image_id)
                     if vector is None:
                         continue  # deleted while listing
                     hit.vector.extend(vector.tolist())
                 yield hit
 
     def Delete(self, request, context) -> indexer_pb2.DeleteResponse:
-        topic = self.work.bus.topics.embedded
+        topic = self.bus.topics.embedded
         removals = [Emit(topic, i, Embedding(image_id=i, deleted=True)) for i in request.image_ids if i]
         send_all(self.producer, removals)
         return indexer_pb2.DeleteResponse(requested=len(removals))
@@ -333,23 +419,119 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         # The query vector comes the way Search gets it; the scoring lives in taxonstream.classify.
         from taxonstream.classify.service import ClassifyError, classify_response
 
-        vector = self._query_vector(request, context)
+        work = self._version(request, context)
+        vector = self._query_vector(request, context, work)
         try:
-            return classify_response(self, request, vector)
+            return classify_response(self, request, vector, work.key.model, work.key.version)
         except ClassifyError as error:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         except grpc.RpcError as error:
             context.abort(error.code(), f"text embeddings: {error.details()}")
 
+    def Reembed(self, request, context) -> indexer_pb2.ReembedResponse:
+        if not request.model:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name the new embedding model (its image tower on Triton)")
+        key = VersionKey(request.model, request.model_version or "1")
+        serving = self.versions.get()
+        if serving is None or key == serving.key:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{key} is the serving index version already")
+        if not self._triton_serves(key):
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"Triton at {self.settings.triton_url} cannot serve {key}: install it into its model "
+                "repository first (taxonstream models install … --name NAME gives NAME_image)",
+            )
+        topic = self.bus.topics.embedded
+        ends: dict[TopicPartition, int] = {}
+
+        def now() -> dict[TopicPartition, int]:
+            ends.update(self.bus.end_offsets(topic))
+            return ends
+
+        work, created = self.versions.add(key, now)
+        # Everything before the new version's start must be in the serving index before it is listed;
+        # everything after reaches the new version itself (IndexWorker._follow).
+        ends = ends or self.bus.end_offsets(topic)
+        deadline = time.monotonic() + 120
+        while not serving.caught_up(ends):
+            if time.monotonic() > deadline or not context.is_active():
+                context.abort(grpc.StatusCode.UNAVAILABLE, f"the serving index {serving.key} is not catching up")
+            time.sleep(0.2)
+        requests = (
+            work.reembed_request(image_id, metadata.get("crop_key", ""), metadata)
+            for image_id, metadata in serving.index.images(None)
+        )
+        sent = 0
+        batch: list[Emit] = []
+        for emit in requests:
+            batch.append(emit)
+            if len(batch) >= 5000:
+                send_all(self.producer, batch)
+                sent, batch = sent + len(batch), []
+        send_all(self.producer, batch)
+        sent += len(batch)
+        log.info("reembed requested", extra={"version": str(key), "images": sent, "new_version": created})
+        return indexer_pb2.ReembedResponse(images=sent, created=created)
+
+    def _triton_serves(self, key: VersionKey) -> bool:
+        """Ready on Triton, loading it first when Triton runs with explicit model control (ours does)."""
+        client = TritonModel(self.settings.triton_url, key.model, key.version).client
+        try:
+            if client.is_model_ready(key.model, key.version):
+                return True
+            client.load_model(key.model)
+            return bool(client.is_model_ready(key.model, key.version))
+        except Exception:  # noqa: BLE001 - unreachable, unknown or unloadable: not servable now
+            log.warning("model not servable", extra={"version": str(key)}, exc_info=True)
+            return False
+
+    def Serve(self, request, context) -> indexer_pb2.ServeResponse:
+        key = VersionKey(request.model, request.model_version or "1")
+        try:
+            previous = self.versions.serve(key)
+        except KeyError:
+            known = ", ".join(str(k) for k, _ in self.versions.items())
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no index version {key}; this indexer keeps {known}")
+        return indexer_pb2.ServeResponse(previous=str(previous))
+
+
+    def Retire(self, request, context) -> indexer_pb2.ServeResponse:
+        key = VersionKey(request.model, request.model_version or "1")
+        try:
+            work = self.versions.retire(key)
+        except KeyError:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no index version {key}")
+        except ValueError as error:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        with work._lock:
+            work.retired = True
+            work.snapshots.forget()
+        return indexer_pb2.ServeResponse(previous=str(key))
+
 
 def build(settings: IndexerSettings) -> Service:
     bus, store = connect(settings)
-    work = IndexWorker(settings, bus, store)
+    backend = settings.index_config().backend
+    default = VersionKey(settings.index_model, settings.index_model_version)
+    versions: Versions[IndexWorker] = Versions(
+        Registry(store, backend, default),
+        bus.topics.embedded,
+        make=lambda key, offsets: IndexWorker(settings, bus, store, key, offsets),
+        loop=lambda work: work.worker().run,
+    )
+
+    def snapshot_all() -> None:
+        for _, work in versions.items():
+            work.snapshot()
+
     return Service(
         name=STAGE,
         register=registrar(
-            indexer_pb2, "Indexer", indexer_pb2_grpc.add_IndexerServicer_to_server, IndexerServicer(settings, work)
+            indexer_pb2,
+            "Indexer",
+            indexer_pb2_grpc.add_IndexerServicer_to_server,
+            IndexerServicer(settings, versions, bus, store),
         ),
-        loops=[work.worker().run],
-        on_stop=work.snapshot,
+        loops=[versions.run],
+        on_stop=snapshot_all,
     )

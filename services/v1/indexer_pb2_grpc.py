@@ -69,6 +69,11 @@ class IndexerStub:
                 request_serializer=taxonstream_dot_v1_dot_indexer__pb2.ServeRequest.SerializeToString,
                 response_deserializer=taxonstream_dot_v1_dot_indexer__pb2.ServeResponse.FromString,
                 _registered_method=True)
+        self.Retire = channel.unary_unary(
+                '/taxonstream.v1.Indexer/Retire',
+                request_serializer=taxonstream_dot_v1_dot_indexer__pb2.ServeRequest.SerializeToString,
+                response_deserializer=taxonstream_dot_v1_dot_indexer__pb2.ServeResponse.FromString,
+                _registered_method=True)
 
 
 class IndexerServicer:
@@ -122,6 +127,13 @@ class IndexerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Retire(self, request, context):
+        """Stop keeping an index version (not the serving one): its worker stops and its snapshot is dropped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IndexerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +169,11 @@ def add_IndexerServicer_to_server(servicer, server):
             ),
             'Serve': grpc.unary_unary_rpc_method_handler(
                     servicer.Serve,
+                    request_deserializer=taxonstream_dot_v1_dot_indexer__pb2.ServeRequest.FromString,
+                    response_serializer=taxonstream_dot_v1_dot_indexer__pb2.ServeResponse.SerializeToString,
+            ),
+            'Retire': grpc.unary_unary_rpc_method_handler(
+                    servicer.Retire,
                     request_deserializer=taxonstream_dot_v1_dot_indexer__pb2.ServeRequest.FromString,
                     response_serializer=taxonstream_dot_v1_dot_indexer__pb2.ServeResponse.SerializeToString,
             ),
@@ -348,6 +365,33 @@ class Indexer:
             request,
             target,
             '/taxonstream.v1.Indexer/Serve',
+            taxonstream_dot_v1_dot_indexer__pb2.ServeRequest.SerializeToString,
+            taxonstream_dot_v1_dot_indexer__pb2.ServeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Retire(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/taxonstream.v1.Indexer/Retire',
             taxonstream_dot_v1_dot_indexer__pb2.ServeRequest.SerializeToString,
             taxonstream_dot_v1_dot_indexer__pb2.ServeResponse.FromString,
             options,
