@@ -306,6 +306,11 @@ def _probe_apply(args: argparse.Namespace) -> int:
     finally:
         if args.out:
             handle.close()
+    if not scored:
+        selection = " ".join([f"--job {args.job}"] * bool(args.job) + [f"--filter {f}" for f in args.filter])
+        print(f"no stored images{' for ' + selection if selection else ''} in the "
+              f"{probe.model}/{probe.model_version} index", file=sys.stderr)
+        return 0
     summary = ", ".join(f"{c} {n}" for c, n in counts.items())
     where = f" to {args.out}" if args.out else ""
     print(f"scored {scored} stored images ({summary}), model {probe.model}/{probe.model_version}{where}",
