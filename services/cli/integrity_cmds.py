@@ -152,8 +152,10 @@ def cmd_checksum(args: argparse.Namespace) -> int:
         entries = iter_plan(args.input_path, output, args.ignore_file, args.include_hidden, args.archive_dive)
         with WorkerPool(args.jobs) as pool:
             rows: Iterator[tuple[Entry, str]] = checksum_entries(entries, algorithm, pool)
-            if output:  # a progress bar only when stdout is not the CSV (as sum-buddy)
-                from tqdm import tqdm  # here: importing it is a tenth of the command's start-up
+            # A progress bar when stdout is not the CSV (as sum-buddy), and only on a terminal: in a log it is
+            # noise, and importing tqdm is a fifth of the command's start-up.
+            if output and sys.stderr.isatty():
+                from tqdm import tqdm
 
                 description = f"Calculating {args.algorithm} checksums on {args.input_path}"
                 rows = tqdm(rows, unit=" files", desc=description, file=sys.stderr)
