@@ -54,6 +54,11 @@ class TritonModel:
             raise
         return [int(d) for d in metadata["inputs"][index]["shape"]]
 
+    def load(self) -> None:
+        """Ask Triton to load the model when it is not ready (Triton with explicit model control)."""
+        if not self.client.is_model_ready(self.model, self.version):
+            self.client.load_model(self.model)
+
     def wait_ready(self, timeout: float = 60.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import threading
 
 import grpc
@@ -21,6 +22,7 @@ from taxonstream.models.preprocess import clip_pixel_values
 from taxonstream.v1 import embedder_pb2, embedder_pb2_grpc
 from taxonstream.v1.messages_pb2 import Crop, Embedding, ReembedImage
 
+log = logging.getLogger(__name__)
 STAGE = "embedder"
 REEMBED_STAGE = "reembed"  # its own consumer group and metrics label
 
@@ -107,7 +109,14 @@ class Encoders:
         key = key or self.default
         with self._lock:
             if key not in self._images:
-                self._images[key] = Encoder(self.settings.triton_url, *key)
+                encoder = Encoder(self.settings.triton_url, *key)
+                if key != self.default:  # a model installed after Triton started (reembed, search --model)
+                    try:
+                        encoder.model.load()
+                    except InferenceServerException as error:
+                        log.warning("loading a model failed", extra={"model": f"{key[0]}/{key[1]}",
+                                                                     "error": error.message()})
+                self._images[key] = encoder
             return self._images[key]
 
     def text(self, key: ModelKey | None = None) -> TextEncoder:

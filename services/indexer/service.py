@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import logging
 import re
 import threading
@@ -14,6 +15,7 @@ from typing import Literal
 import grpc
 import numpy as np
 from kafka import TopicPartition
+from PIL import Image
 from pydantic import Field, model_validator
 
 from taxonstream.core.bus import Bus, Emit, send_all
@@ -21,7 +23,6 @@ from taxonstream.core.outcomes import outcome
 from taxonstream.core.server import Service, connect, registrar
 from taxonstream.core.settings import CoreSettings
 from taxonstream.core.store import ObjectStore, derivative_keys
-from taxonstream.core.triton import TritonModel
 from taxonstream.core.worker import StreamWorker, each
 from taxonstream.indexer.backend import FaissConfig, IndexBackend, IndexConfig, MilvusConfig, open_index, restore_index
 from taxonstream.indexer.filters import field_name
@@ -435,12 +436,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         serving = self.versions.get()
         if serving is None or key == serving.key:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{key} is the serving index version already")
-        if not self._triton_serves(key):
-            context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"Triton at {self.settings.triton_url} cannot serve {key}: install it into its model "
-                "repository first (taxonstream models install … --name NAME gives NAME_image)",
-            )
+        self._check_model(key, context)
         topic = self.bus.topics.embedded
         ends: dict[TopicPartition, int] = {}
 
@@ -473,17 +469,20 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         log.info("reembed requested", extra={"version": str(key), "images": sent, "new_version": created})
         return indexer_pb2.ReembedResponse(images=sent, created=created)
 
-    def _triton_serves(self, key: VersionKey) -> bool:
-        """Ready on Triton, loading it first when Triton runs with explicit model control (ours does)."""
-        client = TritonModel(self.settings.triton_url, key.model, key.version).client
+    def _check_model(self, key: VersionKey, context) -> None:
+        """The embedder embeds a probe image with the model (loading it on Triton if need be), or says why not."""
+        probe = io.BytesIO()
+        Image.new("RGB", (8, 8), (120, 160, 90)).save(probe, format="PNG")
+        request = embedder_pb2.EmbedImagesRequest(images=[probe.getvalue()], model=key.model, model_version=key.version)
         try:
-            if client.is_model_ready(key.model, key.version):
-                return True
-            client.load_model(key.model)
-            return bool(client.is_model_ready(key.model, key.version))
-        except Exception:  # noqa: BLE001 - unreachable, unknown or unloadable: not servable now
-            log.warning("model not servable", extra={"version": str(key)}, exc_info=True)
-            return False
+            self.embedder.EmbedImages(request, timeout=120)
+        except grpc.RpcError as error:
+            code = error.code()
+            context.abort(
+                code if code == grpc.StatusCode.UNAVAILABLE else grpc.StatusCode.FAILED_PRECONDITION,
+                f"the embedder cannot run {key}: {error.details()} (install it into Triton's model repository "
+                "first: taxonstream models install … --name NAME gives NAME_image)",
+            )
 
     def Serve(self, request, context) -> indexer_pb2.ServeResponse:
         key = VersionKey(request.model, request.model_version or "1")

@@ -125,11 +125,15 @@ def test_each_consumer_scales_on_its_own_topic_lag():
         assert spec["scaleTargetRef"]["name"] in deployments
         assert component(deployments[spec["scaleTargetRef"]["name"]]) == name
         assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= PARTITIONS
-        (trigger,) = spec["triggers"]
+        trigger, *also = spec["triggers"]
         meta = trigger["metadata"]
         assert trigger["type"] == "kafka"
         assert meta["topic"] == f"taxonstream.{topic}"
         assert meta["consumerGroup"] == f"taxonstream.{name}"
+        # The embedder's second worker (reembed backfills) is its own group on its own topic.
+        assert [(t["metadata"]["consumerGroup"], t["metadata"]["topic"]) for t in also] == (
+            [("taxonstream.reembed", "taxonstream.reembed")] if name == "embedder" else []
+        )
         # Fully qualified: KEDA's operator resolves it from its own namespace.
         assert meta["bootstrapServers"] == "taxonstream-kafka.taxonstream.svc:9092"
         assert meta["allowIdleConsumers"] == "false"

@@ -1,8 +1,9 @@
 {{/*
 How the five services are wired: the product's contract, not user configuration.
 topic: the topic the worker consumes (without the prefix); group: consumes as a consumer group
-(KEDA scales it on lag, replicas capped at the partition count); triton: calls Triton over gRPC;
-calls: services whose gRPC it calls; internet: fetches from public addresses.
+(KEDA scales it on lag, replicas capped at the partition count); alsoConsumes: other group=topic pairs
+it scales on too; triton: calls Triton over gRPC; calls: services whose gRPC it calls; internet: fetches
+from public addresses.
 */}}
 {{- define "taxonstream.components" -}}
 fetcher:
@@ -20,6 +21,7 @@ embedder:
   topic: cropped
   group: true
   triton: true
+  alsoConsumes: {reembed: reembed}
 indexer:
   topic: embedded
   group: false
