@@ -29,6 +29,8 @@ class Query:
     image_name: str = ""  # for the manifest; the bytes are not recorded
     filters: dict[str, tuple[str, ...]] = field(default_factory=dict)
     k: int = 1000
+    model: str = ""  # index version (taxonstream reembed); empty: the serving one
+    model_version: str = ""
 
     @property
     def kind(self) -> str:
@@ -45,6 +47,10 @@ class Query:
         if self.kind in {"text", "image"}:
             described["k"] = self.k
         return described
+
+    def version(self) -> dict[str, str]:
+        """The index-version fields every indexer request of this export carries."""
+        return {"model": self.model, "model_version": self.model_version or "1"} if self.model else {}
 
     def proto_filters(self) -> list[indexer_pb2.Filter]:
         return [indexer_pb2.Filter(field=f, values=list(v)) for f, v in self.filters.items()]
@@ -65,8 +71,8 @@ class Selection:
     model: str  # "<model>/<version>" of the index the images were taken from
 
 
-def _serving_model(indexer) -> str:
-    stats = indexer.Stats(indexer_pb2.StatsRequest(), timeout=60)
+def _serving_model(indexer, query: Query) -> str:
+    stats = indexer.Stats(indexer_pb2.StatsRequest(**query.version()), timeout=60)
     return f"{stats.model}/{stats.model_version}"
 
 
@@ -94,7 +100,9 @@ def select(query: Query, indexer, fetcher=None, with_vectors: bool = False) -> S
         if fetcher is None:
             raise ValueError("a job export needs the fetcher, to tell a missing job from an empty one")
         status = _check_job(fetcher, query.job_id)
-        request = indexer_pb2.ListImagesRequest(job_id=query.job_id, filters=filters, with_vectors=with_vectors)
+        request = indexer_pb2.ListImagesRequest(
+            job_id=query.job_id, filters=filters, with_vectors=with_vectors, **query.version()
+        )
         items = _listed(indexer, request)
         if not items:
             state = "still running" if not status.done else "done"
@@ -103,9 +111,9 @@ def select(query: Query, indexer, fetcher=None, with_vectors: bool = False) -> S
                 f"({state}: {status.total} records, {status.indexed} indexed, {status.duplicate} duplicate of "
                 f"images first seen elsewhere, {status.failed} failed)"
             )
-        return Selection(items, _serving_model(indexer))
+        return Selection(items, _serving_model(indexer, query))
     if query.text or query.image:
-        request = indexer_pb2.SearchRequest(k=query.k, filters=filters)
+        request = indexer_pb2.SearchRequest(k=query.k, filters=filters, **query.version())
         if query.text:
             request.text = query.text
         else:
@@ -118,20 +126,21 @@ def select(query: Query, indexer, fetcher=None, with_vectors: bool = False) -> S
         if not items:
             raise SelectionError("the search found no images" + (" matching the filters" if filters else ""))
         if with_vectors:
-            _attach_vectors(indexer, items, filters)
+            _attach_vectors(indexer, items, filters, query)
         return Selection(items, f"{response.model}/{response.model_version}")
     if not filters:
         raise SelectionError("say what to export: a JOB, --text, --image or at least one --filter")
-    items = _listed(indexer, indexer_pb2.ListImagesRequest(filters=filters, with_vectors=with_vectors))
+    request = indexer_pb2.ListImagesRequest(filters=filters, with_vectors=with_vectors, **query.version())
+    items = _listed(indexer, request)
     if not items:
         raise SelectionError("no indexed image matches the filters")
-    return Selection(items, _serving_model(indexer))
+    return Selection(items, _serving_model(indexer, query))
 
 
-def _attach_vectors(indexer, items: list[Item], filters: list[indexer_pb2.Filter]) -> None:
+def _attach_vectors(indexer, items: list[Item], filters: list[indexer_pb2.Filter], query: Query) -> None:
     """Search hits carry no vectors: take them from a listing under the same filters (one pass over them)."""
     wanted = {item.image_id: item for item in items}
-    request = indexer_pb2.ListImagesRequest(filters=filters, with_vectors=True)
+    request = indexer_pb2.ListImagesRequest(filters=filters, with_vectors=True, **query.version())
     for hit in indexer.ListImages(request, timeout=3600):
         if hit.image_id in wanted:
             wanted[hit.image_id].vector = np.asarray(hit.vector, dtype=np.float32)
