@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from pathlib import Path
 
-import grpc
-
-from taxonstream.cli import stack
+from taxonstream.cli import clients
 from taxonstream.cli.inputs import InputError
 from taxonstream.export.content import CONTENTS
 from taxonstream.export.writers import FORMATS
@@ -68,21 +65,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=cmd_export)
 
 
-def _channel(service: str) -> grpc.Channel:
-    port = next(s.grpc_port for s in stack.SERVICES if s.name == service)
-    address = os.environ.get(f"TAXONSTREAM_{service.upper()}_ADDR", f"127.0.0.1:{port}")
-    return grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
-
-
-def _store():
-    """The stack's S3 (keys from .stack/s3.env) unless TAXONSTREAM_S3_* are set."""
-    from taxonstream.core.settings import CoreSettings
-    from taxonstream.core.store import ObjectStore
-
-    local = {k.removeprefix("TAXONSTREAM_").lower(): v for k, v in stack.s3_env().items() if k not in os.environ}
-    return ObjectStore(CoreSettings(**local))
-
-
 def _query(args: argparse.Namespace):
     from taxonstream.export.select import Query
     from taxonstream.indexer.filters import parse
@@ -103,18 +85,9 @@ def _query(args: argparse.Namespace):
         if not path.is_file():
             raise InputError(f"{path}: no such file")
         image = path.read_bytes()
-    version = {}
-    if args.model:
-        from taxonstream.indexer.versions import VersionKey
-
-        try:
-            key = VersionKey.parse(args.model)
-        except ValueError as error:
-            raise InputError(f"--model: {error}") from None
-        version = {"model": key.model, "model_version": key.version}
     return Query(
         job_id=args.job or "", text=args.text or "", image=image, image_name=args.image or "", filters=filters,
-        k=args.k, **version,
+        k=args.k, **clients.index_version(args.model),
     )
 
 
@@ -158,7 +131,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         except ImportError:
             raise InputError("--format hdf5 needs h5py: install taxonstream with the `export` extra") from None
     out = Path(args.out)
-    with _channel("indexer") as indexer_channel, _channel("fetcher") as fetcher_channel:
+    with clients.channel("indexer") as indexer_channel, clients.channel("fetcher") as fetcher_channel:
         try:
             selection = select(
                 query,
@@ -173,7 +146,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ExportError as error:
         raise InputError(str(error)) from None
     print(f"exporting {len(selection.items)} images ({args.content}) to {out}/ as {args.format}", file=sys.stderr)
-    manifest = export(selection, plan, _store(), out, query.describe(), progress=not args.quiet)
+    manifest = export(selection, plan, clients.object_store(), out, query.describe(), progress=not args.quiet)
     counts = manifest["counts"]
     rate = counts["exported"] / manifest["seconds"] if manifest["seconds"] else 0.0
     by_split = ", ".join(f"{n} {s}" for s, n in counts["by_split"].items())

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
-import os
 import sys
 import time
 import types
@@ -41,21 +40,13 @@ def _lazy(name: str) -> types.ModuleType:
 
 
 grpc = _lazy("grpc")
+clients = _lazy("taxonstream.cli.clients")
 eval_cmds = _lazy("taxonstream.cli.eval_cmds")
 stack = _lazy("taxonstream.cli.stack")
 fetcher_pb2 = _lazy("taxonstream.v1.fetcher_pb2")
 fetcher_pb2_grpc = _lazy("taxonstream.v1.fetcher_pb2_grpc")
 indexer_pb2 = _lazy("taxonstream.v1.indexer_pb2")
 indexer_pb2_grpc = _lazy("taxonstream.v1.indexer_pb2_grpc")
-
-
-def _addr(service: str) -> str:
-    port = next(s.grpc_port for s in stack.SERVICES if s.name == service)
-    return os.environ.get(f"TAXONSTREAM_{service.upper()}_ADDR", f"127.0.0.1:{port}")
-
-
-def _channel(service: str) -> grpc.Channel:
-    return grpc.insecure_channel(_addr(service), options=[("grpc.max_receive_message_length", 64 << 20)])
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
@@ -147,7 +138,7 @@ def _write_report(stub: fetcher_pb2_grpc.FetcherStub, job_id: str, path: Path) -
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    with _channel("fetcher") as channel:
+    with clients.channel("fetcher") as channel:
         stub = fetcher_pb2_grpc.FetcherStub(channel)
         status = _submit(stub, Path(args.file), args.url_col, args.job_id or "", args.force)
         print(f"submitted job {status.job_id}: {status.total} records", file=sys.stderr)
@@ -169,7 +160,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     args.job_id = targets[0] if targets else ""
     if retry and not args.failed:
         raise InputError("`jobs retry` re-queues failed records only: say so with --failed")
-    with _channel("fetcher") as channel:
+    with clients.channel("fetcher") as channel:
         stub = fetcher_pb2_grpc.FetcherStub(channel)
         if retry:
             request = fetcher_pb2.RetryJobRequest(job_id=args.job_id, reasons=args.reason)
@@ -198,32 +189,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _filters(pairs: list[str]) -> list[indexer_pb2.Filter]:
-    """`genus=Apis`, `genus=Apis,Bombus`, repeated flags AND together."""
-    found = []
-    for pair in pairs:
-        field, sep, values = pair.partition("=")
-        if not sep or not field.strip() or not values.strip():
-            raise InputError(f"--filter wants FIELD=VALUE[,VALUE…], not {pair!r}")
-        found.append(indexer_pb2.Filter(field=field.strip(), values=[v.strip() for v in values.split(",")]))
-    return found
-
-
-def _version(text: str | None) -> dict[str, str]:
-    """--model MODEL[/VERSION] as request fields; none: the serving index version."""
-    if not text:
-        return {}
-    from taxonstream.indexer.versions import VersionKey
-
-    try:
-        key = VersionKey.parse(text)
-    except ValueError as error:
-        raise InputError(f"--model: {error}") from None
-    return {"model": key.model, "model_version": key.version}
-
-
 def cmd_search(args: argparse.Namespace) -> int:
-    common = {"k": args.k, "filters": _filters(args.filter), **_version(args.model)}
+    common = {"k": args.k, "filters": clients.index_filters(args.filter), **clients.index_version(args.model)}
     if args.image:
         path = Path(args.image)
         if not path.is_file():
@@ -233,7 +200,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         request = indexer_pb2.SearchRequest(text=args.text, **common)
     else:
         request = indexer_pb2.SearchRequest(image_id=args.id, **common)
-    with _channel("indexer") as channel:
+    with clients.channel("indexer") as channel:
         response = indexer_pb2_grpc.IndexerStub(channel).Search(request, timeout=120)
     print(f"{len(response.hits)} hits (model {response.model}/{response.model_version})")
     print(f"{'rank':>4}  {'score':>7}  {'image':<14}  source")
@@ -246,8 +213,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    with _channel("indexer") as channel:
-        request = indexer_pb2.StatsRequest(**_version(args.model))
+    with clients.channel("indexer") as channel:
+        request = indexer_pb2.StatsRequest(**clients.index_version(args.model))
         stats = indexer_pb2_grpc.IndexerStub(channel).Stats(request, timeout=60)
     print(f"{stats.images} images indexed ({stats.kind} index, model {stats.model}/{stats.model_version})")
     if len(stats.versions) > 1:

@@ -9,37 +9,17 @@ import argparse
 import csv
 import itertools
 import json
-import os
 import sys
 from pathlib import Path
 
 import grpc
 
+from taxonstream.cli import clients
+from taxonstream.cli.clients import object_store
 from taxonstream.cli.inputs import InputError
 
 RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
 RANK_COLUMNS = ("kingdom", "phylum", "class", "order", "family", "genus", "species_epithet")
-
-
-def _channel(service: str) -> grpc.Channel:
-    from taxonstream.cli import stack
-
-    port = next(s.grpc_port for s in stack.SERVICES if s.name == service)
-    address = os.environ.get(f"TAXONSTREAM_{service.upper()}_ADDR", f"127.0.0.1:{port}")
-    return grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20),
-                                                   ("grpc.max_send_message_length", 64 << 20)])
-
-
-def object_store(bucket: str | None = None):
-    """The S3 store the local stack created (keys from .stack/s3.env), unless TAXONSTREAM_S3_* say otherwise."""
-    from taxonstream.cli import stack
-    from taxonstream.core.settings import CoreSettings
-    from taxonstream.core.store import ObjectStore
-
-    local = {k.removeprefix("TAXONSTREAM_").lower(): v for k, v in stack.s3_env().items() if k not in os.environ}
-    if bucket:
-        local["s3_bucket"] = bucket
-    return ObjectStore(CoreSettings(**local))
 
 
 def _upload(out: Path, bucket: str, prefix: str) -> None:
@@ -103,7 +83,8 @@ def cmd_install(args: argparse.Namespace) -> int:
         raise InputError(f"{checkpoint}: {error}") from error
     for entry in entries:
         print(f"{entry['model_id']:24s} {entry['family']:18s} {entry['embedding_dim']}-d  "
-              f"(torch vs onnxruntime max |diff| {entry['parity']:.2g})")
+              f"{entry['onnx_bytes'] / 2**20:.0f} MiB ONNX  (export {entry['export_seconds']:.1f} s; "
+              f"torch vs onnxruntime max |diff| {entry['parity']:.2g})")
     print(f"use them: TAXONSTREAM_EMBED_MODEL={entries[0]['name']} TAXONSTREAM_EMBED_TEXT_MODEL={entries[1]['name']} "
           f"TAXONSTREAM_INDEX_MODEL={entries[0]['name']}")
     if args.upload:
@@ -140,7 +121,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     header = (["file_name", *RANK_COLUMNS[:depth]] + (["species", "common_name"] if rank == "species" else [])
               if rank else ["file_name", "classification"]) + ["score"]
     rows: list[list[str]] = []
-    with _channel("indexer") as channel:
+    with clients.channel("indexer") as channel:
         stub = indexer_pb2_grpc.IndexerStub(channel)
         for image in args.images:
             path = Path(image)
@@ -177,7 +158,7 @@ def cmd_bank(args: argparse.Namespace) -> int:
     if not names_path.is_file():
         raise InputError(f"{names_path}: no such file")
     names = json.loads(names_path.read_text())
-    with _channel("embedder") as channel:
+    with clients.channel("embedder") as channel:
         stub = embedder_pb2_grpc.EmbedderStub(channel)
         if args.embeddings:
             vectors = np.load(args.embeddings, allow_pickle=False)
@@ -210,7 +191,7 @@ def _embed_files(paths: list[Path]):
     from taxonstream.v1 import detector_pb2, detector_pb2_grpc, embedder_pb2, embedder_pb2_grpc
 
     vectors, model = [], ("", "")
-    with _channel("detector") as det_channel, _channel("embedder") as emb_channel:
+    with clients.channel("detector") as det_channel, clients.channel("embedder") as emb_channel:
         detector = detector_pb2_grpc.DetectorStub(det_channel)
         embedder = embedder_pb2_grpc.EmbedderStub(emb_channel)
         for start in range(0, len(paths), 32):
@@ -229,12 +210,11 @@ def _stored_images(job: str = "", filters: list[str] = (), model: str = "", vers
     """Stored images with their vectors, streamed from the indexer (the index version of `model`, or the
     serving one)."""
     from taxonstream.classify.probe import StoredImage
-    from taxonstream.cli.main import _filters
     from taxonstream.v1 import indexer_pb2, indexer_pb2_grpc
 
-    request = indexer_pb2.ListImagesRequest(job_id=job, filters=_filters(list(filters)), with_vectors=True,
+    request = indexer_pb2.ListImagesRequest(job_id=job, filters=clients.index_filters(list(filters)), with_vectors=True,
                                             model=model, model_version=version)
-    with _channel("indexer") as channel:
+    with clients.channel("indexer") as channel:
         try:
             for hit in indexer_pb2_grpc.IndexerStub(channel).ListImages(request, timeout=3600):
                 yield StoredImage(hit.image_id, hit.metadata, hit.vector)

@@ -9,12 +9,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
-import grpc
-
+from taxonstream.cli import clients
 from taxonstream.cli.inputs import InputError
 from taxonstream.indexer.versions import VersionKey
 from taxonstream.v1 import indexer_pb2, indexer_pb2_grpc
@@ -24,11 +22,7 @@ STALL_SECONDS = 120.0
 
 
 def _indexer() -> indexer_pb2_grpc.IndexerStub:
-    from taxonstream.cli import stack
-
-    port = next(s.grpc_port for s in stack.SERVICES if s.name == "indexer")
-    address = os.environ.get("TAXONSTREAM_INDEXER_ADDR", f"127.0.0.1:{port}")
-    return indexer_pb2_grpc.IndexerStub(grpc.insecure_channel(address))
+    return indexer_pb2_grpc.IndexerStub(clients.channel("indexer"))
 
 
 def _key(text: str) -> VersionKey:

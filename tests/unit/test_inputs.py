@@ -161,10 +161,20 @@ def test_an_unreadable_row_is_recorded_and_reading_goes_on(tmp_path):
 
 
 def test_search_filters_parse_and_bad_ones_are_clear():
-    from taxonstream.cli.main import _filters
+    from taxonstream.cli.clients import index_filters
 
-    parsed = _filters(["genus=Apis,Bombus", "licence = CC0-1.0"])
+    parsed = index_filters(["genus=Apis,Bombus", "licence = CC0-1.0"])
     assert [(f.field, list(f.values)) for f in parsed] == [("genus", ["Apis", "Bombus"]), ("licence", ["CC0-1.0"])]
     for bad in ["genus", "=Apis", "genus="]:
         with pytest.raises(InputError, match="FIELD=VALUE"):
-            _filters([bad])
+            index_filters([bad])
+
+
+def test_model_flags_name_an_index_version():
+    from taxonstream.cli.clients import index_version
+
+    assert index_version(None) == {}
+    assert index_version("bioclip2_image") == {"model": "bioclip2_image", "model_version": "1"}
+    assert index_version("bioclip2_image/3") == {"model": "bioclip2_image", "model_version": "3"}
+    with pytest.raises(InputError, match="--model"):
+        index_version("a/b/c")
