@@ -218,7 +218,9 @@ class ChecksummerServicer(checksummer_pb2_grpc.ChecksummerServicer):
             sha256 = digest_bytes(request.image, parse_algorithms(["sha256"]))["sha256"]
             phash = phash_or_none(request.image)
             if phash is None:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the image does not decode")
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, "the image does not decode, or is featureless (no pHash)"
+                )
         else:
             sha256, phash = request.sha256.lower(), None
         entry = self.registry.lookup(sha256)

@@ -187,7 +187,7 @@ def cmd_dupes(args: argparse.Namespace) -> int:
     images = [i for i in report.images.values() if i.phash is not None]
     print(
         f"{report.files} files, {len(report.images)} distinct contents, {len(images)} images "
-        f"({len(report.not_images)} files are not images), {time.monotonic() - started:.1f} s"
+        f"({len(report.not_images)} files are not images or are featureless), {time.monotonic() - started:.1f} s"
     )
     copies = sum(len(i.paths) for i in report.exact)
     print(f"\nexact duplicates: {len(report.exact)} groups, {copies} files")

@@ -38,7 +38,7 @@ class DupesReport:
     images: dict[str, Image]
     exact: list[Image]  # contents found at two or more paths
     near: list[NearGroup]
-    not_images: list[str]  # paths that do not decode as images (still in exact groups)
+    not_images: list[str]  # paths that do not decode as images, or are featureless (still in exact groups)
     errors: list[str]  # paths that could not be read, with why
 
 

@@ -11,6 +11,11 @@ Before hashing, JPEGs are decoded at a reduced scale (libjpeg's DCT scaling, sti
 side, far above the 32×32 pHash looks at): a 20-megapixel specimen photo hashes ~10× faster and the hash moves
 by at most a bit or two. EXIF orientation is applied first, so a copy rotated by its metadata and one rotated
 in its pixels hash alike.
+
+A featureless picture (one grey level, give or take JPEG noise: a blank placeholder, a black frame, shapes
+whose colours differ only in hue) has no pHash worth the name: every such image hashes to
+8000000000000000, so all of them would be near duplicates of each other. `FlatImage` is raised instead;
+such files take part in exact duplicates only.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import imagehash
+import numpy as np
 from PIL import Image, ImageOps
 
 from taxonstream.integrity.checksums import Item
@@ -29,15 +35,25 @@ from taxonstream.integrity.checksums import Item
 HASH_BITS = 64
 # Decode JPEGs at no less than this many pixels per side (see the module docstring).
 DRAFT_SIZE = 256
+# pHash's own input: greyscale at 32×32. Below this standard deviation (grey levels of 255) it is flat.
+PHASH_INPUT = 32
+FLAT_STD = 1.0
 
 
 class ImageUnreadable(ValueError):
     """The bytes are not an image Pillow can decode."""
 
 
+class FlatImage(ImageUnreadable):
+    """The image decodes but is featureless at pHash's scale (see the module docstring)."""
+
+
 def phash_image(image: Image.Image) -> int:
     """pHash of a decoded image as a 64-bit unsigned int (bit order of imagehash's hex string)."""
-    return int(str(imagehash.phash(ImageOps.exif_transpose(image))), 16)
+    small = ImageOps.exif_transpose(image).convert("L").resize((PHASH_INPUT, PHASH_INPUT), Image.Resampling.LANCZOS)
+    if float(np.asarray(small, dtype=np.float64).std()) < FLAT_STD:
+        raise FlatImage("featureless image: no perceptual hash")
+    return int(str(imagehash.phash(small)), 16)  # imagehash makes this same 32×32 greyscale, so it is unchanged
 
 
 def phash_bytes(data: bytes) -> int:
@@ -48,6 +64,8 @@ def phash_bytes(data: bytes) -> int:
                 image.draft("RGB", (DRAFT_SIZE, DRAFT_SIZE))
             image.load()
             return phash_image(image)
+    except FlatImage:
+        raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise ImageUnreadable(str(error) or type(error).__name__) from error
 

@@ -18,6 +18,7 @@ from PIL import Image
 from taxonstream.integrity.dupes import find_duplicates
 from taxonstream.integrity.neardup import HammingIndex
 from taxonstream.integrity.phash import (
+    FlatImage,
     ImageUnreadable,
     from_hex,
     hamming,
@@ -181,3 +182,25 @@ def test_dupes_command_prints_and_writes_the_groups(folder: Path, tmp_path: Path
     missing = subprocess.run([sys.executable, "-m", "taxonstream.cli.main", "dupes", "job-1234"],
                              capture_output=True, text=True, env=env)
     assert missing.returncode == 1 and "job-1234: no such file or directory, and no checksummer" in missing.stderr
+
+
+def test_featureless_images_get_no_phash_and_are_not_near_duplicates_of_each_other(tmp_path: Path) -> None:
+    """Flat pictures all hash to 8000000000000000 under pHash: without the check, a black frame, a white
+    placeholder and shapes that differ from their background only in hue were all "near duplicates"."""
+    hue_only = Image.new("RGB", (320, 240), (200, 0, 0))
+    # Same luminance (L = 0.299 R + 0.587 G + 0.114 B) as the background, another hue.
+    hue_only.paste((0, 102, 0), (40, 40, 200, 160))
+    flat = {"black": Image.new("RGB", (640, 480)), "white": Image.new("RGB", (320, 240), "white"), "hue": hue_only}
+    for name, image in flat.items():
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=75)
+        (tmp_path / f"{name}.jpg").write_bytes(buffer.getvalue())
+        with pytest.raises(FlatImage):
+            phash_bytes(buffer.getvalue())
+    (tmp_path / "black-copy.jpg").write_bytes((tmp_path / "black.jpg").read_bytes())
+    shapes_image(7).save(tmp_path / "shapes.png")
+    phash_bytes((tmp_path / "shapes.png").read_bytes())  # an ordinary picture still hashes
+    report = find_duplicates(plan(str(tmp_path)), max_distance=8, workers=1)
+    assert report.near == [], "no near group of featureless images"
+    assert [len(i.paths) for i in report.exact] == [2], "flat copies are still exact duplicates"
+    assert len(report.not_images) == 4
