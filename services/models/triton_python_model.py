@@ -81,7 +81,10 @@ class TritonPythonModel:
                 column.append(array)
 
         if valid:
-            feeds = {name: np.concatenate(column) for (name, _, _), column in zip(self.inputs, per_input, strict=True)}
+            # One request (the usual case at small batches, and always at max_batch_size) is fed as it
+            # came, zero-copy from the stub's shared memory; only a grouped batch is concatenated.
+            feeds = {name: column[0] if len(column) == 1 else np.concatenate(column)
+                     for (name, _, _), column in zip(self.inputs, per_input, strict=True)}
             try:
                 results = self.session.run([name for name, _, _ in self.outputs], feeds)
             except Exception as error:  # onnxruntime raises its own types; report them per request
@@ -90,7 +93,7 @@ class TritonPythonModel:
                         output_tensors=[], error=pb_utils.TritonError(f"onnxruntime: {error}"))
                 return responses
             bounds = np.cumsum(sizes)[:-1]
-            splits = [np.split(result, bounds) for result in results]
+            splits = [[result] if len(sizes) == 1 else np.split(result, bounds) for result in results]
             for position, index in enumerate(valid):
                 tensors = [pb_utils.Tensor(name, np.ascontiguousarray(split[position], dtype=dtype))
                            for (name, _, dtype), split in zip(self.outputs, splits, strict=True)]

@@ -62,7 +62,6 @@ def _check_contract(config: model_config_pb2.ModelConfig, name: str) -> None:
     assert {t.name: list(t.dims) for t in config.input} == EXPECTED[name]["inputs"]
     assert {t.name: list(t.dims) for t in config.output} == EXPECTED[name]["outputs"]
     assert config.HasField("dynamic_batching")
-    assert config.dynamic_batching.max_queue_delay_microseconds > 0
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -70,6 +69,8 @@ def test_local_config_uses_python_backend(local_repo: Path, name: str) -> None:
     config = _config(local_repo, name)
     _check_contract(config, name)
     assert config.backend == "python" and not config.platform
+    # One CPU instance: queued requests batch without waiting, and a free instance never idles.
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0
     assert [group.kind for group in config.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
     assert config.parameters["intra_op_threads"].string_value in {"1", "2"}
     assert (local_repo / name / "1" / "model.py").is_file()
@@ -81,6 +82,7 @@ def test_cluster_config_uses_onnxruntime_on_gpu(cluster_repo: Path, name: str) -
     config = _config(cluster_repo, name)
     _check_contract(config, name)
     assert config.platform == "onnxruntime_onnx" and not config.backend
+    assert config.dynamic_batching.max_queue_delay_microseconds > 0
     assert [group.kind for group in config.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_GPU]
     assert sorted(p.name for p in (cluster_repo / name / "1").iterdir()) == ["model.onnx"]
 
