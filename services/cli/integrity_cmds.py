@@ -259,15 +259,10 @@ def _write_rows(rows: list[dict[str, object]], path: str, fields: list[str] = FI
 
 def _checksummer():
     """A stub for the checksummer (TAXONSTREAM_CHECKSUMMER_ADDR, else the local stack's port)."""
-    import grpc
-
-    from taxonstream.cli import stack
+    from taxonstream.cli import clients  # here: grpc is no part of `checksum` or `dupes PATH`
     from taxonstream.v1 import checksummer_pb2_grpc
 
-    port = next(s.grpc_port for s in stack.SERVICES if s.name == "checksummer")
-    address = os.environ.get("TAXONSTREAM_CHECKSUMMER_ADDR", f"127.0.0.1:{port}")
-    channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
-    return checksummer_pb2_grpc.ChecksummerStub(channel)
+    return checksummer_pb2_grpc.ChecksummerStub(clients.channel("checksummer"))
 
 
 def _rpc_failure(error, what: str) -> int:
