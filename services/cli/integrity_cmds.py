@@ -259,7 +259,7 @@ def _write_rows(rows: list[dict[str, object]], path: str, fields: list[str] = FI
 
 def _checksummer():
     """A stub for the checksummer (TAXONSTREAM_CHECKSUMMER_ADDR, else the local stack's port)."""
-    from taxonstream.cli import clients  # here: grpc is no part of `checksum` or `dupes PATH`
+    from taxonstream.cli import clients  # grpc loads here: `checksum` never needs it
     from taxonstream.v1 import checksummer_pb2_grpc
 
     return checksummer_pb2_grpc.ChecksummerStub(clients.channel("checksummer"))
