@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -125,15 +126,19 @@ def install_clip(preset_name: str, checkpoint: Path, out_dir: Path, target: Targ
         model_dir = out_dir / contract.name
         staging = out_dir.parent / f".{out_dir.name}-{contract.name}.partial"
         shutil.rmtree(staging, ignore_errors=True)
+        started = time.perf_counter()
         onnx_path = export_onnx(module, [example], staging / version / "model.onnx",
                                 [s.name for s in contract.inputs], [s.name for s in contract.outputs])
+        export_seconds = time.perf_counter() - started
         if contract.task == "image-embedding":
             feeds = {"pixel_values": rng.normal(size=(2, 3, size, size)).astype(np.float32)}
         else:
             ids = np.zeros((2, text.context_length), np.int64)
             ids[:, 0], ids[0, 1:4], ids[1, 1:3] = 49406, [320, 1125, 49407], [1002, 49407]
             feeds = {"input_ids": ids}
+        started = time.perf_counter()
         parity = max(max_abs_difference(module, onnx_path, feeds).values())
+        parity_seconds = time.perf_counter() - started
         if parity > PARITY_TOLERANCE:
             raise RuntimeError(f"{contract.name}: onnxruntime differs from torch by {parity:g}")
         if target is Target.LOCAL:
@@ -142,6 +147,8 @@ def install_clip(preset_name: str, checkpoint: Path, out_dir: Path, target: Targ
         entry = {"name": contract.name, "version": version, "model_id": contract.model_id, "family": contract.family,
                  "task": contract.task, "standin": False, "checkpoint": str(checkpoint), "parity": parity,
                  "logit_scale": logit_scale, "embedding_dim": contract.outputs[0].dims[0],
+                 "export_seconds": round(export_seconds, 2), "parity_seconds": round(parity_seconds, 2),
+                 "onnx_bytes": onnx_path.stat().st_size,
                  "settings": replace(module.config).as_dict()}
         (staging / "model.json").write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n")
         if model_dir.exists():

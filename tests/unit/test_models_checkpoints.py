@@ -85,3 +85,35 @@ def test_install_writes_both_towers_in_the_triton_layout(checkpoint: Path, tmp_p
 def test_a_checkpoint_of_another_geometry_is_refused(checkpoint: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not clip-vit-l-14"):
         install_clip("bioclip2", checkpoint, tmp_path / "models")
+
+
+def _fake_checkpoint_tool():
+    import importlib.util
+    import sys
+
+    if "fake_open_clip_checkpoint" not in sys.modules:  # dataclasses look their module up there
+        path = Path(__file__).resolve().parents[2] / "tools" / "models" / "fake_open_clip_checkpoint.py"
+        spec = importlib.util.spec_from_file_location("fake_open_clip_checkpoint", path)
+        sys.modules[spec.name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules["fake_open_clip_checkpoint"]
+
+
+def test_full_size_fake_checkpoint_tables_are_open_clips() -> None:
+    """The random full-size checkpoints (tools/models) have open_clip's keys, shapes and parameter counts."""
+    tool = _fake_checkpoint_tool()
+    assert tool.state_dict_shapes(tool.GEOMETRIES["ViT-B-16"]) == open_clip_vit_b16_shapes(layers=12)
+    for name, geometry in tool.GEOMETRIES.items():
+        assert tool.parameter_count(geometry) == tool.PUBLISHED_PARAMETERS[name]
+
+
+def test_fake_checkpoint_safetensors_load_into_the_towers(tmp_path: Path) -> None:
+    tool = _fake_checkpoint_tool()
+    geometry = tool.Geometry(image_size=32, patch_size=16, vision_width=64, vision_layers=2, embed_dim=32,
+                             text_width=64, text_layers=1)
+    path = tool.write_checkpoint(geometry, tmp_path / "open_clip_model.safetensors", dtype="float16")
+    image_tower, text_tower, logit_scale = clip_towers(load_state_dict(path))  # strict: every key, every shape
+    v, t = image_tower.config, text_tower.config
+    assert (v.image_size, v.patch_size, v.width, v.heads, v.layers, v.output_dim) == (32, 16, 64, 1, 2, 32)
+    assert (t.vocab_size, t.context_length, t.width, t.layers, t.output_dim) == (49408, 77, 64, 1, 32)
+    assert logit_scale == pytest.approx(1 / 0.07, rel=1e-3)
