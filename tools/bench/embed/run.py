@@ -107,12 +107,13 @@ def triton_direct(model: str, pixels: list[np.ndarray], batch: int, concurrency:
     return _concurrently(call, _batches(pixels, batch), concurrency)
 
 
-def service(address: str, images: list[bytes], batch: int, concurrency: int) -> float:
+def service(address: str, model: str, images: list[bytes], batch: int, concurrency: int) -> float:
     channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
     stub = embedder_pb2_grpc.EmbedderStub(channel)
 
     def call(chunk: list[bytes]) -> int:
-        return len(stub.EmbedImages(embedder_pb2.EmbedImagesRequest(images=chunk), timeout=300).vectors)
+        request = embedder_pb2.EmbedImagesRequest(images=chunk, model=model)  # the model the other columns run
+        return len(stub.EmbedImages(request, timeout=300).vectors)
 
     try:
         return _concurrently(call, _batches(images, batch), concurrency)
@@ -202,7 +203,7 @@ def main() -> int:
     contestants = {
         "in_process": lambda b: in_process(local_session, images, b, args.workers),
         "triton_direct": lambda b: triton_direct(args.model, pixels, b, args.concurrency),
-        "service": lambda b: service(f"127.0.0.1:{port}", images, b, args.concurrency),
+        "service": lambda b: service(f"127.0.0.1:{port}", args.model, images, b, args.concurrency),
     }
     rows = []
     for batch in args.batch:
