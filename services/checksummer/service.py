@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import grpc
@@ -42,6 +43,7 @@ from taxonstream.integrity.jobs import (
     manifest_row,
     row_key,
     submitted_record_ids,
+    with_links,
 )
 from taxonstream.integrity.phash import from_hex, phash_bytes, to_hex
 from taxonstream.integrity.registry import DuplicateRegistry, link_key
@@ -262,6 +264,9 @@ class ChecksummerServicer(checksummer_pb2_grpc.ChecksummerServicer):
         rows = load_rows(self.store, job_id)
         if not records and not rows:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id!r}")
+        with ThreadPoolExecutor(max_workers=16) as pool:  # one listing per row: S3 latency, not CPU
+            links = pool.map(lambda r: self.registry.links(r["image_id"]) if r.get("image_id") else [], rows)
+            rows = [with_links(row, found) for row, found in zip(rows, links, strict=True)]
         data, algorithms = manifest_bytes(rows, fmt)
         key = manifest_key(job_id, fmt)
         self.store.put(key, data, "text/csv" if fmt == "csv" else "application/vnd.apache.parquet")

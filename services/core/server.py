@@ -40,6 +40,9 @@ class Service:
     register: Callable[[grpc.Server], Sequence[str]]
     loops: Sequence[Loop] = field(default_factory=list)
     on_stop: Callable[[], None] | None = None
+    # Health stays NOT_SERVING until this returns True (e.g. an indexer replaying its topic), so a
+    # readiness probe, and `stack up`, keep clients away from a replica that would answer from stale state.
+    ready: Callable[[], bool] | None = None
 
 
 class MetricsInterceptor(grpc.ServerInterceptor):
@@ -135,9 +138,17 @@ def run(name: str, settings_type: type[S], build: Callable[[S], Service]) -> Non
     threads = [threading.Thread(target=guarded, args=(loop,), name=f"loop-{i}") for i, loop in enumerate(service.loops)]
     for thread in threads:
         thread.start()
+    def serve_when_ready() -> None:
+        while service.ready is not None and not service.ready():
+            if stop.wait(0.2):
+                return
+        for service_name in ["", *names]:
+            health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"grpc": address, "metrics_port": settings.metrics_port})
+
     for service_name in ["", *names]:
-        health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving", extra={"grpc": address, "metrics_port": settings.metrics_port})
+        health_servicer.set(service_name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    threading.Thread(target=serve_when_ready, name="readiness", daemon=True).start()
 
     stop.wait()
     log.info("draining")

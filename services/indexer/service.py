@@ -523,6 +523,13 @@ def build(settings: IndexerSettings) -> Service:
         for _, work in versions.items():
             work.snapshot()
 
+    # Ready once the serving version holds everything the topic held at start (snapshot + replay).
+    replay_to = bus.end_offsets(bus.topics.embedded)
+
+    def ready() -> bool:
+        serving = versions.get()
+        return serving is not None and serving.caught_up(replay_to)
+
     return Service(
         name=STAGE,
         register=registrar(
@@ -533,4 +540,5 @@ def build(settings: IndexerSettings) -> Service:
         ),
         loops=[versions.run],
         on_stop=snapshot_all,
+        ready=ready,
     )

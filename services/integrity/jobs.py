@@ -106,6 +106,21 @@ def load_rows(store: Store, job_id: str, threads: int = 16) -> list[dict[str, An
     return sorted(rows, key=lambda r: (r.get("row", 0), r.get("record_id", "")))
 
 
+def with_links(row: Mapping[str, Any], links: Iterable[tuple[str, int]]) -> dict[str, Any]:
+    """A stored row with the near-duplicate links registered since it was written.
+
+    A row lists the near duplicates known when its record was verified; a near copy verified later (or at
+    the same moment on another replica) is linked in the registry in both directions, and belongs in the
+    manifest too.
+    """
+    merged = {str(i): int(d) for i, d in row.get("near_duplicates", [])}
+    for other, distance in links:
+        if other != row.get("image_id"):
+            merged.setdefault(other, int(distance))
+    near = sorted(merged.items(), key=lambda item: (item[1], item[0]))
+    return {**row, "near_duplicates": [[i, d] for i, d in near]}
+
+
 def submitted_record_ids(store: Store, job_id: str) -> list[str]:
     """The record ids the fetcher kept for a job (empty: no such job, or submitted before it kept them)."""
     ids: list[str] = []

@@ -170,6 +170,21 @@ class Site:
         seed = random.SystemRandom().randrange(1, 2**31)
         return make_images(self.directory / f"set-{seed}", count, seed=seed)
 
+    def hashable_images(self, count: int) -> list[Path]:
+        """`count` new images with a perceptual hash: a few random ones are featureless at pHash's scale
+        (shapes differing only in hue), and those take part in exact duplicates only."""
+        from taxonstream.integrity.phash import FlatImage, phash_bytes
+
+        found: list[Path] = []
+        while len(found) < count:
+            for image in self.images(count):
+                try:
+                    phash_bytes(image.read_bytes())
+                except FlatImage:
+                    continue
+                found.append(image)
+        return found[:count]
+
     def url(self, kind: str, image: Path | str) -> str:
         name = image.relative_to(self.directory).as_posix() if isinstance(image, Path) else image
         return f"{self.base_url}/{kind}/{name}"

@@ -29,7 +29,7 @@ def test_expected_checksums_are_verified(fetcher, site):
 
 
 def test_near_duplicates_are_linked_and_unrelated_images_are_not(fetcher, checksummer, site):
-    original, unrelated = site.images(2)
+    original, unrelated = site.hashable_images(2)
     with Image.open(original) as image:
         rgb = image.convert("RGB")
         reencoded = original.with_name(original.stem + "-q60.jpg")

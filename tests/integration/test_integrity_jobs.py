@@ -50,7 +50,7 @@ def _converted(image: Path, suffix: str = "-copy") -> Path:
 
 
 def test_a_jobs_manifest_and_duplicate_groups(current_checksummer, fetcher, store, site, tmp_path):
-    original, other = site.images(2)
+    original, other = site.hashable_images(2)
     reencoded = _converted(original)
     urls = [
         site.url("img", original),
@@ -150,7 +150,7 @@ def test_two_checksummer_replicas_see_each_others_images(current_checksummer, fe
         images: list[Path] = []
         # Until the group has given the new replica partitions and both have verified some of the images.
         for _ in range(6):
-            batch = site.images(8)
+            batch = site.hashable_images(8)
             job = unique_job("replicas")
             submit(fetcher, job, [site.url("img", p) for p in batch])
             assert wait_done(fetcher, job, timeout=300).indexed == len(batch)

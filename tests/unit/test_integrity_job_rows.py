@@ -189,3 +189,13 @@ def test_near_duplicates_claimed_at_once_on_two_replicas_are_linked_once_both_ar
             worker.observe(emit.message)
     assert store.get_json(link_key(sha_a, sha_b)) == store.get_json(link_key(sha_b, sha_a)) is not None
     assert [i for i, _ in first.registry.links(sha_a)] == [sha_b]
+
+
+def test_a_row_gains_the_links_registered_after_it_was_written():
+    from taxonstream.integrity.jobs import with_links
+
+    row = {"record_id": "j:2", "image_id": "b", "near_duplicates": [["c", 5]]}
+    merged = with_links(row, [("a", 3), ("c", 5), ("b", 0)])
+    assert merged["near_duplicates"] == [["a", 3], ["c", 5]]  # nearest first, itself never listed
+    assert row["near_duplicates"] == [["c", 5]], "the stored row is not changed"
+    assert with_links({"record_id": "j:0", "image_id": "a"}, [])["near_duplicates"] == []
