@@ -22,7 +22,7 @@ from typing import Literal
 
 import grpc
 from google.protobuf.message import DecodeError
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 from pydantic import Field
 
 from taxonstream.core.bus import Bus, Emit, decode
@@ -46,7 +46,7 @@ from taxonstream.integrity.jobs import (
     with_links,
 )
 from taxonstream.integrity.phash import from_hex, phash_bytes, to_hex
-from taxonstream.integrity.registry import DuplicateRegistry, link_key
+from taxonstream.integrity.registry import DuplicateRegistry
 from taxonstream.v1 import checksummer_pb2, checksummer_pb2_grpc
 from taxonstream.v1.messages_pb2 import FetchedImage, NearImage, Outcome, VerifiedImage
 
@@ -146,9 +146,7 @@ class ChecksumWorker:
             known = {n.image_id for n in verified.near}
             missed = [(o, d) for o, d in self.registry.near_images(phash) if o not in known and o != sha256]
         if self.registry.policy == "link":
-            for other, distance in missed:  # idempotent: every replica that sees the pair writes the same links
-                self.store.put_json(link_key(sha256, other), {"distance": distance})
-                self.store.put_json(link_key(other, sha256), {"distance": distance})
+            self.registry.link(sha256, missed)  # every replica that sees the pair writes the same links
 
     def snapshot(self, force: bool = False) -> None:
         """The pHash index to S3 now and then, so a restart reads one object instead of every entry."""
@@ -170,15 +168,6 @@ class ReplicaObserver:
         self.bus = bus
         self.work = work
         self.start = start
-
-    @staticmethod
-    def end_offsets(bus: Bus) -> dict[TopicPartition, int]:
-        consumer = KafkaConsumer(bootstrap_servers=bus.bootstrap, group_id=None, enable_auto_commit=False)
-        try:
-            topic = bus.topics.verified
-            return dict(consumer.end_offsets([TopicPartition(topic, p) for p in bus.partitions(consumer, topic)]))
-        finally:
-            consumer.close()
 
     def run(self, stop: threading.Event) -> None:
         consumer = self.bus.reader([self.bus.topics.verified], self.start)
@@ -227,7 +216,7 @@ class ChecksummerServicer(checksummer_pb2_grpc.ChecksummerServicer):
             sha256, phash = request.sha256.lower(), None
         entry = self.registry.lookup(sha256)
         if phash is None and entry and entry.get("phash"):
-            phash = int(entry["phash"], 16)
+            phash = from_hex(entry["phash"])
         image_id = entry["image_id"] if entry else ""
         records = sorted(s["record_id"] for s in self.registry.sources(image_id)) if image_id else []
         with self.lock:
@@ -341,7 +330,7 @@ class ChecksummerServicer(checksummer_pb2_grpc.ChecksummerServicer):
 
 def build(settings: ChecksummerSettings) -> Service:
     bus, store = connect(settings)
-    start = ReplicaObserver.end_offsets(bus)  # before the registry loads: see ReplicaObserver
+    start = bus.end_offsets(bus.topics.verified)  # before the registry loads: see ReplicaObserver
     work = ChecksumWorker(settings, bus, store)
     observer = ReplicaObserver(bus, work, start)
     worker = StreamWorker(

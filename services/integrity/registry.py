@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -161,15 +161,19 @@ class DuplicateRegistry:
         # Provenance before the registry entry: a crash in between leaves a harmless extra provenance file,
         # and the redelivered record then takes the path above.
         self._add_provenance(entry["image_id"], source)
-        if near and self.policy == "link":
-            for other, distance in near:
-                self.store.put_json(link_key(sha256, other), {"distance": distance})
-                self.store.put_json(link_key(other, sha256), {"distance": distance})
+        if self.policy == "link":
+            self.link(sha256, near)
         self.store.put_json(registry_key(sha256), entry)
         self._remember(sha256, phash, entry["image_id"])
         if "near_of" in entry:
             return Claim(entry["image_id"], entry["image_id"], near)
         return Claim(sha256, None, near)
+
+    def link(self, sha256: str, near: Sequence[tuple[str, int]]) -> None:
+        """Near-duplicate links in both directions; writing the same pair again changes nothing."""
+        for other, distance in near:
+            self.store.put_json(link_key(sha256, other), {"distance": distance})
+            self.store.put_json(link_key(other, sha256), {"distance": distance})
 
     def _add_provenance(self, image_id: str, source: Mapping[str, Any]) -> None:
         self.store.put_json(provenance_key(image_id, str(source["record_id"])), dict(source))
