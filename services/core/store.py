@@ -28,6 +28,16 @@ def original_key(sha256: str) -> str:
     return f"originals/sha256/{sha256[:2]}/{sha256[2:4]}/{sha256}"
 
 
+def job_records_prefix(job_id: str) -> str:
+    """A job's submitted records, in numbered chunks: `jobs retry` queues failed ones again from them, and
+    the checksummer's manifest names the records that have no row."""
+    return f"jobs/{job_id}/records-"
+
+
+def job_records_key(job_id: str, chunk: int) -> str:
+    return f"{job_records_prefix(job_id)}{chunk:06d}.json"
+
+
 def derivative_keys(image_id: str, model: str, version: str) -> dict[str, str]:
     """Where the detector stores what it derives from one image: under the image id and the model version."""
     prefix = f"derivatives/{image_id}/{model}/{version}/"

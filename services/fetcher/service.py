@@ -16,7 +16,7 @@ from kafka import KafkaProducer
 from taxonstream.core.bus import Bus, Emit, send_all
 from taxonstream.core.errors import Failed
 from taxonstream.core.server import Service, connect, registrar
-from taxonstream.core.store import ObjectStore, original_key
+from taxonstream.core.store import ObjectStore, job_records_key, job_records_prefix, original_key
 from taxonstream.core.worker import StreamWorker, each
 from taxonstream.fetcher.download import Downloader, RetryLater
 from taxonstream.fetcher.engine import NOT_SENT
@@ -39,11 +39,6 @@ def url_key(url: str) -> str:
     """Where the fetcher remembers what a URL gave: the bytes' sha256 and what they are."""
     digest = hashlib.sha256(url.strip().encode()).hexdigest()
     return f"urls/{digest[:2]}/{digest}.json"
-
-
-def records_key(job_id: str, chunk: int) -> str:
-    """A job's submitted records, kept so that `jobs retry` can queue failed ones again."""
-    return f"jobs/{job_id}/records-{chunk:06d}.json"
 
 
 class FetchWorker:
@@ -206,7 +201,7 @@ class FetcherServicer(fetcher_pb2_grpc.FetcherServicer):
 
     def _keep(self, job_id: str, chunk: int, emits: list[Emit]) -> None:
         rows = [MessageToDict(e.message, preserving_proto_field_name=True) for e in emits]
-        self.store.put_json(records_key(job_id, chunk), rows)
+        self.store.put_json(job_records_key(job_id, chunk), rows)
 
     def RetryJob(self, request, context) -> fetcher_pb2.JobStatus:
         job = self.jobs.job(request.job_id)
@@ -220,7 +215,7 @@ class FetcherServicer(fetcher_pb2_grpc.FetcherServicer):
         }
         topics = self.bus.topics
         emits: list[Emit] = []
-        for key in sorted(self.store.list(f"jobs/{job.job_id}/records-")):
+        for key in sorted(self.store.list(job_records_prefix(job.job_id))):
             for row in self.store.get_json(key) or []:
                 record = ParseDict(row, Record())
                 if record.record_id in failed:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from taxonstream.core.store import job_records_prefix
 from taxonstream.integrity.manifest import ManifestRow, filename_of_url, license_of, object_path, write_manifest
 from taxonstream.integrity.phash import from_hex
 from taxonstream.integrity.registry import DuplicateRegistry, Store, provenance_key
@@ -42,11 +43,6 @@ def row_key(job_id: str, record_id: str) -> str:
 
 def manifest_key(job_id: str, fmt: str) -> str:
     return f"jobs/{job_id}/manifest.{fmt}"
-
-
-def records_prefix(job_id: str) -> str:
-    """Where the fetcher keeps a job's submitted records (its `records_key` chunks)."""
-    return f"jobs/{job_id}/records-"
 
 
 def manifest_row(
@@ -124,7 +120,7 @@ def with_links(row: Mapping[str, Any], links: Iterable[tuple[str, int]]) -> dict
 def submitted_record_ids(store: Store, job_id: str) -> list[str]:
     """The record ids the fetcher kept for a job (empty: no such job, or submitted before it kept them)."""
     ids: list[str] = []
-    for key in sorted(store.list(records_prefix(job_id))):
+    for key in sorted(store.list(job_records_prefix(job_id))):
         ids.extend(str(r["record_id"]) for r in store.get_json(key) or [])
     return ids
 

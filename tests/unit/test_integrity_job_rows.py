@@ -17,12 +17,11 @@ import pytest
 from taxonstream.checksummer.service import ChecksummerSettings, ChecksumWorker
 from taxonstream.core.bus import Bus
 from taxonstream.core.errors import Failed
-from taxonstream.core.store import original_key
+from taxonstream.core.store import job_records_prefix, original_key
 from taxonstream.integrity.jobs import (
     job_duplicates,
     load_rows,
     manifest_bytes,
-    records_prefix,
     row_key,
     rows_prefix,
     submitted_record_ids,
@@ -56,7 +55,7 @@ def _fetched(store: BucketStore, job: str, row: int, data: bytes, **metadata: st
 
 def _keep_submitted(store: BucketStore, job: str, count: int) -> None:
     """What the fetcher keeps of a submitted job (only the record ids matter here)."""
-    store.put_json(records_prefix(job) + "000000.json", [{"record_id": f"{job}:{n}"} for n in range(count)])
+    store.put_json(job_records_prefix(job) + "000000.json", [{"record_id": f"{job}:{n}"} for n in range(count)])
 
 
 def _csv(data: bytes) -> tuple[list[str], list[dict[str, str]]]:
