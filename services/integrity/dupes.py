@@ -7,12 +7,11 @@ curator would want to review them together); every pair's distance is kept so th
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from taxonstream.integrity.checksums import WorkerPool
-from taxonstream.integrity.neardup import HammingIndex
+from taxonstream.integrity.neardup import HammingIndex, connected
 from taxonstream.integrity.phash import Fingerprint, fingerprint_batch
 from taxonstream.integrity.sumbuddy import Entry
 
@@ -68,24 +67,8 @@ def group(entries: Sequence[Entry], prints: Sequence[Fingerprint], max_distance:
     exact = sorted((i for i in images.values() if len(i.paths) > 1), key=lambda i: i.paths[0])
 
     index = HammingIndex.build(((i.sha256, i.phash) for i in images.values() if i.phash is not None), max_distance)
-    parent: dict[str, str] = {}
-
-    def root(key: str) -> str:
-        while parent.get(key, key) != key:
-            parent[key] = parent.get(parent[key], parent[key])  # path halving
-            key = parent[key]
-        return key
-
-    pairs = list(index.near_pairs())
-    for a, b, _ in pairs:
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    by_root: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
-    for pair in pairs:
-        by_root[root(pair[0])].append(pair)
     near = []
-    for group_pairs in by_root.values():
+    for group_pairs in connected(index.near_pairs()):
         keys = {k for a, b, _ in group_pairs for k in (a, b)}
         near.append(NearGroup(sorted((images[k] for k in keys), key=lambda i: i.paths[0]), sorted(group_pairs)))
     near.sort(key=lambda g: g.images[0].paths[0])

@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 from taxonstream.core.store import job_records_prefix
 from taxonstream.integrity.manifest import ManifestRow, filename_of_url, license_of, object_path, write_manifest
+from taxonstream.integrity.neardup import connected
 from taxonstream.integrity.phash import from_hex
 from taxonstream.integrity.registry import DuplicateRegistry, Store, provenance_key
 
@@ -213,18 +214,10 @@ def job_duplicates(
             sources = sorted((_source(e) for e in same), key=lambda s: _order(s, job))
             exact.append(ExactGroup(image_id, sources))
 
-    # Near: a union-find over contents, seeded by the job's own contents.
+    # Near: connected components of the close pairs, seeded by the job's own contents.
     own: dict[str, Mapping[str, Any]] = {}
     for r in rows:
         own.setdefault(str(r.get("sha256", r.get("image_id", ""))), r)
-    parent: dict[str, str] = {}
-
-    def root(x: str) -> str:
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
     pairs: dict[tuple[str, str], int] = {}
     phashes: dict[str, str] = {}
     for sha, r in own.items():
@@ -232,10 +225,8 @@ def job_duplicates(
             continue
         phashes[sha] = str(r["phash"])
         for other, distance in query(from_hex(str(r["phash"])), radius):
-            if other == sha:
-                continue
-            pairs[(min(sha, other), max(sha, other))] = int(distance)
-            parent[root(sha)] = root(other)
+            if other != sha:
+                pairs[(min(sha, other), max(sha, other))] = int(distance)
     members: dict[str, NearMember] = {}
     for sha in {s for pair in pairs for s in pair}:
         if sha in own:
@@ -247,9 +238,16 @@ def job_duplicates(
         image_id = str(entry.get("image_id", sha))
         first = store.get_json(provenance_key(image_id, str(entry.get("record_id", "")))) or {}
         members[sha] = NearMember(sha, image_id, str(entry.get("phash", "")), _source(first), False)
-    groups: dict[str, NearGroup] = {}
-    for sha in sorted(members, key=lambda s: (*_order(members[s].source, job), s)):
-        groups.setdefault(root(sha), NearGroup()).members.append(members[sha])
-    for (a, b), distance in sorted(pairs.items(), key=lambda kv: (kv[1], kv[0])):
-        groups[root(a)].pairs.append((a, b, distance))
-    return JobDuplicates(exact=exact, near=list(groups.values()), contents=len(own))
+
+    def member_order(sha: str) -> tuple:
+        return (*_order(members[sha].source, job), sha)
+
+    groups = []
+    for component in connected((a, b, d) for (a, b), d in pairs.items()):
+        keys = {k for a, b, _ in component for k in (a, b)}
+        groups.append(NearGroup(
+            members=[members[k] for k in sorted(keys, key=member_order)],
+            pairs=sorted(component, key=lambda p: (p[2], p[0], p[1])),
+        ))
+    groups.sort(key=lambda g: member_order(g.members[0].sha256))
+    return JobDuplicates(exact=exact, near=groups, contents=len(own))

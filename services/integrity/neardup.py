@@ -264,3 +264,24 @@ class HammingIndex:
         if len(keys) != count or (count == 0 and keys_blob):
             raise ValueError(f"snapshot holds {len(keys)} keys for {count} hashes")
         return cls.build(zip(keys, values.tolist(), strict=True), int(header["max_distance"]))
+
+
+def connected(pairs: Iterable[tuple[str, str, int]]) -> list[list[tuple[str, str, int]]]:
+    """Near pairs grouped into their connected components (near duplicates link transitively)."""
+    pairs = list(pairs)
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        while parent.get(key, key) != key:
+            parent[key] = parent.get(parent[key], parent[key])  # path halving
+            key = parent[key]
+        return key
+
+    for a, b, _ in pairs:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    components: dict[str, list[tuple[str, str, int]]] = {}
+    for pair in pairs:
+        components.setdefault(root(pair[0]), []).append(pair)
+    return list(components.values())

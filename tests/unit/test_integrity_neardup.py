@@ -116,3 +116,11 @@ def test_distance_computations_grow_far_slower_than_the_collection() -> None:
 def test_near_pairs_lists_each_close_pair_once() -> None:
     index = HammingIndex.build([("a", 0), ("b", 0b11), ("c", 0b111111111111), ("d", 0b1)], max_distance=2)
     assert sorted(index.near_pairs()) == [("a", "b", 2), ("a", "d", 1), ("b", "d", 1)]
+
+
+def test_near_pairs_join_transitively_into_components():
+    from taxonstream.integrity.neardup import connected
+
+    groups = connected([("a", "b", 3), ("x", "y", 1), ("b", "c", 5)])
+    assert sorted(sorted(g) for g in groups) == [[("a", "b", 3), ("b", "c", 5)], [("x", "y", 1)]]
+    assert connected([]) == []
