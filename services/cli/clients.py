@@ -53,14 +53,22 @@ def index_filters(expressions: list[str]) -> list:
     return found
 
 
+def version_key(text: str):
+    """MODEL or MODEL/VERSION as an index version key."""
+    from taxonstream.indexer.versions import VersionKey
+
+    try:
+        return VersionKey.parse(text)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+
+
 def index_version(text: str | None) -> dict[str, str]:
     """`--model MODEL[/VERSION]` as request fields; none: the serving index version."""
     if not text:
         return {}
-    from taxonstream.indexer.versions import VersionKey
-
     try:
-        key = VersionKey.parse(text)
-    except ValueError as error:
+        key = version_key(text)
+    except InputError as error:
         raise InputError(f"--model: {error}") from None
     return {"model": key.model, "model_version": key.version}

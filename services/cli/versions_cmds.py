@@ -25,13 +25,6 @@ def _indexer() -> indexer_pb2_grpc.IndexerStub:
     return indexer_pb2_grpc.IndexerStub(clients.channel("indexer"))
 
 
-def _key(text: str) -> VersionKey:
-    try:
-        return VersionKey.parse(text)
-    except ValueError as error:
-        raise InputError(str(error)) from None
-
-
 def version_images(stub: indexer_pb2_grpc.IndexerStub, key: VersionKey) -> int:
     stats = stub.Stats(indexer_pb2.StatsRequest(model=key.model, model_version=key.version), timeout=60)
     return stats.images
@@ -64,7 +57,7 @@ def follow(stub: indexer_pb2_grpc.IndexerStub, key: VersionKey, expected: int, t
 
 
 def cmd_reembed(args: argparse.Namespace) -> int:
-    key = _key(args.model)
+    key = clients.version_key(args.model)
     stub = _indexer()
     answer = stub.Reembed(indexer_pb2.ReembedRequest(model=key.model, model_version=key.version), timeout=600)
     state = "new index version" if answer.created else "existing index version"
@@ -93,7 +86,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         return 0
     if not args.version:
         raise InputError(f"index {args.action} needs MODEL[/VERSION]")
-    key = _key(args.version)
+    key = clients.version_key(args.version)
     request = indexer_pb2.ServeRequest(model=key.model, model_version=key.version)
     if args.action == "serve":
         print(f"{key} now serves searches (was {stub.Serve(request, timeout=60).previous})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import itertools
 import logging
 import re
 import threading
@@ -296,6 +297,11 @@ class IndexWorker:
         )
 
 
+def _version_key(request) -> VersionKey:
+    """The index version a request's `model`/`model_version` fields name (version "1" when left out)."""
+    return VersionKey(request.model, request.model_version or "1")
+
+
 class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
     def __init__(
         self, settings: IndexerSettings, versions: Versions[IndexWorker], bus: Bus, store: ObjectStore
@@ -313,7 +319,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
 
     def _version(self, request, context) -> IndexWorker:
         """The index version a request names (model, model_version), or the serving one."""
-        key = VersionKey(request.model, request.model_version or "1") if request.model else None
+        key = _version_key(request) if request.model else None
         work = self.versions.get(key)
         if work is None:
             known = ", ".join(str(k) for k, _ in self.versions.items())
@@ -432,22 +438,15 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
     def Reembed(self, request, context) -> indexer_pb2.ReembedResponse:
         if not request.model:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name the new embedding model (its image tower on Triton)")
-        key = VersionKey(request.model, request.model_version or "1")
+        key = _version_key(request)
         serving = self.versions.get()
         if serving is None or key == serving.key:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{key} is the serving index version already")
         self._check_model(key, context)
-        topic = self.bus.topics.embedded
-        ends: dict[TopicPartition, int] = {}
-
-        def now() -> dict[TopicPartition, int]:
-            ends.update(self.bus.end_offsets(topic))
-            return ends
-
-        work, created = self.versions.add(key, now)
-        # Everything before the new version's start must be in the serving index before it is listed;
-        # everything after reaches the new version itself (IndexWorker._follow).
-        ends = ends or self.bus.end_offsets(topic)
+        # A new version starts where the topic ends now. Everything before must be in the serving index before
+        # it is listed; everything after reaches the new version itself (IndexWorker._follow).
+        ends = self.bus.end_offsets(self.bus.topics.embedded)
+        work, created = self.versions.add(key, lambda: ends)
         deadline = time.monotonic() + 120
         while not serving.caught_up(ends):
             if time.monotonic() > deadline or not context.is_active():
@@ -458,14 +457,9 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
             for image_id, metadata in serving.index.images(None)
         )
         sent = 0
-        batch: list[Emit] = []
-        for emit in requests:
-            batch.append(emit)
-            if len(batch) >= 5000:
-                send_all(self.producer, batch)
-                sent, batch = sent + len(batch), []
-        send_all(self.producer, batch)
-        sent += len(batch)
+        while batch := list(itertools.islice(requests, 5000)):  # bounded memory for a large index
+            send_all(self.producer, batch)
+            sent += len(batch)
         log.info("reembed requested", extra={"version": str(key), "images": sent, "new_version": created})
         return indexer_pb2.ReembedResponse(images=sent, created=created)
 
@@ -485,7 +479,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
             )
 
     def Serve(self, request, context) -> indexer_pb2.ServeResponse:
-        key = VersionKey(request.model, request.model_version or "1")
+        key = _version_key(request)
         try:
             previous = self.versions.serve(key)
         except KeyError:
@@ -495,7 +489,7 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
 
 
     def Retire(self, request, context) -> indexer_pb2.ServeResponse:
-        key = VersionKey(request.model, request.model_version or "1")
+        key = _version_key(request)
         try:
             work = self.versions.retire(key)
         except KeyError:
