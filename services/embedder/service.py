@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
+from collections.abc import Callable
 
 import grpc
 import numpy as np
@@ -134,10 +135,18 @@ class Encoders:
             return self._texts[text_key]
 
     def embed(self, key: ModelKey, pixels: list[np.ndarray]) -> np.ndarray:
-        try:
-            return self.image(key).embed(pixels)
-        except InferenceServerException as error:  # unavailability is Transient already; this is a wrong model
-            raise Failed("model_unavailable", f"Triton cannot run {key[0]}/{key[1]}: {error.message()}") from error
+        return _runnable(f"{key[0]}/{key[1]}", lambda: self.image(key).embed(pixels))
+
+    def embed_texts(self, key: ModelKey, texts: list[str]) -> np.ndarray:
+        return _runnable(f"the text tower of {key[0]}/{key[1]}", lambda: self.text(key).embed(texts))
+
+
+def _runnable(model: str, run: Callable[[], np.ndarray]) -> np.ndarray:
+    """Triton's refusal of a model (unknown, failed to load) as a Failed; unavailability is Transient already."""
+    try:
+        return run()
+    except InferenceServerException as error:
+        raise Failed("model_unavailable", f"Triton cannot run {model}: {error.message()}") from error
 
 
 class EmbedWorker:
@@ -212,11 +221,9 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no texts given")
         key = self.encoders.key(request.model, request.model_version)
         try:
-            return self._response(key, self.encoders.text(key).embed(list(request.texts)))
+            return self._response(key, self.encoders.embed_texts(key, list(request.texts)))
         except Failed as failure:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, failure.message)
-        except InferenceServerException as error:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"Triton cannot run the text tower: {error.message()}")
 
     def EmbedImages(self, request, context) -> embedder_pb2.EmbedResponse:
         if not request.images:
