@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .contract import CLIP_CONTEXT_LENGTH, CLIP_IMAGE_SIZE, CLIP_VOCAB_SIZE, EMBEDDING_DIM
+from .seeding import SeededInit
 
 
 @dataclass(frozen=True)
@@ -140,11 +141,8 @@ class ClipStandinImageEncoder(nn.Module):
 
     @torch.no_grad()
     def _initialise(self, config: VisionTowerConfig) -> None:
-        # A private generator: the weights depend on the seed only, not on global RNG state.
-        generator = torch.Generator().manual_seed(config.seed)
-
-        def normal_(tensor: torch.Tensor, std: float) -> None:
-            tensor.copy_(torch.randn(tensor.shape, generator=generator) * std)
+        init = SeededInit(config.seed)
+        normal_ = init.normal_
 
         width = config.width
         scale = width ** -0.5
@@ -221,11 +219,9 @@ class ClipTextEncoder(nn.Module):
 
     @torch.no_grad()
     def _initialise(self, config: TextTowerConfig) -> None:
-        # open_clip's text initialisation, from a private generator (weights depend on the seed only).
-        generator = torch.Generator().manual_seed(config.seed)
-
-        def normal_(tensor: torch.Tensor, std: float) -> None:
-            tensor.copy_(torch.randn(tensor.shape, generator=generator) * std)
+        # open_clip's text initialisation.
+        init = SeededInit(config.seed)
+        normal_ = init.normal_
 
         width = config.width
         normal_(self.token_embedding.weight, 0.02)

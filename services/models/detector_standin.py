@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .contract import DETECTOR_IMAGE_SIZE, DETECTOR_QUERIES
+from .seeding import SeededInit
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,8 @@ class DetectorStandin(nn.Module):
 
     @torch.no_grad()
     def _initialise(self, config: DetectorConfig) -> None:
-        generator = torch.Generator().manual_seed(config.seed)
-
-        def normal_(tensor: torch.Tensor, std: float) -> None:
-            tensor.copy_(torch.randn(tensor.shape, generator=generator) * std)
+        init = SeededInit(config.seed)
+        normal_ = init.normal_
 
         for module in self.backbone:
             if isinstance(module, nn.Conv2d):
@@ -63,7 +62,7 @@ class DetectorStandin(nn.Module):
         features = self.box_head.in_features
         normal_(self.box_head.weight, 0.5 / features ** 0.5)
         # Per query: centre logits near 0 (sigmoid 0.5), side logits near 0.5 (sigmoid ~0.62).
-        bias = torch.randn((config.queries, 4), generator=generator) * 0.4
+        bias = init.randn(config.queries, 4) * 0.4
         bias[:, 2:] += 0.5
         self.box_head.bias.copy_(bias.reshape(-1))
         normal_(self.score_head.weight, 2.0 / features ** 0.5)

@@ -29,7 +29,7 @@ MANIFEST_FORMAT = 1
 PARITY_TOLERANCE = 1e-4  # torch vs onnxruntime, absolute; measured ~2e-5 for the encoder
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _RECIPE_SOURCES = (
-    "contract.py", "clip_standin.py", "detector_standin.py", "onnx_export.py",
+    "contract.py", "seeding.py", "clip_standin.py", "detector_standin.py", "onnx_export.py",
     "triton_config.py", "triton_python_model.py", "repository.py",
 )
 
