@@ -254,7 +254,9 @@ class ChecksummerServicer(checksummer_pb2_grpc.ChecksummerServicer):
         if not records and not rows:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id!r}")
         with ThreadPoolExecutor(max_workers=16) as pool:  # one listing per row: S3 latency, not CPU
-            links = pool.map(lambda r: self.registry.links(r["image_id"]) if r.get("image_id") else [], rows)
+            # Only images with a pHash can have near-duplicate links (and only under policy "link").
+            linkable = self.registry.policy == "link"
+            links = pool.map(lambda r: self.registry.links(r["image_id"]) if linkable and r.get("phash") else [], rows)
             rows = [with_links(row, found) for row, found in zip(rows, links, strict=True)]
         data, algorithms = manifest_bytes(rows, fmt)
         key = manifest_key(job_id, fmt)
