@@ -31,9 +31,9 @@ RUN python /src/tools/k8s/image_requirements.py indexer > /tmp/requirements.txt 
  && pip --python /opt/venv/bin/python install --only-binary=:all: --requirement /tmp/requirements.txt
 
 # The CLIP BPE vocabulary, taken at build time from the open_clip wheel (pinned by hash in
-# services/models/tokenizer.py); a pod never downloads anything.
+# services/taxonstream/models/tokenizer.py); a pod never downloads anything.
 FROM venv-triton AS vocab
-COPY services/ /src/taxonstream/
+COPY services/taxonstream/ /src/taxonstream/
 RUN /opt/venv/bin/python -m ensurepip --default-pip > /dev/null \
  && PYTHONPATH=/src /opt/venv/bin/python -c \
     "from pathlib import Path; from taxonstream.models.tokenizer import ensure_vocab; ensure_vocab(Path('/opt/tokenizer'))"
@@ -59,20 +59,20 @@ LABEL org.opencontainers.image.title="taxonstream" \
 
 FROM runtime AS runtime-core
 COPY --from=venv-core /opt/venv /opt/venv
-# The `taxonstream` package is the services/ folder (pyproject maps it the same way).
-COPY services/ /app/taxonstream/
+# The `taxonstream` package is services/taxonstream/ (services/ is the source root, as in pyproject).
+COPY services/taxonstream/ /app/taxonstream/
 RUN python -m compileall -q /app
 USER 10001:10001
 
 FROM runtime AS runtime-triton
 COPY --from=venv-triton /opt/venv /opt/venv
-COPY services/ /app/taxonstream/
+COPY services/taxonstream/ /app/taxonstream/
 RUN python -m compileall -q /app
 USER 10001:10001
 
 FROM runtime AS runtime-indexer
 COPY --from=venv-indexer /opt/venv /opt/venv
-COPY services/ /app/taxonstream/
+COPY services/taxonstream/ /app/taxonstream/
 RUN python -m compileall -q /app
 USER 10001:10001
 

@@ -12,7 +12,7 @@ DEMO_ALLOW := --allow-network 127.0.0.0/8
 help:
 	@echo "make demo   start the local stack, ingest a generated sample served on loopback, search it"
 	@echo "make test   the whole suite (starts the real Kafka, S3 and Triton; stops them at the end)"
-	@echo "make up | down | status   the local stack;  make protos   regenerate services/v1"
+	@echo "make up | down | status   the local stack;  make protos   regenerate services/taxonstream/v1"
 
 install: $(STAMP)
 
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(VENV)/bin/taxonstream stack up $(DEMO_ALLOW)
-	$(PY) tools/demo/run.py
+	$(PY) -m tools.demo.run
 
 test: install
 	$(PY) -m pytest -ra

@@ -1,6 +1,6 @@
-"""Generate the Python code for protos/ into services/v1 (importable as taxonstream.v1).
+"""Generate the Python code for protos/ into services/taxonstream/v1 (importable as taxonstream.v1).
 
-`python tools/gen_protos.py` rewrites services/v1; `--check` exits 1 when the committed code differs
+`python tools/gen_protos.py` rewrites services/taxonstream/v1; `--check` exits 1 when the committed code differs
 from what the .proto files generate (the test suite runs that).
 """
 
@@ -17,7 +17,7 @@ from grpc_tools import protoc
 
 REPO = Path(__file__).resolve().parent.parent
 PROTO_ROOT = REPO / "protos"
-TARGET = REPO / "services" / "v1"
+TARGET = REPO / "services" / "taxonstream" / "v1"
 
 
 def generate(out_root: Path) -> Path:

@@ -19,8 +19,6 @@ from urllib.parse import urlsplit
 import grpc
 import pytest
 
-from taxonstream.cli import stack
-from taxonstream.cli.sample import make_images, serve
 from taxonstream.core.bus import Bus
 from taxonstream.core.settings import CoreSettings
 from taxonstream.core.store import ObjectStore
@@ -31,6 +29,8 @@ from taxonstream.v1 import (
     fetcher_pb2_grpc,
     indexer_pb2_grpc,
 )
+from tools.demo.sample import make_images, serve
+from tools.stack import local_stack as stack
 
 
 def pytest_collection_modifyitems(items):

@@ -6,9 +6,9 @@ import time
 
 from pipeline_helpers import outcomes, submit, unique_job, wait_done, wait_indexed
 
-from taxonstream.cli import stack
 from taxonstream.v1 import indexer_pb2
 from taxonstream.v1.messages_pb2 import Outcome
+from tools.stack import local_stack as stack
 
 SPECS = {s.name: s for s in stack.SERVICES}
 

@@ -7,9 +7,9 @@ import time
 import httpx
 from pipeline_helpers import submit, unique_job, wait_done
 
-from taxonstream.cli import stack
 from taxonstream.core.bus import TYPE_HEADER
 from taxonstream.v1.messages_pb2 import DeadLetter, Job, Outcome
+from tools.stack import local_stack as stack
 
 
 def test_garbage_and_wrong_types_are_dead_lettered_and_work_goes_on(bus, fetcher, site):

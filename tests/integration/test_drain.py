@@ -6,7 +6,7 @@ import json
 
 from pipeline_helpers import outcomes, submit, unique_job, wait_done, wait_indexed
 
-from taxonstream.cli import stack
+from tools.stack import local_stack as stack
 
 SPECS = {s.name: s for s in stack.SERVICES}
 

@@ -20,9 +20,9 @@ import pytest
 from PIL import Image
 from pipeline_helpers import closed_port, outcomes, submit, unique_job, wait_done
 
-from taxonstream.cli import stack
 from taxonstream.v1 import checksummer_pb2, checksummer_pb2_grpc
 from taxonstream.v1.messages_pb2 import Outcome
+from tools.stack import local_stack as stack
 
 CHECKSUMMER = next(s for s in stack.SERVICES if s.name == "checksummer")
 

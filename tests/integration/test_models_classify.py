@@ -14,12 +14,12 @@ from PIL import Image
 from taxonstream.classify.service import store_bank
 from taxonstream.classify.templates import prompts
 from taxonstream.classify.zeroshot import RANKS, LabelBank, label_embeddings, probabilities
-from taxonstream.cli.sample import GENERA
 from taxonstream.models.clip_standin import build_clip_standin, build_clip_text_standin
 from taxonstream.models.preprocess import clip_pixel_values
 from taxonstream.models.synthetic import shapes_image
 from taxonstream.models.tokenizer import ClipTokenizer
 from taxonstream.v1 import detector_pb2, embedder_pb2, indexer_pb2
+from tools.demo.sample import GENERA
 
 torch = pytest.importorskip("torch")
 COSINE = 0.9999

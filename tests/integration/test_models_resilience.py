@@ -9,10 +9,10 @@ import time
 from PIL import Image
 from pipeline_helpers import outcomes, submit, unique_job, wait_done
 
-from taxonstream.cli import stack
 from taxonstream.core.store import derivative_keys
 from taxonstream.v1 import fetcher_pb2
 from taxonstream.v1.messages_pb2 import Outcome
+from tools.stack import local_stack as stack
 
 
 def _png(image: Image.Image) -> bytes:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 from pipeline_helpers import outcomes, submit, unique_job, wait_done
 
-from taxonstream.cli import stack
 from taxonstream.v1.messages_pb2 import Outcome
+from tools.stack import local_stack as stack
 
 
 def test_a_rate_limited_provider_loses_no_image(fetcher, site):

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from pipeline_helpers import outcomes, submit, unique_job, wait_done
 
-from taxonstream.cli import stack
 from taxonstream.cli.main import main as taxonstream
 from taxonstream.core.triton import TritonModel
 from taxonstream.v1 import embedder_pb2, indexer_pb2
 from taxonstream.v1.messages_pb2 import Outcome
+from tools.stack import local_stack as stack
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import os
 import pytest
 from pipeline_helpers import outcomes, submit, unique_job, wait_done
 
-from taxonstream.cli import stack
 from taxonstream.v1.messages_pb2 import Outcome
+from tools.stack import local_stack as stack
 
 FETCHER = next(s for s in stack.SERVICES if s.name == "fetcher")
 

@@ -9,10 +9,10 @@ import httpx
 from PIL import Image
 from pipeline_helpers import outcomes, submit, unique_job, wait_done
 
-from taxonstream.cli import stack
 from taxonstream.cli.main import main as taxonstream
 from taxonstream.v1 import indexer_pb2
 from taxonstream.v1.messages_pb2 import Outcome
+from tools.stack import local_stack as stack
 
 INDEXER = next(s for s in stack.SERVICES if s.name == "indexer")
 

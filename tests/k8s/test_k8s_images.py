@@ -206,24 +206,24 @@ def test_build_context_holds_what_the_dockerfile_copies_and_little_else():
         source = source.rstrip("/")
         assert (ROOT / source).exists(), source
         assert not _dockerignore_excludes(source), f".dockerignore drops {source}"
-    assert not _dockerignore_excludes("services/fetcher/__main__.py")
+    assert not _dockerignore_excludes("services/taxonstream/fetcher/__main__.py")
     for dropped in (
         ".venv/bin/python",
         ".git/HEAD",
         "tests/k8s/test_k8s_images.py",
         "charts/taxonstream/Chart.yaml",
-        "services/core/__pycache__/bus.cpython-311.pyc",
+        "services/taxonstream/core/__pycache__/bus.cpython-311.pyc",
     ):
         assert _dockerignore_excludes(dropped), dropped
 
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_service_imports_fit_its_image(service, tmp_path):
-    # The image puts services/ at /app/taxonstream; follow the imports of `python -m
+    # The image puts services/taxonstream/ at /app/taxonstream; follow the imports of `python -m
     # taxonstream.<service>` statically (nothing runs) and see whether the Triton client is reached.
-    (tmp_path / "taxonstream").symlink_to(ROOT / "services")
+    (tmp_path / "taxonstream").symlink_to(ROOT / "services" / "taxonstream")
     finder = modulefinder.ModuleFinder(path=[str(tmp_path)])
-    finder.run_script(str(ROOT / "services" / service / "__main__.py"))
+    finder.run_script(str(ROOT / "services" / "taxonstream" / service / "__main__.py"))
     assert any(m.startswith(f"taxonstream.{service}") for m in finder.modules), "the service's package was found"
     uses_triton = any(m == "tritonclient" or m.startswith("tritonclient.") for m in finder.badmodules)
     assert uses_triton == (service in {"detector", "embedder"})

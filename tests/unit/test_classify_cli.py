@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from taxonstream.cli.inputs import InputError
 from taxonstream.cli.main import parser
+from taxonstream.fetching.inputs import InputError
 
 
 def test_predict_options_parse() -> None:

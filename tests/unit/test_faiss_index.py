@@ -10,10 +10,10 @@ import faiss
 import numpy as np
 import pytest
 
-from taxonstream.indexer import filters as flt
-from taxonstream.indexer.backend import FaissConfig
-from taxonstream.indexer.faiss_backend import FaissIndex, RWLock, faiss_id
-from taxonstream.indexer.milvus_backend import expression, literal
+from taxonstream.index import filters as flt
+from taxonstream.index.backend import FaissConfig
+from taxonstream.index.faiss_backend import FaissIndex, RWLock, faiss_id
+from taxonstream.index.milvus_backend import expression, literal
 
 
 def image_id(n: int) -> str:
@@ -176,7 +176,7 @@ def test_sparse_filters_are_answered_exactly_by_either_exact_path(exact_below):
 
 
 def test_a_migration_runs_in_the_background_and_keeps_what_was_written_meanwhile(monkeypatch):
-    from taxonstream.indexer import faiss_backend
+    from taxonstream.index import faiss_backend
 
     monkeypatch.setattr(faiss_backend, "_BUILD_CHUNK", 100)  # several copy rounds
     monkeypatch.setattr(faiss_backend, "_SWAP_TAIL", 0)

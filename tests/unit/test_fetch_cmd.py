@@ -194,7 +194,7 @@ def test_an_idigbio_list_uses_the_url_fallbacks(tmp_path, base):
 
 
 def test_a_missing_input_or_column_is_a_usage_error(tmp_path):
-    from taxonstream.cli.inputs import InputError
+    from taxonstream.fetching.inputs import InputError
 
     with pytest.raises(InputError):
         fetch(tmp_path / "absent.csv", tmp_path / "out")

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from taxonstream.cli.sample import serve
 from taxonstream.core.errors import Failed
-from taxonstream.fetcher.download import Downloader, RetryLater, retry_after
-from taxonstream.fetcher.settings import FetcherSettings
+from taxonstream.fetching.download import Downloader, RetryLater, retry_after
+from taxonstream.fetching.settings import FetcherSettings
+from tools.demo.sample import serve
 
 BODY = b"\xff\xd8" + b"x" * 5000
 

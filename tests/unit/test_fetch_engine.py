@@ -11,9 +11,9 @@ from contextlib import contextmanager
 import pytest
 from PIL import Image
 
-from taxonstream.fetcher import metrics
-from taxonstream.fetcher.engine import FetchEngine, Task
-from taxonstream.fetcher.settings import FetcherSettings
+from taxonstream.fetching import metrics
+from taxonstream.fetching.engine import FetchEngine, Task
+from taxonstream.fetching.settings import FetcherSettings
 
 
 def jpeg() -> bytes:
@@ -150,7 +150,7 @@ def test_a_broken_input_is_raised_after_the_records_read_so_far_have_ended():
 
 @pytest.mark.parametrize("processes", [1, 2])
 def test_a_stopped_run_returns_with_every_started_record_reported(processes):
-    from taxonstream.fetcher.shards import ShardedEngine
+    from taxonstream.fetching.shards import ShardedEngine
 
     with servers(2) as bases:
         tasks = [Task(f"{base}-{n}", f"{base}/img/{n}") for n in range(300) for base in bases]
@@ -173,7 +173,7 @@ def test_a_stopped_run_returns_with_every_started_record_reported(processes):
 
 
 def test_hosts_are_spread_over_processes_and_each_stays_with_one():
-    from taxonstream.fetcher.shards import Owners
+    from taxonstream.fetching.shards import Owners
 
     owners = Owners(2)
     urls = [f"http://127.0.0.{61 + n % 4}/{n}" for n in range(400)]  # four hosts, interleaved

@@ -413,7 +413,7 @@ def test_ipv6_loopback_is_refused_unless_allowed(tmp_path, tuned):
 
 def test_ipv4_mapped_ipv6_cannot_sneak_past_the_check():
     from taxonstream.core.errors import Failed
-    from taxonstream.fetcher.safety import check_host
+    from taxonstream.fetching.safety import check_host
 
     with pytest.raises(Failed) as caught:
         check_host("::ffff:127.0.0.1", 80, [])

@@ -8,11 +8,11 @@ import threading
 
 import pytest
 
-from taxonstream.cli.sample import serve
 from taxonstream.core.errors import Failed
-from taxonstream.fetcher import safety
-from taxonstream.fetcher.download import Downloader
-from taxonstream.fetcher.settings import FetcherSettings
+from taxonstream.fetching import safety
+from taxonstream.fetching.download import Downloader
+from taxonstream.fetching.settings import FetcherSettings
+from tools.demo.sample import serve
 
 JPEG = b"\xff\xd8\xff" + b"x" * 100
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from taxonstream.fetcher.politeness import HostGate, RatePolicy, backoff
+from taxonstream.fetching.politeness import HostGate, RatePolicy, backoff
 
 
 def simulate(rate: float, images: int, retry_after: bool, latency: float = 0.002, seed: int = 1):

@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from taxonstream.core.errors import Failed
-from taxonstream.fetcher.safety import check_host, check_url, refusal
+from taxonstream.fetching.safety import check_host, check_url, refusal
 
 
 @pytest.mark.parametrize(

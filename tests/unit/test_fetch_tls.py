@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from taxonstream.core.errors import Failed
-from taxonstream.fetcher import safety
-from taxonstream.fetcher.download import Downloader
-from taxonstream.fetcher.settings import FetcherSettings
+from taxonstream.fetching import safety
+from taxonstream.fetching.download import Downloader
+from taxonstream.fetching.settings import FetcherSettings
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 JPEG = b"\xff\xd8\xff" + b"t" * 200

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from taxonstream.core.errors import Failed
-from taxonstream.fetcher.validate import inspect_image
+from taxonstream.fetching.validate import inspect_image
 
 
 def jpeg(size=(64, 48), color=(200, 30, 30)) -> bytes:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from taxonstream.indexer import filters as flt
-from taxonstream.indexer.backend import FaissConfig, IndexConfig, MilvusConfig, open_index, restore_index
+from taxonstream.index import filters as flt
+from taxonstream.index.backend import FaissConfig, IndexConfig, MilvusConfig, open_index, restore_index
 
 GENERA = [f"Genus{g}" for g in range(8)]
 PROVIDERS = ["iDigBio", "GBIF", "BOLD"]

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from taxonstream.cli.inputs import InputError, read_records
+from taxonstream.fetching.inputs import InputError, read_records
 
 ROWS = [
     {"url": "http://a.example/1.jpg", "scientificName": "Apis mellifera", "license": "CC0"},
@@ -109,7 +109,7 @@ def test_idigbio_full_term_iris_are_understood(tmp_path):
 
 
 def test_gbif_multimedia_keeps_still_images_only(tmp_path):
-    from taxonstream.cli.inputs import InputStats
+    from taxonstream.fetching.inputs import InputStats
 
     path = tmp_path / "multimedia.txt"
     path.write_text(

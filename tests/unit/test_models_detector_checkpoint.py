@@ -202,8 +202,8 @@ def test_unsupported_family_and_missing_weights_are_refused(tmp_path: Path) -> N
 
 
 def test_cli_installs_a_detr_folder(detr_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from taxonstream.cli.inputs import InputError
     from taxonstream.cli.main import parser
+    from taxonstream.fetching.inputs import InputError
 
     args = parser().parse_args(["models", "install", "detr", "--checkpoint", str(detr_checkpoint), "--out",
                                 str(tmp_path / "models"), "--name", "specimens", "--version", "2",

@@ -15,8 +15,8 @@ model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 from google.protobuf import text_format  # noqa: E402
 
 from taxonstream.models import repository  # noqa: E402
-from taxonstream.models.__main__ import main  # noqa: E402
 from taxonstream.models.repository import ensure_repository, is_current, read_manifest  # noqa: E402
+from tools.models.standins import main  # noqa: E402
 
 EXPECTED = {
     "clip_standin_image": {

@@ -11,10 +11,10 @@ import sys
 
 import grpc
 
-from taxonstream.cli import stack
 from taxonstream.cli.main import main as taxonstream
-from taxonstream.cli.sample import make_images, serve, write_url_list
 from taxonstream.v1 import indexer_pb2, indexer_pb2_grpc
+from tools.demo.sample import make_images, serve, write_url_list
+from tools.stack import local_stack as stack
 
 
 def run(count: int = 24) -> int:

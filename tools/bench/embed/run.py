@@ -1,6 +1,6 @@
 """Embedding throughput: the embedder service (gRPC -> Triton) against in-process onnxruntime, same model.
 
-    .venv/bin/python tools/bench/embed/run.py [--images 256] [--batch 1 4 16 32] [--concurrency 4]
+    .venv/bin/python -m tools.bench.embed.run [--images 256] [--batch 1 4 16 32] [--concurrency 4]
                                               [--threads 1] [--workers 1] [--repeat 3] [--out results.json]
 
 Needs the local stack up (`taxonstream stack up`; under the integration lock on shared machines). Both
@@ -41,10 +41,10 @@ import numpy as np
 import onnxruntime
 import tritonclient.grpc as triton
 
-from taxonstream.cli import stack
 from taxonstream.embedder.service import l2_normalise, pixel_values
 from taxonstream.models.synthetic import shapes_image
 from taxonstream.v1 import embedder_pb2, embedder_pb2_grpc
+from tools.stack import local_stack as stack
 
 TRITON_GRPC = "127.0.0.1:28001"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -39,8 +39,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from taxonstream.indexer.backend import FaissConfig
-from taxonstream.indexer.faiss_backend import FaissIndex
+from taxonstream.index.backend import FaissConfig
+from taxonstream.index.faiss_backend import FaissIndex
 
 PROVIDERS = ("iDigBio", "GBIF", "BOLD")
 

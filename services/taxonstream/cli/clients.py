@@ -1,0 +1,73 @@
+"""How commands reach the running services: addresses, channels, S3, and the index-query flags they share.
+
+Addresses: `TAXONSTREAM_<SERVICE>_ADDR`, else the local stack's port on loopback. S3: `TAXONSTREAM_S3_*`,
+else the keys the local stack wrote to .stack/s3.env.
+"""
+
+from __future__ import annotations
+
+import os
+
+import grpc
+
+from taxonstream.fetching.inputs import InputError
+
+# Listings, thumbnails and vectors come back in large messages; images go out in them.
+MESSAGE_BYTES = 64 << 20
+
+
+def address(service: str) -> str:
+    from taxonstream.core.settings import loopback_address
+
+    return os.environ.get(f"TAXONSTREAM_{service.upper()}_ADDR", loopback_address(service))
+
+
+def channel(service: str) -> grpc.Channel:
+    options = [("grpc.max_receive_message_length", MESSAGE_BYTES), ("grpc.max_send_message_length", MESSAGE_BYTES)]
+    return grpc.insecure_channel(address(service), options=options)
+
+
+def object_store(bucket: str | None = None):
+    """The S3 store the local stack created, unless TAXONSTREAM_S3_* say otherwise."""
+    from taxonstream.core.local_stack import s3_env
+    from taxonstream.core.settings import CoreSettings
+    from taxonstream.core.store import ObjectStore
+
+    local = {k.removeprefix("TAXONSTREAM_").lower(): v for k, v in s3_env().items() if k not in os.environ}
+    if bucket:
+        local["s3_bucket"] = bucket
+    return ObjectStore(CoreSettings(**local))
+
+
+def index_filters(expressions: list[str]) -> list:
+    """`--filter genus=Apis,Bombus` flags as indexer Filters: values of one flag OR, flags AND."""
+    from taxonstream.v1 import indexer_pb2
+
+    found = []
+    for expression in expressions:
+        field, sep, values = expression.partition("=")
+        if not sep or not field.strip() or not values.strip():
+            raise InputError(f"--filter wants FIELD=VALUE[,VALUE…], not {expression!r}")
+        found.append(indexer_pb2.Filter(field=field.strip(), values=[v.strip() for v in values.split(",")]))
+    return found
+
+
+def version_key(text: str):
+    """MODEL or MODEL/VERSION as an index version key."""
+    from taxonstream.index.versions import VersionKey
+
+    try:
+        return VersionKey.parse(text)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+
+
+def index_version(text: str | None) -> dict[str, str]:
+    """`--model MODEL[/VERSION]` as request fields; none: the serving index version."""
+    if not text:
+        return {}
+    try:
+        key = version_key(text)
+    except InputError as error:
+        raise InputError(f"--model: {error}") from None
+    return {"model": key.model, "model_version": key.version}

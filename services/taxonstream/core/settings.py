@@ -1,0 +1,64 @@
+"""Settings from environment variables (prefix TAXONSTREAM_), frozen once read.
+
+Every service subclasses `CoreSettings` with the few fields of its own, so one deployment's
+environment configures all five the same way.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Ports(NamedTuple):
+    grpc: int
+    metrics: int
+
+
+# The one place for the five services' default ports: their settings, the local stack and the CLI read
+# them here. They sit below the kernel's ephemeral range (32768–60999): there, any outgoing
+# connection could hold one.
+SERVICE_PORTS: dict[str, Ports] = {
+    "fetcher": Ports(24061, 9161),
+    "checksummer": Ports(24062, 9162),
+    "detector": Ports(24063, 9163),
+    "embedder": Ports(24064, 9164),
+    "indexer": Ports(24065, 9165),
+}
+
+
+def loopback_address(service: str) -> str:
+    return f"127.0.0.1:{SERVICE_PORTS[service].grpc}"
+
+
+class CoreSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TAXONSTREAM_", frozen=True, extra="ignore")
+
+    # Loopback by default: a pod sets 0.0.0.0 explicitly.
+    bind_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    metrics_port: int = 9090
+    log_level: str = "INFO"
+    # Seconds a SIGTERM'd pod gets to finish its batch and in-flight RPCs.
+    drain_seconds: float = 20.0
+
+    kafka_bootstrap: str = "127.0.0.1:29092"
+    topic_prefix: str = "taxonstream."
+    topic_partitions: int = Field(default=4, ge=1)
+    # 1 suits a single broker (the local stack); a production cluster wants 3.
+    topic_replication: int = Field(default=1, ge=1)
+    # Messages taken per poll; the batch's work must stay well under the poll interval.
+    max_batch: int = Field(default=32, ge=1)
+
+    s3_endpoint: str = "127.0.0.1:27480"
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "taxonstream"
+
+    triton_url: str = "127.0.0.1:28001"
+    detector_addr: str = loopback_address("detector")
+    embedder_addr: str = loopback_address("embedder")

@@ -1,0 +1,210 @@
+"""Detector service: Detect over gRPC, and the worker verified → cropped, both through Triton."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from functools import cached_property
+
+import grpc
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from taxonstream.core.bus import Bus, Emit
+from taxonstream.core.errors import Failed
+from taxonstream.core.server import Service, connect, registrar
+from taxonstream.core.settings import SERVICE_PORTS, CoreSettings
+from taxonstream.core.store import ObjectStore, derivative_keys
+from taxonstream.core.triton import TritonModel
+from taxonstream.core.worker import StreamWorker, in_batches
+from taxonstream.models.preprocess import crop_box, detector_pixels, upright_rgb
+from taxonstream.v1 import detector_pb2, detector_pb2_grpc
+from taxonstream.v1.messages_pb2 import Box, Crop, VerifiedImage
+
+STAGE = "detector"
+
+
+class DetectorSettings(CoreSettings):
+    grpc_port: int = SERVICE_PORTS["detector"].grpc
+    metrics_port: int = SERVICE_PORTS["detector"].metrics
+    detector_model: str = "detector_standin"
+    detector_model_version: str = "1"
+    detector_threshold: float = 0.5
+    # Crop = best box enlarged this much about its centre (the BIOSCAN crop tool uses 1.4).
+    detector_crop_pad: float = 1.4
+    detector_min_side: int = 8
+    # Derivatives of the original and the crop, this many pixels on the shorter side (never enlarged).
+    detector_derivative_side: int = 256
+
+
+@dataclass(frozen=True)
+class Detection:
+    detected: bool
+    box: tuple[int, int, int, int]
+    score: float
+    size: tuple[int, int]
+    crop_jpeg: bytes
+    crop: Image.Image | None = None
+
+
+def shorter_side(image: Image.Image, side: int) -> Image.Image:
+    """`image` scaled so its shorter side is `side` px (aspect kept); a smaller image is left as it is."""
+    width, height = image.size
+    scale = side / min(width, height)
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def open_image(data: bytes, min_side: int) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise Failed("undecodable_image", f"the stored image does not decode: {error}") from error
+    if min(image.size) < min_side:
+        raise Failed("image_too_small", f"{image.size[0]}x{image.size[1]} is under {min_side} px on a side")
+    return upright_rgb(image)
+
+
+def encode_jpeg(image: Image.Image) -> bytes:
+    # Fixed settings: the same pixels always give the same bytes, so search-by-image and the stored
+    # derivative embed identically.
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=95, subsampling=0, optimize=False)
+    return out.getvalue()
+
+
+class Detector:
+    def __init__(self, settings: DetectorSettings) -> None:
+        self.settings = settings
+        self.model = TritonModel(settings.triton_url, settings.detector_model, settings.detector_model_version)
+
+    @cached_property
+    def input_size(self) -> int:
+        return self.model.input_shape()[-1]
+
+    def infer(self, images: list[Image.Image]) -> list[tuple[np.ndarray, float]]:
+        """Best (cx, cy, w, h) box and score per image."""
+        pixels = np.stack([detector_pixels(image, self.input_size)[0] for image in images])
+        out = self.model.infer({"images": pixels}, ["boxes", "scores"])
+        best = out["scores"].argmax(axis=1)
+        return [(out["boxes"][i, b], float(out["scores"][i, b])) for i, b in enumerate(best)]
+
+    def finish(self, image: Image.Image, box_score: tuple[np.ndarray, float]) -> Detection:
+        box, score = box_score
+        detected = score >= self.settings.detector_threshold
+        if detected:
+            pixels = crop_box(box, image.size, self.settings.detector_crop_pad)
+            crop = image.crop(pixels)
+        else:  # nothing confident: keep the whole image, and say so in the lineage
+            pixels, crop = (0, 0, *image.size), image
+        return Detection(detected, pixels, score, image.size, encode_jpeg(crop), crop)
+
+    def detect(self, image: Image.Image) -> Detection:
+        return self.finish(image, self.infer([image])[0])
+
+
+class DetectWorker:
+    def __init__(self, settings: DetectorSettings, bus: Bus, store: ObjectStore, detector: Detector) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.store = store
+        self.detector = detector
+
+    def prepare(self, verified: VerifiedImage) -> Image.Image:
+        try:
+            data = self.store.get(verified.fetched.object_key)
+        except KeyError:
+            raise Failed("missing_object", f"original {verified.fetched.object_key} is not in the store") from None
+        return open_image(data, self.settings.detector_min_side)
+
+    def store_derivatives(self, verified: VerifiedImage, image: Image.Image, detection: Detection) -> str:
+        """Crop, 256-px derivatives of original and crop, and the lineage record; returns the crop's key."""
+        s = self.settings
+        keys = derivative_keys(verified.image_id, s.detector_model, s.detector_model_version)
+        side = s.detector_derivative_side
+        self.store.put(keys["original_small"], encode_jpeg(shorter_side(image, side)), "image/jpeg")
+        self.store.put(keys["crop_small"], encode_jpeg(shorter_side(detection.crop or image, side)), "image/jpeg")
+        self.store.put_json(keys["lineage"], {
+            "image_id": verified.image_id,
+            "detected": detection.detected,  # false: nothing above the threshold, the whole image was kept
+            "box": list(detection.box),      # left, top, right, bottom in the upright original's pixels
+            "score": detection.score,
+            "original_size": list(detection.size),
+            "pad": s.detector_crop_pad,
+            "threshold": s.detector_threshold,
+            "model": s.detector_model,
+            "model_version": s.detector_model_version,
+            "derivative_side": side,
+            "keys": keys,
+        })
+        # The crop last: the message that names it goes out only after every derivative is stored.
+        self.store.put(keys["crop"], detection.crop_jpeg, "image/jpeg")
+        return keys["crop"]
+
+    def run(self, images: list[Image.Image]) -> list[tuple[Image.Image, tuple[np.ndarray, float]]]:
+        return list(zip(images, self.detector.infer(images), strict=True))
+
+    def finish(self, verified: VerifiedImage, inferred: tuple[Image.Image, tuple[np.ndarray, float]]) -> list[Emit]:
+        detection = self.detector.finish(*inferred)
+        s = self.settings
+        key = self.store_derivatives(verified, inferred[0], detection)
+        left, top, right, bottom = detection.box
+        crop = Crop(
+            image_id=verified.image_id,
+            image=verified,
+            crop_key=key,
+            detected=detection.detected,
+            box=Box(left=left, top=top, right=right, bottom=bottom),
+            score=detection.score,
+            model=s.detector_model,
+            model_version=s.detector_model_version,
+        )
+        return [Emit(self.bus.topics.cropped, verified.image_id, crop)]
+
+
+class DetectorServicer(detector_pb2_grpc.DetectorServicer):
+    def __init__(self, settings: DetectorSettings, detector: Detector) -> None:
+        self.settings = settings
+        self.detector = detector
+
+    def Detect(self, request, context) -> detector_pb2.DetectResponse:
+        try:
+            image = open_image(request.image, self.settings.detector_min_side)
+        except Failed as failure:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, failure.message)
+        detection = self.detector.detect(image)
+        left, top, right, bottom = detection.box
+        return detector_pb2.DetectResponse(
+            detected=detection.detected,
+            box=Box(left=left, top=top, right=right, bottom=bottom),
+            score=detection.score,
+            width=detection.size[0],
+            height=detection.size[1],
+            crop=detection.crop_jpeg,
+            model=self.settings.detector_model,
+            model_version=self.settings.detector_model_version,
+        )
+
+
+def build(settings: DetectorSettings) -> Service:
+    bus, store = connect(settings)
+    detector = Detector(settings)
+    work = DetectWorker(settings, bus, store, detector)
+    worker = StreamWorker(
+        stage=STAGE,
+        bus=bus,
+        source=bus.topics.verified,
+        message_type=VerifiedImage,
+        process=in_batches(work.prepare, work.run, work.finish),
+        max_batch=settings.max_batch,
+    )
+    servicer = DetectorServicer(settings, detector)
+
+    return Service(
+        name=STAGE,
+        register=registrar(detector_pb2, "Detector", detector_pb2_grpc.add_DetectorServicer_to_server, servicer),
+        loops=[worker.run],
+    )

@@ -1,0 +1,273 @@
+"""Embedder service: EmbedImages and EmbedTexts over gRPC, and the worker cropped → embedded."""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections.abc import Callable
+
+import grpc
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tritonclient.utils import InferenceServerException
+
+from taxonstream.core.bus import Bus, Emit
+from taxonstream.core.errors import Failed
+from taxonstream.core.server import Service, connect, registrar
+from taxonstream.core.settings import SERVICE_PORTS, CoreSettings
+from taxonstream.core.store import ObjectStore
+from taxonstream.core.triton import TritonModel
+from taxonstream.core.worker import StreamWorker, in_batches
+from taxonstream.models.preprocess import clip_pixel_values
+from taxonstream.v1 import embedder_pb2, embedder_pb2_grpc
+from taxonstream.v1.messages_pb2 import Crop, Embedding, ReembedImage
+
+log = logging.getLogger(__name__)
+STAGE = "embedder"
+REEMBED_STAGE = "reembed"  # its own consumer group and metrics label
+
+
+class EmbedderSettings(CoreSettings):
+    grpc_port: int = SERVICE_PORTS["embedder"].grpc
+    metrics_port: int = SERVICE_PORTS["embedder"].metrics
+    embed_model: str = "clip_standin_image"
+    embed_model_version: str = "1"
+    # The text tower of the same CLIP model (its vectors share the image vectors' space).
+    embed_text_model: str = "clip_standin_text"
+    embed_text_model_version: str = "1"
+    # Texts per Triton request: the text model's max_batch_size.
+    embed_text_batch: int = 128
+
+
+def pixel_values(data: bytes) -> np.ndarray:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise Failed("undecodable_image", f"the crop does not decode: {error}") from error
+    return clip_pixel_values(image)
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+class Encoder:
+    """Preprocessed pixels -> L2-normalised vectors from one image tower on Triton."""
+
+    def __init__(self, triton_url: str, model: str, version: str) -> None:
+        self.model = TritonModel(triton_url, model, version)
+
+    def embed(self, pixels: list[np.ndarray]) -> np.ndarray:
+        out = self.model.infer({"pixel_values": np.stack(pixels)}, ["embeddings"])["embeddings"]
+        return l2_normalise(out.astype(np.float32))
+
+
+class TextEncoder:
+    """Texts -> L2-normalised CLIP text vectors, tokenized here (CLIP BPE, 77 tokens), embedded on Triton."""
+
+    def __init__(self, triton_url: str, model: str, version: str, batch: int) -> None:
+        self.batch = batch
+        self.model = TritonModel(triton_url, model, version)
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:  # loaded on first use: it may fetch the vocabulary once per machine
+            from taxonstream.models.tokenizer import ClipTokenizer
+
+            self._tokenizer = ClipTokenizer()
+        return self._tokenizer
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        ids = self.tokenizer(texts)
+        parts = [
+            self.model.infer({"input_ids": ids[i : i + self.batch]}, ["embeddings"])["embeddings"]
+            for i in range(0, len(ids), self.batch)
+        ]
+        return l2_normalise(np.concatenate(parts).astype(np.float32))
+
+
+ModelKey = tuple[str, str]  # (image tower name, version)
+
+
+class Encoders:
+    """The embedder's own model plus any other a request or a reembed asks for, one client each."""
+
+    def __init__(self, settings: EmbedderSettings) -> None:
+        self.settings = settings
+        self.default: ModelKey = (settings.embed_model, settings.embed_model_version)
+        self._images: dict[ModelKey, Encoder] = {}
+        self._texts: dict[ModelKey, TextEncoder] = {}
+        self._lock = threading.Lock()
+
+    def key(self, model: str = "", version: str = "") -> ModelKey:
+        return (model, version or "1") if model else self.default
+
+    def image(self, key: ModelKey | None = None) -> Encoder:
+        key = key or self.default
+        with self._lock:
+            if key not in self._images:
+                encoder = Encoder(self.settings.triton_url, *key)
+                if key != self.default:  # a model installed after Triton started (reembed, search --model)
+                    try:
+                        encoder.model.load()
+                    except InferenceServerException as error:
+                        log.warning("loading a model failed", extra={"model": f"{key[0]}/{key[1]}",
+                                                                     "error": error.message()})
+                self._images[key] = encoder
+            return self._images[key]
+
+    def text(self, key: ModelKey | None = None) -> TextEncoder:
+        """The text tower of image tower `key`: configured for the default, `<name>_text` otherwise."""
+        key = key or self.default
+        if key == self.default:
+            text_key = (self.settings.embed_text_model, self.settings.embed_text_model_version)
+        elif key[0].endswith("_image"):
+            text_key = (key[0].removesuffix("_image") + "_text", key[1])
+        else:
+            raise Failed("no_text_model", f"{key[0]} is not named <name>_image, so it has no known text tower")
+        with self._lock:
+            if text_key not in self._texts:
+                self._texts[text_key] = TextEncoder(self.settings.triton_url, *text_key, self.settings.embed_text_batch)
+            return self._texts[text_key]
+
+    def embed(self, key: ModelKey, pixels: list[np.ndarray]) -> np.ndarray:
+        return _runnable(f"{key[0]}/{key[1]}", lambda: self.image(key).embed(pixels))
+
+    def embed_texts(self, key: ModelKey, texts: list[str]) -> np.ndarray:
+        return _runnable(f"the text tower of {key[0]}/{key[1]}", lambda: self.text(key).embed(texts))
+
+
+def _runnable(model: str, run: Callable[[], np.ndarray]) -> np.ndarray:
+    """Triton's refusal of a model (unknown, failed to load) as a Failed; unavailability is Transient already."""
+    try:
+        return run()
+    except InferenceServerException as error:
+        raise Failed("model_unavailable", f"Triton cannot run {model}: {error.message()}") from error
+
+
+class EmbedWorker:
+    """cropped -> embedded with the embedder's own model."""
+
+    def __init__(self, settings: EmbedderSettings, bus: Bus, store: ObjectStore, encoders: Encoders) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.store = store
+        self.encoders = encoders
+
+    def pixels(self, crop_key: str) -> np.ndarray:
+        try:
+            return pixel_values(self.store.get(crop_key))
+        except KeyError:
+            raise Failed("missing_object", f"crop {crop_key} is not in the store") from None
+
+    def prepare(self, crop: Crop) -> np.ndarray:
+        return self.pixels(crop.crop_key)
+
+    def run(self, pixels: list[np.ndarray]) -> np.ndarray:
+        return self.encoders.embed(self.encoders.default, pixels)
+
+    def finish(self, crop: Crop, vector: np.ndarray) -> list[Emit]:
+        model, version = self.encoders.default
+        embedding = Embedding(image_id=crop.image_id, vector=vector.tolist(), model=model, model_version=version,
+                              crop=crop)
+        return [Emit(self.bus.topics.embedded, crop.image_id, embedding)]
+
+    # reembed -> embedded (backfill) with the model each request names: a new index version filling up.
+
+    def prepare_backfill(self, request: ReembedImage) -> tuple[ModelKey, np.ndarray]:
+        if not request.model:
+            raise Failed("no_model", "the reembed request names no model")
+        return (request.model, request.model_version or "1"), self.pixels(request.crop_key)
+
+    def run_backfill(self, prepared: list[tuple[ModelKey, np.ndarray]]) -> list[np.ndarray | Failed]:
+        """One Triton call per model in the batch; a model Triton cannot run fails only its own messages."""
+        results: list[np.ndarray | Failed] = [Failed("internal_error", "not embedded")] * len(prepared)
+        by_model: dict[ModelKey, list[int]] = {}
+        for i, (key, _) in enumerate(prepared):
+            by_model.setdefault(key, []).append(i)
+        for key, positions in by_model.items():
+            try:
+                vectors = self.encoders.embed(key, [prepared[i][1] for i in positions])
+            except Failed as failure:
+                vectors = [failure] * len(positions)
+            for i, vector in zip(positions, vectors, strict=True):
+                results[i] = vector
+        return results
+
+    def finish_backfill(self, request: ReembedImage, vector: np.ndarray | Failed) -> list[Emit]:
+        if isinstance(vector, Failed):
+            raise vector
+        embedding = Embedding(
+            image_id=request.image_id,
+            vector=vector.tolist(),
+            model=request.model,
+            model_version=request.model_version or "1",
+            lineage=request.lineage,
+            backfill=True,
+        )
+        return [Emit(self.bus.topics.embedded, request.image_id, embedding)]
+
+
+class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
+    def __init__(self, encoders: Encoders) -> None:
+        self.encoders = encoders
+
+    def EmbedTexts(self, request, context) -> embedder_pb2.EmbedResponse:
+        if not request.texts:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no texts given")
+        key = self.encoders.key(request.model, request.model_version)
+        try:
+            return self._response(key, self.encoders.embed_texts(key, list(request.texts)))
+        except Failed as failure:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, failure.message)
+
+    def EmbedImages(self, request, context) -> embedder_pb2.EmbedResponse:
+        if not request.images:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no images given")
+        key = self.encoders.key(request.model, request.model_version)
+        try:
+            pixels = [pixel_values(data) for data in request.images]
+        except Failed as failure:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, failure.message)
+        try:
+            return self._response(key, self.encoders.embed(key, pixels))
+        except Failed as failure:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, failure.message)
+
+    @staticmethod
+    def _response(key: ModelKey, vectors: np.ndarray) -> embedder_pb2.EmbedResponse:
+        return embedder_pb2.EmbedResponse(
+            vectors=[embedder_pb2.Vector(values=v.tolist()) for v in vectors], model=key[0], model_version=key[1]
+        )
+
+
+def build(settings: EmbedderSettings) -> Service:
+    bus, store = connect(settings)
+    encoders = Encoders(settings)
+    work = EmbedWorker(settings, bus, store, encoders)
+    fresh = StreamWorker(
+        stage=STAGE,
+        bus=bus,
+        source=bus.topics.cropped,
+        message_type=Crop,
+        process=in_batches(work.prepare, work.run, work.finish),
+        max_batch=settings.max_batch,
+    )
+    backfill = StreamWorker(
+        stage=REEMBED_STAGE,
+        bus=bus,
+        source=bus.topics.reembed,
+        message_type=ReembedImage,
+        process=in_batches(work.prepare_backfill, work.run_backfill, work.finish_backfill),
+        max_batch=settings.max_batch,
+    )
+    return Service(
+        name=STAGE,
+        register=registrar(embedder_pb2, "Embedder", embedder_pb2_grpc.add_EmbedderServicer_to_server,
+                           EmbedderServicer(encoders)),
+        loops=[fresh.run, backfill.run],
+    )

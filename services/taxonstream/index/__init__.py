@@ -1,0 +1,1 @@
+"""Vector index engines (FAISS, Milvus), metadata filters and index versions; the indexer service serves them."""

@@ -1,0 +1,538 @@
+"""Indexer service: Search/Stats over gRPC, and the replica worker embedded → index (+ outcome)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import itertools
+import logging
+import re
+import threading
+import time
+from datetime import timedelta
+from typing import Literal
+
+import grpc
+import numpy as np
+from kafka import TopicPartition
+from PIL import Image
+from pydantic import Field, model_validator
+
+from taxonstream.core.bus import Bus, Emit, send_all
+from taxonstream.core.outcomes import outcome
+from taxonstream.core.server import Service, connect, registrar
+from taxonstream.core.settings import SERVICE_PORTS, CoreSettings
+from taxonstream.core.store import ObjectStore, derivative_keys
+from taxonstream.core.worker import StreamWorker, each
+from taxonstream.index.backend import FaissConfig, IndexBackend, IndexConfig, MilvusConfig, open_index, restore_index
+from taxonstream.index.filters import field_name
+from taxonstream.index.versions import Registry, VersionKey, Versions
+from taxonstream.v1 import (
+    detector_pb2,
+    detector_pb2_grpc,
+    embedder_pb2,
+    embedder_pb2_grpc,
+    indexer_pb2,
+    indexer_pb2_grpc,
+)
+from taxonstream.v1.messages_pb2 import Embedding, Outcome, ReembedImage
+
+log = logging.getLogger(__name__)
+STAGE = "indexer"
+
+
+class IndexerSettings(CoreSettings):
+    grpc_port: int = SERVICE_PORTS["indexer"].grpc
+    metrics_port: int = SERVICE_PORTS["indexer"].metrics
+    index_model: str = "clip_standin_image"
+    index_model_version: str = "1"
+    # A snapshot at most this often while embeddings arrive, and always at shutdown.
+    snapshot_seconds: float = 10.0
+    # faiss (in-process; exact, then HNSW from `index_hnsw_from`, IVF-PQ from `index_ivfpq_from` vectors)
+    # or milvus (a Milvus server at `milvus_uri`; a path ending .db runs Milvus Lite in-process).
+    # What each knob trades is in docs/index.md ("Tuning").
+    index_backend: Literal["faiss", "milvus"] = "faiss"
+    index_kind: Literal["auto", "flat", "hnsw", "ivfpq"] = "auto"  # FAISS: "auto" follows the size
+    index_hnsw_from: int = Field(default=100_000, ge=1)
+    index_ivfpq_from: int = Field(default=10_000_000, ge=1)
+    # FAISS rebuilds (type migration, compaction, IVF-PQ retraining) of this many live vectors or more
+    # run in a background thread; smaller ones inside the write that called for them.
+    index_background_from: int = Field(default=10_000, ge=0)
+    # HNSW, both backends: links per node, build-time and search-time candidate lists.
+    index_hnsw_m: int = Field(default=32, ge=4, le=256)
+    index_ef_construction: int = Field(default=80, ge=8, le=4096)
+    index_ef_search: int = Field(default=256, ge=1, le=32_768)
+    # IVF(-PQ): lists (0: ≈4·√n for FAISS, 1024 a segment for Milvus), lists probed a query, PQ
+    # sub-quantizers (FAISS takes the largest divisor of the dimension up to this) and bits a code.
+    index_ivf_nlist: int = Field(default=0, ge=0, le=1 << 20)
+    index_ivf_nprobe: int = Field(default=32, ge=1, le=1 << 20)
+    index_pq_m: int = Field(default=64, ge=1, le=4096)
+    index_pq_nbits: int = Field(default=8, ge=4, le=16)
+    index_ivfpq_rerank: int = Field(default=8, ge=1, le=1024)  # FAISS: candidates re-scored per hit
+    # FAISS filtered search: exact when at most `exact_below` items match or under `ann_min_share` of the
+    # index, the ANN search with the filter as its selector otherwise.
+    index_exact_below: int = Field(default=20_000, ge=0)
+    index_ann_min_share: float = Field(default=0.05, ge=0, le=1)
+    # FAISS tombstones (deleted and replaced vectors) are compacted past this share and count.
+    index_compact_ratio: float = Field(default=0.25, gt=0, le=1)
+    index_compact_min: int = Field(default=1024, ge=0)
+    milvus_uri: str = ""
+    milvus_token: str = ""
+    milvus_collection: str = "taxonstream_images"
+    # Used when the collection is created; a changed type needs a new collection (search knobs apply at once).
+    milvus_index_type: Literal["HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "FLAT", "DISKANN", "AUTOINDEX"] = "HNSW"
+    milvus_exact_below: int = Field(default=2_000, ge=0, le=16_384)  # one Milvus query returns at most 16384
+
+    @model_validator(mode="after")
+    def check_index_thresholds(self) -> IndexerSettings:
+        if self.index_hnsw_from > self.index_ivfpq_from:
+            raise ValueError(
+                f"index_hnsw_from ({self.index_hnsw_from}) must not exceed index_ivfpq_from ({self.index_ivfpq_from})"
+            )
+        return self
+
+    def index_config(self) -> IndexConfig:
+        from taxonstream.index.backend import milvus_params
+
+        index_params, search_params = milvus_params(
+            self.milvus_index_type,
+            hnsw_m=self.index_hnsw_m,
+            ef_construction=self.index_ef_construction,
+            ef_search=self.index_ef_search,
+            nlist=self.index_ivf_nlist,
+            nprobe=self.index_ivf_nprobe,
+            pq_m=self.index_pq_m,
+            pq_nbits=self.index_pq_nbits,
+        )
+        milvus = MilvusConfig(
+            uri=self.milvus_uri or MilvusConfig.uri,
+            token=self.milvus_token,
+            collection=self.milvus_collection,
+            index_type=self.milvus_index_type,
+            index_params=index_params,
+            search_params=search_params,
+            exact_below=self.milvus_exact_below,
+        )
+        faiss = FaissConfig(
+            hnsw_from=self.index_hnsw_from,
+            ivfpq_from=self.index_ivfpq_from,
+            kind=None if self.index_kind == "auto" else self.index_kind,
+            hnsw_m=self.index_hnsw_m,
+            ef_construction=self.index_ef_construction,
+            ef_search=self.index_ef_search,
+            nlist=self.index_ivf_nlist,
+            pq_m=self.index_pq_m,
+            pq_nbits=self.index_pq_nbits,
+            nprobe=self.index_ivf_nprobe,
+            rerank=self.index_ivfpq_rerank,
+            exact_below=self.index_exact_below,
+            ann_min_share=self.index_ann_min_share,
+            compact_ratio=self.index_compact_ratio,
+            compact_min=self.index_compact_min,
+            background_from=self.index_background_from,
+        )
+        return IndexConfig(backend=self.index_backend, faiss=faiss, milvus=milvus)
+
+
+def lineage(embedding: Embedding) -> dict[str, str]:
+    """What a search hit tells about the image: its first record's columns plus where it came from."""
+    crop = embedding.crop
+    fetched = crop.image.fetched
+    record = fetched.record
+    box = crop.box
+    return {
+        **dict(record.metadata),
+        "url": record.url,
+        "record_id": record.record_id,
+        "job_id": record.job_id,
+        "sha256": fetched.sha256,
+        "original_key": fetched.object_key,
+        "crop_key": crop.crop_key,
+        "detected": str(crop.detected).lower(),
+        "box": f"{box.left},{box.top},{box.right},{box.bottom}",
+        "size": f"{fetched.width}x{fetched.height}",
+        "model": f"{embedding.model}/{embedding.model_version}",
+        "thumbnail_key": derivative_keys(embedding.image_id, crop.model, crop.model_version)["crop_small"],
+    }
+
+
+class Snapshots:
+    """One version's index, the offsets it includes and its tombstones, in S3: restore + replay rebuilds it."""
+
+    def __init__(self, store: ObjectStore, settings: IndexerSettings, key: VersionKey) -> None:
+        self.store = store
+        config = settings.index_config()
+        if key != VersionKey(settings.index_model, settings.index_model_version):
+            # Each version is its own Milvus collection; the configured name stays the default version's.
+            suffix = re.sub(r"[^0-9A-Za-z_]", "_", f"{key.model}_v{key.version}")
+            config = dataclasses.replace(
+                config, milvus=dataclasses.replace(config.milvus, collection=f"{config.milvus.collection}_{suffix}")
+            )
+        self.config = config
+        self.prefix = f"index/{key.model}/{key.version}/{config.backend}/"
+
+    def load(self, topic: str) -> tuple[IndexBackend, dict[TopicPartition, int], set[str]]:
+        latest = self.store.get_json(self.prefix + "latest.json")
+        if latest is None or not latest.get("index_key"):
+            return open_index(self.config), {}, set()  # nothing durable yet: replay from the start offsets
+        index = restore_index(self.config, self.store.get(latest["index_key"]))
+        offsets = {TopicPartition(topic, int(p)): int(o) for p, o in latest["offsets"].items()}
+        tombstones = set(self.store.get_json(latest["tombstones_key"]) or []) if latest.get("tombstones_key") else set()
+        log.info("restored snapshot", extra={"prefix": self.prefix, "images": len(index), "offsets": latest["offsets"]})
+        return index, offsets, tombstones
+
+    def forget(self) -> None:
+        """A retired version: adding it again starts it empty (old snapshot objects stay until cleaned)."""
+        self.store.put_json(self.prefix + "latest.json", {})
+
+    def save(self, index: IndexBackend, offsets: dict[TopicPartition, int], tombstones: set[str]) -> None:
+        data = index.dump()
+        if not data:
+            return
+        generation = time.strftime("%Y%m%dT%H%M%S") + f"-{time.time_ns() % 1_000_000:06d}"
+        key = self.prefix + f"snapshots/{generation}.bin"
+        self.store.put(key, data)
+        latest = {
+            "generation": generation,
+            "index_key": key,
+            "offsets": {str(tp.partition): o for tp, o in offsets.items()},
+        }
+        if tombstones:
+            latest["tombstones_key"] = self.prefix + f"snapshots/{generation}.tombstones.json"
+            self.store.put_json(latest["tombstones_key"], sorted(tombstones))
+        # latest.json last: a crash between the writes leaves the previous snapshot in force.
+        self.store.put_json(self.prefix + "latest.json", latest)
+
+
+class IndexWorker:
+    """One index version fed from the `embedded` topic in replica mode.
+
+    Its own model's embeddings are upserted; a fresh embedding of another model whose image this version
+    lacks is sent to `reembed` for this version's model, so a version added by `reembed` also takes every
+    image ingested after it was added. Deletions are remembered (tombstones) so a backfill asked for
+    before a delete cannot bring the image back.
+    """
+
+    def __init__(
+        self,
+        settings: IndexerSettings,
+        bus: Bus,
+        store: ObjectStore,
+        key: VersionKey,
+        start_offsets: dict[TopicPartition, int] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.key = key
+        self.snapshots = Snapshots(store, settings, key)
+        self.index, self.offsets, self.tombstones = self.snapshots.load(bus.topics.embedded)
+        if not self.offsets and start_offsets:
+            self.offsets = dict(start_offsets)  # a version added by reembed: from when it was added
+        self._dirty = False
+        self._last_snapshot = time.monotonic()
+        self._lock = threading.Lock()
+        self.retired = False
+
+    def handle(self, embedding: Embedding) -> list[Emit]:
+        image_id = embedding.image_id
+        if embedding.deleted:
+            self.index.delete(image_id)
+            self.tombstones.add(image_id)
+            self._dirty = True
+            return []
+        if (embedding.model, embedding.model_version) != (self.key.model, self.key.version):
+            return self._follow(embedding)
+        if embedding.backfill:
+            if image_id not in self.tombstones:
+                self.index.upsert(image_id, np.asarray(embedding.vector, dtype=np.float32), dict(embedding.lineage))
+                self._dirty = True
+            return []  # its record finished when the image was first indexed
+        self.tombstones.discard(image_id)
+        self.index.upsert(image_id, np.asarray(embedding.vector, dtype=np.float32), lineage(embedding))
+        self._dirty = True
+        record = embedding.crop.image.fetched.record
+        return [outcome(self.bus.topics, record, Outcome.INDEXED, stage=STAGE, image_id=image_id)]
+
+    def _follow(self, embedding: Embedding) -> list[Emit]:
+        """Another model's fresh embedding: ask for this image with this version's model too."""
+        if embedding.backfill or not embedding.crop.crop_key or self.index.vector(embedding.image_id) is not None:
+            return []
+        return [self.reembed_request(embedding.image_id, embedding.crop.crop_key, lineage(embedding))]
+
+    def reembed_request(self, image_id: str, crop_key: str, metadata: dict[str, str]) -> Emit:
+        request = ReembedImage(
+            image_id=image_id, crop_key=crop_key, lineage=metadata, model=self.key.model, model_version=self.key.version
+        )
+        return Emit(self.bus.topics.reembed, image_id, request)
+
+    def durable(self, done: dict[TopicPartition, int]) -> None:
+        self.offsets.update(done)
+        if time.monotonic() - self._last_snapshot >= self.settings.snapshot_seconds:
+            self.snapshot()
+
+    def snapshot(self) -> None:
+        with self._lock:
+            if not self._dirty or self.retired:
+                return
+            self.snapshots.save(self.index, dict(self.offsets), set(self.tombstones))
+            self._dirty = False
+            self._last_snapshot = time.monotonic()
+
+    def caught_up(self, ends: dict[TopicPartition, int]) -> bool:
+        return all(self.offsets.get(tp, 0) >= end for tp, end in ends.items())
+
+    def worker(self) -> StreamWorker[Embedding]:
+        return StreamWorker(
+            stage=STAGE,
+            bus=self.bus,
+            source=self.bus.topics.embedded,
+            message_type=Embedding,
+            process=each(self.handle),
+            replica=True,
+            start_offsets=self.offsets,
+            on_durable=self.durable,
+            on_idle=self.snapshot,
+            max_batch=max(self.settings.max_batch, 256),
+        )
+
+
+def _version_key(request) -> VersionKey:
+    """The index version a request's `model`/`model_version` fields name (version "1" when left out)."""
+    return VersionKey(request.model, request.model_version or "1")
+
+
+class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
+    def __init__(
+        self, settings: IndexerSettings, versions: Versions[IndexWorker], bus: Bus, store: ObjectStore
+    ) -> None:
+        self.settings = settings
+        self.versions = versions
+        self.bus = bus
+        self.store = store
+        self.detector = detector_pb2_grpc.DetectorStub(grpc.insecure_channel(settings.detector_addr))
+        self.embedder = embedder_pb2_grpc.EmbedderStub(grpc.insecure_channel(settings.embedder_addr))
+
+    @functools.cached_property
+    def producer(self):
+        return self.bus.producer()
+
+    def _version(self, request, context) -> IndexWorker:
+        """The index version a request names (model, model_version), or the serving one."""
+        key = _version_key(request) if request.model else None
+        work = self.versions.get(key)
+        if work is None:
+            known = ", ".join(str(k) for k, _ in self.versions.items())
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no index version {key}; this indexer keeps {known}")
+        return work
+
+    def _query_vector(self, request, context, work: IndexWorker) -> np.ndarray:
+        query = request.WhichOneof("query")  # Search and Classify requests share this oneof
+        model = {"model": work.key.model, "model_version": work.key.version}
+        if query == "text":
+            try:
+                answer = self.embedder.EmbedTexts(
+                    embedder_pb2.EmbedTextsRequest(texts=[request.text], **model), timeout=60
+                )
+            except grpc.RpcError as error:
+                context.abort(error.code(), f"query text: {error.details()}")
+            return np.asarray(answer.vectors[0].values, dtype=np.float32)
+        if query == "image_id":
+            vector = work.index.vector(request.image_id)
+            if vector is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"image {request.image_id!r} is not indexed in {work.key}")
+            return vector
+        if query == "image":
+            # The same path an ingested image takes: detect and crop, then embed the crop.
+            try:
+                crop = self.detector.Detect(detector_pb2.DetectRequest(image=request.image), timeout=60).crop
+                embedded = self.embedder.EmbedImages(
+                    embedder_pb2.EmbedImagesRequest(images=[crop], **model), timeout=60
+                )
+            except grpc.RpcError as error:
+                context.abort(error.code(), f"query image: {error.details()}")
+            return np.asarray(embedded.vectors[0].values, dtype=np.float32)
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give an image, an image_id or a text to search by")
+
+    @staticmethod
+    def _filters(request, context) -> dict[str, frozenset[str]]:
+        try:
+            return {field_name(f.field): frozenset(f.values) for f in request.filters}
+        except ValueError as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+
+    def Search(self, request, context) -> indexer_pb2.SearchResponse:
+        filters = self._filters(request, context)
+        work = self._version(request, context)
+        vector = self._query_vector(request, context, work)
+        hits = work.index.search(vector, request.k or 10, filters or None)
+        return indexer_pb2.SearchResponse(
+            hits=[
+                indexer_pb2.Hit(
+                    image_id=h.image_id,
+                    score=h.score,
+                    metadata=h.metadata,
+                    thumbnail_url=self.store.presigned_url(h.metadata["thumbnail_key"], timedelta(hours=1))
+                    if h.metadata.get("thumbnail_key")
+                    else "",
+                )
+                for h in hits
+            ],
+            model=work.key.model,
+            model_version=work.key.version,
+        )
+
+    def Stats(self, request, context) -> indexer_pb2.StatsResponse:
+        work = self._version(request, context)
+        stats = work.index.stats()
+        return indexer_pb2.StatsResponse(
+            images=stats.images,
+            model=work.key.model,
+            model_version=work.key.version,
+            offsets={str(tp.partition): o for tp, o in work.offsets.items()},
+            kind=stats.kind,
+            by_field={f: indexer_pb2.FieldCounts(counts=c) for f, c in stats.by_field.items()},
+            versions=[
+                indexer_pb2.IndexVersion(
+                    model=key.model,
+                    model_version=key.version,
+                    images=len(other.index),
+                    serving=key == self.versions.serving,
+                )
+                for key, other in self.versions.items()
+            ],
+        )
+
+    def ListImages(self, request, context):
+        filters = self._filters(request, context)
+        work = self._version(request, context)
+        for image_id, metadata in work.index.images(filters or None):
+            if not request.job_id or metadata.get("job_id") == request.job_id:
+                hit = indexer_pb2.Hit(image_id=image_id, metadata=metadata)
+                if request.with_vectors:
+                    vector = work.index.vector(image_id)
+                    if vector is None:
+                        continue  # deleted while listing
+                    hit.vector.extend(vector.tolist())
+                yield hit
+
+    def Delete(self, request, context) -> indexer_pb2.DeleteResponse:
+        topic = self.bus.topics.embedded
+        removals = [Emit(topic, i, Embedding(image_id=i, deleted=True)) for i in request.image_ids if i]
+        send_all(self.producer, removals)
+        return indexer_pb2.DeleteResponse(requested=len(removals))
+
+    def Classify(self, request, context) -> indexer_pb2.ClassifyResponse:
+        # The query vector comes the way Search gets it; the scoring lives in taxonstream.classify.
+        from taxonstream.classify.service import ClassifyError, classify_response
+
+        work = self._version(request, context)
+        vector = self._query_vector(request, context, work)
+        try:
+            return classify_response(self, request, vector, work.key.model, work.key.version)
+        except ClassifyError as error:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        except grpc.RpcError as error:
+            context.abort(error.code(), f"text embeddings: {error.details()}")
+
+    def Reembed(self, request, context) -> indexer_pb2.ReembedResponse:
+        if not request.model:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name the new embedding model (its image tower on Triton)")
+        key = _version_key(request)
+        serving = self.versions.get()
+        if serving is None or key == serving.key:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{key} is the serving index version already")
+        self._check_model(key, context)
+        # A new version starts where the topic ends now. Everything before must be in the serving index before
+        # it is listed; everything after reaches the new version itself (IndexWorker._follow).
+        ends = self.bus.end_offsets(self.bus.topics.embedded)
+        work, created = self.versions.add(key, lambda: ends)
+        deadline = time.monotonic() + 120
+        while not serving.caught_up(ends):
+            if time.monotonic() > deadline or not context.is_active():
+                context.abort(grpc.StatusCode.UNAVAILABLE, f"the serving index {serving.key} is not catching up")
+            time.sleep(0.2)
+        requests = (
+            work.reembed_request(image_id, metadata.get("crop_key", ""), metadata)
+            for image_id, metadata in serving.index.images(None)
+        )
+        sent = 0
+        while batch := list(itertools.islice(requests, 5000)):  # bounded memory for a large index
+            send_all(self.producer, batch)
+            sent += len(batch)
+        log.info("reembed requested", extra={"version": str(key), "images": sent, "new_version": created})
+        return indexer_pb2.ReembedResponse(images=sent, created=created)
+
+    def _check_model(self, key: VersionKey, context) -> None:
+        """The embedder embeds a probe image with the model (loading it on Triton if need be), or says why not."""
+        probe = io.BytesIO()
+        Image.new("RGB", (8, 8), (120, 160, 90)).save(probe, format="PNG")
+        request = embedder_pb2.EmbedImagesRequest(images=[probe.getvalue()], model=key.model, model_version=key.version)
+        try:
+            self.embedder.EmbedImages(request, timeout=120)
+        except grpc.RpcError as error:
+            code = error.code()
+            context.abort(
+                code if code == grpc.StatusCode.UNAVAILABLE else grpc.StatusCode.FAILED_PRECONDITION,
+                f"the embedder cannot run {key}: {error.details()} (install it into Triton's model repository "
+                "first: taxonstream models install … --name NAME gives NAME_image)",
+            )
+
+    def Serve(self, request, context) -> indexer_pb2.ServeResponse:
+        key = _version_key(request)
+        try:
+            previous = self.versions.serve(key)
+        except KeyError:
+            known = ", ".join(str(k) for k, _ in self.versions.items())
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no index version {key}; this indexer keeps {known}")
+        return indexer_pb2.ServeResponse(previous=str(previous))
+
+
+    def Retire(self, request, context) -> indexer_pb2.ServeResponse:
+        key = _version_key(request)
+        try:
+            work = self.versions.retire(key)
+        except KeyError:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no index version {key}")
+        except ValueError as error:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        with work._lock:
+            work.retired = True
+            work.snapshots.forget()
+        return indexer_pb2.ServeResponse(previous=str(key))
+
+
+def build(settings: IndexerSettings) -> Service:
+    bus, store = connect(settings)
+    backend = settings.index_config().backend
+    default = VersionKey(settings.index_model, settings.index_model_version)
+    versions: Versions[IndexWorker] = Versions(
+        Registry(store, backend, default),
+        bus.topics.embedded,
+        make=lambda key, offsets: IndexWorker(settings, bus, store, key, offsets),
+        loop=lambda work: work.worker().run,
+    )
+
+    def snapshot_all() -> None:
+        for _, work in versions.items():
+            work.snapshot()
+
+    # Ready once the serving version holds everything the topic held at start (snapshot + replay).
+    replay_to = bus.end_offsets(bus.topics.embedded)
+
+    def ready() -> bool:
+        serving = versions.get()
+        return serving is not None and serving.caught_up(replay_to)
+
+    return Service(
+        name=STAGE,
+        register=registrar(
+            indexer_pb2,
+            "Indexer",
+            indexer_pb2_grpc.add_IndexerServicer_to_server,
+            IndexerServicer(settings, versions, bus, store),
+        ),
+        loops=[versions.run],
+        on_stop=snapshot_all,
+        ready=ready,
+    )

@@ -1,0 +1,257 @@
+"""The local stack: the real servers and the five services as local processes (`taxonstream stack up|down|status`).
+
+Kafka, Ceph S3 and Triton are installed and run by the scripts in tools/stack/ (each: install,
+start, stop, status); this module orders them, writes Triton's model repository, and runs the
+services on loopback with their logs and pid files in the same folder (`.stack/` by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from taxonstream.core.local_stack import REPO, model_repository, s3_env, stack_dir
+from taxonstream.core.settings import SERVICE_PORTS
+
+SCRIPTS = REPO / "tools" / "stack"
+COMPONENTS = ("kafka", "s3", "triton")
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    grpc_port: int
+    metrics_port: int
+
+
+# In start order; the ports are the services' own defaults, so the CLI and tests find them unconfigured.
+SERVICES = tuple(ServiceSpec(name, ports.grpc, ports.metrics) for name, ports in SERVICE_PORTS.items())
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def _script(component: str, verb: str) -> subprocess.CompletedProcess[str]:
+    script = SCRIPTS / f"{component}.sh"
+    if not script.exists():
+        raise StackError(f"{script} not found: the local stack runs from a checkout of the repository")
+    env = {**os.environ, "TAXONSTREAM_PYTHON": sys.executable, "TAXONSTREAM_MODEL_REPOSITORY": str(model_repository())}
+    return subprocess.run(["bash", str(script), verb], env=env, text=True, capture_output=verb == "status")
+
+
+def _pid_file(name: str) -> Path:
+    return stack_dir() / "pids" / f"{name}.pid"
+
+
+def service_pid(name: str) -> int | None:
+    """The pid of a service this stack started, if that process still runs."""
+    try:
+        pid = int(_pid_file(name).read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in {"Z", "X"}  # a zombie has exited; the init process reaps it late
+
+
+def healthy(port: int, timeout: float = 2.0) -> bool:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return False
+    return answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def start_service(spec: ServiceSpec, allow_networks: Iterable[str] = (), timeout: float = 120.0) -> int:
+    """Start one service unless it runs; waits until its health check says SERVING."""
+    pid = service_pid(spec.name)
+    if pid is None:
+        logs = stack_dir() / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        _pid_file(spec.name).parent.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            **s3_env(),
+            "TAXONSTREAM_GRPC_PORT": str(spec.grpc_port),
+            "TAXONSTREAM_METRICS_PORT": str(spec.metrics_port),
+            "PYTHONUNBUFFERED": "1",
+        }
+        if spec.name == "fetcher":
+            env["TAXONSTREAM_FETCH_ALLOW_NETWORKS"] = ",".join(allow_networks)
+        with open(logs / f"{spec.name}.log", "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", f"taxonstream.{spec.name}"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # outlives the CLI; stopped later by its pid
+                cwd=REPO,
+            )
+        pid = process.pid
+        _pid_file(spec.name).write_text(f"{pid}\n")
+    deadline = time.monotonic() + timeout
+    while not healthy(spec.grpc_port):
+        if not _alive(pid):
+            raise StackError(f"{spec.name} exited during start; its log ends:\n{_tail(spec.name)}")
+        if time.monotonic() > deadline:
+            raise StackError(f"{spec.name} not healthy after {timeout:.0f} s; its log ends:\n{_tail(spec.name)}")
+        time.sleep(0.3)
+    return pid
+
+
+def stop_service(name: str, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0) -> None:
+    """Stop a service this stack started (by its pid file only); SIGKILL if it outstays `timeout`."""
+    pid = service_pid(name)
+    if pid is not None:
+        os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 5
+            time.sleep(0.1)
+    with contextlib.suppress(FileNotFoundError):
+        _pid_file(name).unlink()
+
+
+def kill_service(name: str) -> None:
+    """SIGKILL, no drain: what a crashed pod looks like (used by the crash tests)."""
+    stop_service(name, signal.SIGKILL, timeout=10)
+
+
+def _tail(name: str, lines: int = 30) -> str:
+    path = stack_dir() / "logs" / f"{name}.log"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
+
+
+def ensure_models() -> bool:
+    """Write the model repository if its recipe changed (and fetch the tokenizer vocabulary once).
+
+    True when the repository was rewritten: a Triton already running then reloads its models.
+    """
+    from taxonstream.models.repository import ensure_repository, read_manifest
+    from taxonstream.models.tokenizer import ensure_vocab
+
+    ensure_vocab()
+    before = (read_manifest(model_repository()) or {}).get("content_hash")
+    ensure_repository(model_repository(), target="local")
+    return (read_manifest(model_repository()) or {}).get("content_hash") != before
+
+
+def reload_triton_models() -> None:
+    """Load every model of the repository again (Triton runs with explicit model control)."""
+    import httpx
+
+    from taxonstream.models.repository import read_manifest
+
+    for entry in (read_manifest(model_repository()) or {}).get("models", []):
+        answer = httpx.post(f"http://127.0.0.1:28000/v2/repository/models/{entry['name']}/load", timeout=300)
+        if answer.status_code != 200:
+            raise StackError(f"triton could not load {entry['name']}: {answer.text[:500]}")
+
+
+def up(allow_networks: Iterable[str] = (), services: bool = True, echo=print) -> None:
+    for component in ("kafka", "s3"):
+        echo(f"starting {component} …")
+        if _script(component, "start").returncode != 0:
+            raise StackError(f"{component} did not start (see {stack_dir() / 'logs'})")
+    echo("writing the model repository …")
+    changed = ensure_models()
+    echo("starting triton …")
+    if _script("triton", "start").returncode != 0:
+        raise StackError(f"triton did not start (see {stack_dir() / 'logs'})")
+    if changed:  # a Triton that was already running still serves the old files until it loads them again
+        echo("loading the changed models into triton …")
+        reload_triton_models()
+    if services:
+        allow = list(allow_networks)
+        for spec in SERVICES:
+            echo(f"starting {spec.name} …")
+            start_service(spec, allow)
+
+
+def down(echo=print) -> None:
+    for spec in reversed(SERVICES):
+        if service_pid(spec.name) is not None:
+            echo(f"stopping {spec.name} …")
+        stop_service(spec.name)
+    for component in reversed(COMPONENTS):
+        echo(f"stopping {component} …")
+        _script(component, "stop")
+
+
+def status() -> tuple[list[str], bool]:
+    lines, ok = [], True
+    for component in COMPONENTS:
+        result = _script(component, "status")
+        lines.extend(line for line in result.stdout.splitlines() if line.strip())
+        ok &= result.returncode == 0
+    for spec in SERVICES:
+        up_now = service_pid(spec.name) is not None and healthy(spec.grpc_port)
+        ok &= up_now
+        state = "up" if up_now else "down"
+        lines.append(f"{spec.name:<12}{state:<6}127.0.0.1:{spec.grpc_port} (metrics :{spec.metrics_port})")
+    return lines, ok
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="taxonstream stack", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument(
+        "--allow-network",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="let the fetcher download from this private/loopback network (repeatable), e.g. 127.0.0.0/8 "
+        "for a list served on this machine; by default only public addresses are fetched",
+    )
+    p.add_argument("--no-services", action="store_true", help="start only Kafka, S3 and Triton")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.action == "up":
+            up(args.allow_network, services=not args.no_services)
+            print("stack is up")
+            for line in status()[0]:
+                print(" ", line)
+            return 0
+        if args.action == "down":
+            down()
+            print("stack is down (data kept in", stack_dir(), ")")
+            return 0
+        lines, ok = status()
+        print("\n".join(lines))
+        return 0 if ok else 1
+    except StackError as error:
+        print(f"taxonstream stack: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
