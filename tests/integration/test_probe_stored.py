@@ -61,8 +61,7 @@ def test_probe_on_stored_vectors_equals_probe_on_files(fetcher, site, tmp_path, 
 
     # Train on stored vectors (image ids), and on the same images as files.
     stored_csv = _write_csv(tmp_path / "stored.csv", ["image_id", "label"], [[ids[i], labels[i]] for i in train_rows])
-    files_csv = _write_csv(tmp_path / "files.csv", ["image", "label"],
-                           [[str(paths[i]), labels[i]] for i in train_rows])
+    files_csv = _write_csv(tmp_path / "files.csv", ["image", "label"], [[str(paths[i]), labels[i]] for i in train_rows])
     assert taxonstream(["probe", "train", str(stored_csv), "--out", str(tmp_path / "stored.json")]) == 0
     assert taxonstream(["probe", "train", str(files_csv), "--out", str(tmp_path / "files.json")]) == 0
     capsys.readouterr()
@@ -75,8 +74,22 @@ def test_probe_on_stored_vectors_equals_probe_on_files(fetcher, site, tmp_path, 
 
     # Apply to the job's stored images: every image scored, with its metadata; held-out ones mostly right.
     out = tmp_path / "scores.csv"
-    assert taxonstream(["probe", "apply", str(tmp_path / "stored.json"), "--job", job, "--out", str(out),
-                        "--columns", "catalogNumber"]) == 0
+    assert (
+        taxonstream(
+            [
+                "probe",
+                "apply",
+                str(tmp_path / "stored.json"),
+                "--job",
+                job,
+                "--out",
+                str(out),
+                "--columns",
+                "catalogNumber",
+            ]
+        )
+        == 0
+    )
     with out.open(newline="") as handle:
         scored = {r["image_id"]: r for r in csv.DictReader(handle)}
     assert set(scored) == set(ids.values())
@@ -85,8 +98,12 @@ def test_probe_on_stored_vectors_equals_probe_on_files(fetcher, site, tmp_path, 
         assert record["catalogNumber"] == f"HG{row:04d}" and record["job_id"] == job
         assert float(record["p_clean"]) + float(record["p_mercury"]) == pytest.approx(1.0, abs=1e-5)
     # The file probe scores the stored images the same way.
-    assert taxonstream(["probe", "apply", str(tmp_path / "files.json"), "--job", job, "--out",
-                        str(tmp_path / "files-scores.csv")]) == 0
+    assert (
+        taxonstream(
+            ["probe", "apply", str(tmp_path / "files.json"), "--job", job, "--out", str(tmp_path / "files-scores.csv")]
+        )
+        == 0
+    )
     with (tmp_path / "files-scores.csv").open(newline="") as handle:
         from_files = {r["image_id"]: float(r["p_mercury"]) for r in csv.DictReader(handle)}
     assert max(abs(from_files[i] - float(scored[i]["p_mercury"])) for i in scored) < 1e-4
@@ -100,8 +117,7 @@ def test_probe_on_stored_vectors_equals_probe_on_files(fetcher, site, tmp_path, 
     assert "cannot filter on 'catalogNumber'" in capsys.readouterr().err
 
     # Clear errors: unknown ids are listed; another model's probe is refused; one class is not a probe.
-    bad = _write_csv(tmp_path / "bad.csv", ["image_id", "label"],
-                     [[ids[0], "clean"], ["no-such-image", "mercury"]])
+    bad = _write_csv(tmp_path / "bad.csv", ["image_id", "label"], [[ids[0], "clean"], ["no-such-image", "mercury"]])
     assert taxonstream(["probe", "train", str(bad), "--out", str(tmp_path / "x.json")]) == 2
     assert "1 of the labelled image_ids are not in the index: no-such-image" in capsys.readouterr().err
     one = _write_csv(tmp_path / "one.csv", ["image_id", "label"], [[ids[0], "clean"], [ids[2], "clean"]])

@@ -74,8 +74,9 @@ def self_hit(indexer, image_id: str, model: str = "") -> indexer_pb2.Hit:
     return indexer.Search(request, timeout=60).hits[0]
 
 
-def test_reembed_fills_a_new_version_while_the_old_one_serves(fetcher, indexer, embedder, store, site, new_model,
-                                                              capsys):
+def test_reembed_fills_a_new_version_while_the_old_one_serves(
+    fetcher, indexer, embedder, store, site, new_model, capsys
+):
     serving = indexer.Stats(indexer_pb2.StatsRequest(), timeout=30)
     old = serving.model
     job = unique_job("reembed")

@@ -29,15 +29,23 @@ def test_predict_refuses_rank_and_labels_together(tmp_path) -> None:
 
 
 def test_models_and_probe_commands_parse() -> None:
-    args = parser().parse_args(["models", "install", "bioclip", "--checkpoint", "c.bin", "--target", "cluster",
-                                "--upload"])
+    args = parser().parse_args(
+        ["models", "install", "bioclip", "--checkpoint", "c.bin", "--target", "cluster", "--upload"]
+    )
     assert (args.kind, args.checkpoint, args.target, args.upload, args.bucket) == (
-        "bioclip", "c.bin", "cluster", True, "models")
+        "bioclip",
+        "c.bin",
+        "cluster",
+        True,
+        "models",
+    )
     args = parser().parse_args(["probe", "apply", "probe.json", "x.jpg"])
     assert (args.action, args.file, args.images) == ("apply", "probe.json", ["x.jpg"])
 
 
 def test_the_cli_does_not_import_torch_to_start() -> None:
-    code = ("import sys; from taxonstream.cli.main import parser; parser(); "
-            "sys.exit(1 if {'torch', 'transformers'} & set(sys.modules) else 0)")
+    code = (
+        "import sys; from taxonstream.cli.main import parser; parser(); "
+        "sys.exit(1 if {'torch', 'transformers'} & set(sys.modules) else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -55,9 +55,21 @@ from taxonstream.classify.probe import (  # noqa: E402
 
 def _stored(count: int, model: str = "clip/1", dim: int = 4) -> list[StoredImage]:
     rng = np.random.default_rng(1)
-    return [StoredImage(f"id{i}", {"model": model, "sha256": f"sha{i}", "url": f"http://x/{i}.jpg",
-                                   "record_id": f"job:{i}", "job_id": "job", "catalogNumber": f"C{i}"},
-                        rng.normal(size=dim).tolist()) for i in range(count)]
+    return [
+        StoredImage(
+            f"id{i}",
+            {
+                "model": model,
+                "sha256": f"sha{i}",
+                "url": f"http://x/{i}.jpg",
+                "record_id": f"job:{i}",
+                "job_id": "job",
+                "catalogNumber": f"C{i}",
+            },
+            rng.normal(size=dim).tolist(),
+        )
+        for i in range(count)
+    ]
 
 
 def _csv(tmp_path: Path, text: str) -> Path:
@@ -72,8 +84,11 @@ def test_read_labelled_picks_the_key_column(tmp_path: Path) -> None:
     assert labelled.key == "sha256" and labelled.rows == [("sha1", "clean"), ("sha3", "mercury")]
     both = _csv(tmp_path, "image,image_id,label\na.jpg,id1,x\n")
     assert read_labelled(both).key == "image" and read_labelled(both, "image_id").rows == [("id1", "x")]
-    for text, message in [("image_id\nid1\n", "'label' column"), ("name,label\na,x\n", "naming the images"),
-                          ("image_id,label\nid1,\n", "no row")]:
+    for text, message in [
+        ("image_id\nid1\n", "'label' column"),
+        ("name,label\na,x\n", "naming the images"),
+        ("image_id,label\nid1,\n", "no row"),
+    ]:
         with pytest.raises(ProbeError, match=message):
             read_labelled(_csv(tmp_path, text))
     with pytest.raises(ProbeError, match="no 'url' column"):
@@ -87,8 +102,9 @@ def test_match_stored_by_any_key_keeps_file_order(key: str, tmp_path: Path) -> N
     labelled = read_labelled(_csv(tmp_path, f"{key},label\n{values['id3']},b\n{values['id0']},a\n{values['id3']},b\n"))
     vectors, labels, model, missing = match_stored(labelled, iter(images))
     assert labels == ["b", "a", "b"] and model == ("clip", "1") and missing == []
-    np.testing.assert_array_equal(vectors, np.asarray([images[3].vector, images[0].vector, images[3].vector],
-                                                      np.float32))
+    np.testing.assert_array_equal(
+        vectors, np.asarray([images[3].vector, images[0].vector, images[3].vector], np.float32)
+    )
 
 
 def test_match_stored_lists_unknown_keys_unless_told_to_skip(tmp_path: Path) -> None:
@@ -122,8 +138,18 @@ def test_score_rows_writes_probabilities_and_metadata_and_refuses_another_model(
     images = _stored(3)
     header = output_header(probe, ["catalogNumber"])
     rows = score_rows(probe, images, ["catalogNumber"])
-    assert header == ["image_id", "label", "probability", "p_clean", "p_mercury", "job_id", "record_id", "url",
-                      "sha256", "catalogNumber"]
+    assert header == [
+        "image_id",
+        "label",
+        "probability",
+        "p_clean",
+        "p_mercury",
+        "job_id",
+        "record_id",
+        "url",
+        "sha256",
+        "catalogNumber",
+    ]
     expected = probe.probabilities(np.asarray([i.vector for i in images], np.float32))
     for row, image, probs in zip(rows, images, expected, strict=True):
         record = dict(zip(header, row, strict=True))
@@ -139,8 +165,9 @@ def test_score_rows_writes_probabilities_and_metadata_and_refuses_another_model(
 
 def test_probe_load_reads_older_files_and_refuses_others(tmp_path: Path) -> None:
     old = tmp_path / "old.json"
-    old.write_text('{"classes": ["a", "b"], "coef": [[1.0, 0.0]], "intercept": [0.0], "model": "clip", '
-                   '"model_version": "1"}')
+    old.write_text(
+        '{"classes": ["a", "b"], "coef": [[1.0, 0.0]], "intercept": [0.0], "model": "clip", "model_version": "1"}'
+    )
     assert Probe.load(old).source == "" and Probe.load(old).dim == 2
     (tmp_path / "bad.json").write_text('{"classes": []}')
     with pytest.raises(ProbeError, match="missing coef"):

@@ -48,15 +48,16 @@ def test_label_embedding_is_the_renormalised_mean_of_its_prompts() -> None:
 def test_probabilities_are_softmax_of_scaled_cosines() -> None:
     image = _unit(1, 0)
     classes = np.stack([_unit(1, 0), _unit(0, 1), _unit(1, 1)])
-    cos = np.array([1.0, 0.0, 2 ** -0.5])
+    cos = np.array([1.0, 0.0, 2**-0.5])
     expected = np.exp(100 * cos) / np.exp(100 * cos).sum()
     np.testing.assert_allclose(probabilities(image, classes), expected, rtol=1e-5)
     assert probabilities(image, classes, logit_scale=1.0).sum() == pytest.approx(1.0)
 
 
 def test_zero_shot_returns_top_k_best_first() -> None:
-    predictions = zero_shot(_unit(1, 0.1), ["beetle", "moth", "bee"],
-                            np.stack([_unit(0, 1), _unit(1, 0), _unit(1, 1)]), k=2, logit_scale=10)
+    predictions = zero_shot(
+        _unit(1, 0.1), ["beetle", "moth", "bee"], np.stack([_unit(0, 1), _unit(1, 0), _unit(1, 1)]), k=2, logit_scale=10
+    )
     assert [p.label for p in predictions] == ["moth", "bee"]
     assert predictions[0].score > predictions[1].score
 

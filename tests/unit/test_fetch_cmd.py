@@ -79,8 +79,9 @@ def write_list(path: Path, header: list[str], rows: list[list[str]]) -> Path:
 def fetch(listing: Path, out: Path, *extra: str) -> int:
     parser = argparse.ArgumentParser()
     fetch_cmd.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["fetch", str(listing), "--output", str(out), "--quiet",
-                              "--allow-network", "127.0.0.0/8", *extra])
+    args = parser.parse_args(
+        ["fetch", str(listing), "--output", str(out), "--quiet", "--allow-network", "127.0.0.0/8", *extra]
+    )
     return args.run(args)
 
 
@@ -90,11 +91,15 @@ def report(out: Path) -> list[dict]:
 
 
 def test_files_are_named_and_filed_by_columns_with_checksums_like_sum_buddy(tmp_path, base):
-    listing = write_list(tmp_path / "list.csv", ["url", "filename", "family", "md5"], [
-        [f"{base}/img/0", "moth-0.jpg", "Noctuidae", hashlib.md5(IMAGES["/img/0"]).hexdigest()],
-        [f"{base}/img/1", "moth-1", "Noctuidae", hashlib.md5(IMAGES["/img/1"]).hexdigest()],
-        [f"{base}/img/p", "bee", "Apidae", hashlib.md5(IMAGES["/img/p"]).hexdigest()],
-    ])
+    listing = write_list(
+        tmp_path / "list.csv",
+        ["url", "filename", "family", "md5"],
+        [
+            [f"{base}/img/0", "moth-0.jpg", "Noctuidae", hashlib.md5(IMAGES["/img/0"]).hexdigest()],
+            [f"{base}/img/1", "moth-1", "Noctuidae", hashlib.md5(IMAGES["/img/1"]).hexdigest()],
+            [f"{base}/img/p", "bee", "Apidae", hashlib.md5(IMAGES["/img/p"]).hexdigest()],
+        ],
+    )
     out = tmp_path / "out"
     assert fetch(listing, out, "--name-col", "filename", "--subdir-col", "family", "--checksum-col", "md5") == 0
     assert (out / "Noctuidae" / "moth-0.jpg").read_bytes() == IMAGES["/img/0"]
@@ -114,11 +119,15 @@ def test_files_are_named_and_filed_by_columns_with_checksums_like_sum_buddy(tmp_
 
 
 def test_a_checksum_mismatch_keeps_no_file_and_the_buddy_check_lists_it(tmp_path, base, capsys):
-    listing = write_list(tmp_path / "list.csv", ["url", "name", "sha256"], [
-        [f"{base}/img/0", "a.jpg", hashlib.sha256(IMAGES["/img/0"]).hexdigest()],
-        [f"{base}/img/1", "b.jpg", "0" * 64],
-        [f"{base}/img/missing", "c.jpg", "1" * 64],
-    ])
+    listing = write_list(
+        tmp_path / "list.csv",
+        ["url", "name", "sha256"],
+        [
+            [f"{base}/img/0", "a.jpg", hashlib.sha256(IMAGES["/img/0"]).hexdigest()],
+            [f"{base}/img/1", "b.jpg", "0" * 64],
+            [f"{base}/img/missing", "c.jpg", "1" * 64],
+        ],
+    )
     out = tmp_path / "out"
     assert fetch(listing, out, "--name-col", "name", "--checksum-col", "sha256") == 1
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["a.jpg"]
@@ -147,14 +156,18 @@ def test_running_again_skips_verified_files_without_a_request(tmp_path, base):
 
 
 def test_unsafe_and_duplicate_names_fail_without_writing_anywhere_else(tmp_path, base):
-    listing = write_list(tmp_path / "list.csv", ["url", "name", "dir"], [
-        [f"{base}/img/0", "../escape.jpg", "x"],
-        [f"{base}/img/1", "ok.jpg", "../../up"],
-        [f"{base}/img/2", ".hidden.jpg", "x"],
-        [f"{base}/img/3", "same.jpg", "x"],
-        [f"{base}/img/4", "same.jpg", "x"],
-        [f"{base}/img/5", "", "x"],
-    ])
+    listing = write_list(
+        tmp_path / "list.csv",
+        ["url", "name", "dir"],
+        [
+            [f"{base}/img/0", "../escape.jpg", "x"],
+            [f"{base}/img/1", "ok.jpg", "../../up"],
+            [f"{base}/img/2", ".hidden.jpg", "x"],
+            [f"{base}/img/3", "same.jpg", "x"],
+            [f"{base}/img/4", "same.jpg", "x"],
+            [f"{base}/img/5", "", "x"],
+        ],
+    )
     out = tmp_path / "out"
     assert fetch(listing, out, "--name-col", "name", "--subdir-col", "dir") == 1
     reasons = [r["reason"] for r in sorted(report(out), key=lambda r: int(r["row"]))]
@@ -170,7 +183,9 @@ def test_rows_are_named_by_number_without_a_name_column_and_the_parquet_report_h
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["00000000.jpg", "00000001.png"]
     table = pq.read_table(out / "_fetch" / "report.parquet").to_pylist()
     assert sorted((r["row"], r["state"], r["reason"]) for r in table) == [
-        (0, "stored", ""), (1, "stored", ""), (2, "failed", "bad_url")
+        (0, "stored", ""),
+        (1, "stored", ""),
+        (2, "failed", "bad_url"),
     ]
     assert {r["width"] for r in table if r["state"] == "stored"} == {40, 20}
     with open(out / "_fetch" / "checksums.csv", newline="") as handle:
@@ -181,10 +196,14 @@ def test_rows_are_named_by_number_without_a_name_column_and_the_parquet_report_h
 
 def test_an_idigbio_list_uses_the_url_fallbacks(tmp_path, base):
     header = ["coreid", "ac:accessURI", "ac:bestQualityAccessURI", "dc:rights"]
-    listing = write_list(tmp_path / "multimedia.csv", header, [
-        ["a", f"{base}/img/0", f"{base}/img/1", "CC0"],
-        ["b", "", f"{base}/img/2", "CC-BY"],
-    ])
+    listing = write_list(
+        tmp_path / "multimedia.csv",
+        header,
+        [
+            ["a", f"{base}/img/0", f"{base}/img/1", "CC0"],
+            ["b", "", f"{base}/img/2", "CC-BY"],
+        ],
+    )
     out = tmp_path / "out"
     assert fetch(listing, out, "--name-col", "coreid") == 0
     assert (out / "a.jpg").read_bytes() == IMAGES["/img/0"]

@@ -88,8 +88,9 @@ def test_connection_caps_hold_per_host_and_overall():
     with servers(3) as bases:
         tasks = [Task(f"{n}", f"{base}/img/{n}") for n in range(40) for base in bases]
         results = []
-        engine = FetchEngine(settings(fetch_max_connections=5, fetch_max_connections_per_host=2),
-                             on_result=results.append)
+        engine = FetchEngine(
+            settings(fetch_max_connections=5, fetch_max_connections_per_host=2), on_result=results.append
+        )
         summary = engine.run(tasks)
     assert summary.stored == len(tasks) == len(results)
     assert max(Counting.peak.values()) <= 2

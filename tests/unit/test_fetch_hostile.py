@@ -269,7 +269,8 @@ def tuned(monkeypatch):
 def junk_in(out: Path, allowed: set[bytes]) -> list[Path]:
     """Every file in the output other than the logs must be one of the served images, byte for byte."""
     return [
-        p for p in out.rglob("*")
+        p
+        for p in out.rglob("*")
         if p.is_file() and "_fetch" not in p.relative_to(out).parts and p.read_bytes() not in allowed
     ]
 
@@ -335,16 +336,38 @@ def hosts():
 def test_every_hostile_row_ends_with_its_reason_and_no_junk_is_kept(tmp_path, tuned, hosts, processes):
     base, _ = hosts
     paths = {
-        "ok": "/ok.jpg", "404": "/404", "410": "/410", "429_storm": "/429-storm",
-        "429_storm_retry_after": "/429-storm-retry-after", "429_then_ok": "/429-then-ok",
-        "503_burst_then_ok": "/503-burst-then-ok", "503_forever": "/503-forever", "truncated": "/truncated.jpg",
-        "short_body": "/short-body.jpg", "html_as_jpeg": "/html-as-jpeg", "json_as_jpeg": "/json-as-jpeg",
-        "empty": "/empty.jpg", "gzip_bomb": "/gzip-bomb", "pixel_bomb": "/pixel-bomb.png", "too_small": "/tiny.jpg",
-        "endless": "/endless", "trickle": "/trickle.jpg", "stall": "/stall.jpg", "redirect_loop": "/redirect-loop",
-        "redirect_without_location": "/redirect-without-location", "to_127_0_0_1": "/to-127.0.0.1",
-        "to_ipv6_loopback": "/to-ipv6-loopback", "to_metadata": "/to-metadata", "to_file_scheme": "/to-file-scheme",
-        "to_other_host": "/to-other-host", "noai": "/noai.jpg", "otherbot_noai": "/otherbot-noai.jpg",
-        "brotli": "/brotli.jpg", "header_flood": "/header-flood.jpg", "not_http": "/not-http", "ico": "/ico.jpg",
+        "ok": "/ok.jpg",
+        "404": "/404",
+        "410": "/410",
+        "429_storm": "/429-storm",
+        "429_storm_retry_after": "/429-storm-retry-after",
+        "429_then_ok": "/429-then-ok",
+        "503_burst_then_ok": "/503-burst-then-ok",
+        "503_forever": "/503-forever",
+        "truncated": "/truncated.jpg",
+        "short_body": "/short-body.jpg",
+        "html_as_jpeg": "/html-as-jpeg",
+        "json_as_jpeg": "/json-as-jpeg",
+        "empty": "/empty.jpg",
+        "gzip_bomb": "/gzip-bomb",
+        "pixel_bomb": "/pixel-bomb.png",
+        "too_small": "/tiny.jpg",
+        "endless": "/endless",
+        "trickle": "/trickle.jpg",
+        "stall": "/stall.jpg",
+        "redirect_loop": "/redirect-loop",
+        "redirect_without_location": "/redirect-without-location",
+        "to_127_0_0_1": "/to-127.0.0.1",
+        "to_ipv6_loopback": "/to-ipv6-loopback",
+        "to_metadata": "/to-metadata",
+        "to_file_scheme": "/to-file-scheme",
+        "to_other_host": "/to-other-host",
+        "noai": "/noai.jpg",
+        "otherbot_noai": "/otherbot-noai.jpg",
+        "brotli": "/brotli.jpg",
+        "header_flood": "/header-flood.jpg",
+        "not_http": "/not-http",
+        "ico": "/ico.jpg",
     }
     rows = [(name, base + path) for name, path in paths.items()]
     rows += [
@@ -364,11 +387,22 @@ def test_every_hostile_row_ends_with_its_reason_and_no_junk_is_kept(tmp_path, tu
     ]
     assert len(EXPECTED) >= 20 and {name for name, _ in rows} == set(EXPECTED)
 
-    result = fetch(tmp_path, rows, "--name-col", "name", "--allow-network", "127.0.0.2/32",
-                   "--allow-network", "127.0.0.3/32", "--processes", processes)
+    result = fetch(
+        tmp_path,
+        rows,
+        "--name-col",
+        "name",
+        "--allow-network",
+        "127.0.0.2/32",
+        "--allow-network",
+        "127.0.0.3/32",
+        "--processes",
+        processes,
+    )
 
-    got = {row["url"] and next(n for n, u in rows if u.strip() == row["url"]) or "empty_url": row
-           for row in result["rows"]}
+    got = {
+        row["url"] and next(n for n, u in rows if u.strip() == row["url"]) or "empty_url": row for row in result["rows"]
+    }
     assert {name: (row["state"], row["reason"]) for name, row in got.items()} == EXPECTED
     assert all(row["message"] for row in result["rows"] if row["state"] == "failed")
     assert result["status"] == 1  # some rows failed
@@ -385,12 +419,7 @@ def test_every_hostile_row_ends_with_its_reason_and_no_junk_is_kept(tmp_path, tu
 
 def test_malformed_list_rows_are_recorded_and_the_rest_fetched(tmp_path, tuned, hosts):
     base, _ = hosts
-    text = (
-        "name,url\n"
-        f"good,{base}/ok.jpg\n"
-        f"too_many,{base}/ok2.jpg,surplus,fields\n"
-        f'unterminated,"{base}/ok2.jpg\n'
-    )
+    text = f'name,url\ngood,{base}/ok.jpg\ntoo_many,{base}/ok2.jpg,surplus,fields\nunterminated,"{base}/ok2.jpg\n'
     result = fetch(tmp_path, [], "--name-col", "name", "--allow-network", "127.0.0.2/32", list_text=text)
     states = sorted((row["state"], row["reason"]) for row in result["rows"])
     assert states == [("failed", "bad_row"), ("failed", "bad_row"), ("stored", "")]
@@ -402,10 +431,10 @@ def test_malformed_list_rows_are_recorded_and_the_rest_fetched(tmp_path, tuned, 
 @pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
 def test_ipv6_loopback_is_refused_unless_allowed(tmp_path, tuned):
     with server("::1") as base:
-        refused = fetch(tmp_path / "a", [("v6", f"{base}/ok.jpg")], "--name-col", "name",
-                        "--allow-network", "127.0.0.0/8")
-        allowed = fetch(tmp_path / "b", [("v6", f"{base}/ok.jpg")], "--name-col", "name",
-                        "--allow-network", "::1/128")
+        refused = fetch(
+            tmp_path / "a", [("v6", f"{base}/ok.jpg")], "--name-col", "name", "--allow-network", "127.0.0.0/8"
+        )
+        allowed = fetch(tmp_path / "b", [("v6", f"{base}/ok.jpg")], "--name-col", "name", "--allow-network", "::1/128")
     assert [(r["state"], r["reason"]) for r in refused["rows"]] == [("failed", "blocked_address")]
     assert [(r["state"], r["reason"]) for r in allowed["rows"]] == [("stored", "")]
     assert Hostile.hits["/ok.jpg"] == 1  # only the allowed run reached the server

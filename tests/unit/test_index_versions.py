@@ -37,16 +37,26 @@ def vector(seed: int) -> list[float]:
 
 
 def fresh(image_id: str, key: VersionKey, seed: int, row: int = 0) -> Embedding:
-    record = Record(record_id=f"job:{row}", job_id="job", row=row, url=f"http://x/{image_id}.jpg",
-                    metadata={"genus": "Danaus"})
-    crop = Crop(image_id=image_id, crop_key=f"derivatives/{image_id}/crop.jpg",
-                image=VerifiedImage(image_id=image_id, fetched=FetchedImage(record=record, sha256=image_id)))
+    record = Record(
+        record_id=f"job:{row}", job_id="job", row=row, url=f"http://x/{image_id}.jpg", metadata={"genus": "Danaus"}
+    )
+    crop = Crop(
+        image_id=image_id,
+        crop_key=f"derivatives/{image_id}/crop.jpg",
+        image=VerifiedImage(image_id=image_id, fetched=FetchedImage(record=record, sha256=image_id)),
+    )
     return Embedding(image_id=image_id, vector=vector(seed), model=key.model, model_version=key.version, crop=crop)
 
 
 def backfill(image_id: str, key: VersionKey, seed: int) -> Embedding:
-    return Embedding(image_id=image_id, vector=vector(seed), model=key.model, model_version=key.version,
-                     lineage={"genus": "Danaus", "crop_key": f"derivatives/{image_id}/crop.jpg"}, backfill=True)
+    return Embedding(
+        image_id=image_id,
+        vector=vector(seed),
+        model=key.model,
+        model_version=key.version,
+        lineage={"genus": "Danaus", "crop_key": f"derivatives/{image_id}/crop.jpg"},
+        backfill=True,
+    )
 
 
 def test_own_fresh_embedding_is_indexed_with_an_outcome(store):

@@ -87,11 +87,17 @@ def test_idigbio_urls_fall_back_per_row_and_rights_are_normalised(tmp_path):
     )
     records = list(read_records(path))
     assert [r.url for r in records] == [
-        "http://a.example/1.jpg", "http://a.example/2-big.jpg", "http://a.example/3-id", ""
+        "http://a.example/1.jpg",
+        "http://a.example/2-big.jpg",
+        "http://a.example/3-id",
+        "",
     ]
     first = records[0].metadata
     assert (first["format"], first["license"], first["rights"], first["rights_holder"]) == (
-        "image/jpeg", "CC0", "CC0", "Museum A"
+        "image/jpeg",
+        "CC0",
+        "CC0",
+        "Museum A",
     )
     assert first["ac:bestQualityAccessURI"] == "http://a.example/1-big.jpg"  # the other columns still travel
     assert "ac:accessURI" not in first
@@ -127,15 +133,20 @@ def test_gbif_multimedia_keeps_still_images_only(tmp_path):
     assert (stats.kind, stats.rows, stats.not_images, stats.no_url) == ("gbif", 6, 2, 1)
     meta = records[0].metadata
     assert (meta["rights_holder"], meta["creator"], meta["references"], meta["license"]) == (
-        "Herbarium", "Ann", "http://g.example/1", "CC0"
+        "Herbarium",
+        "Ann",
+        "http://g.example/1",
+        "CC0",
     )
     assert meta["gbifID"] == "1" and "identifier" not in meta
 
 
 def test_malformed_rows_become_records_with_the_error_and_reading_goes_on(tmp_path):
     path = tmp_path / "list.csv"
-    path.write_text('url,genus\nhttp://a.example/1.jpg,Apis\nhttp://a.example/2.jpg,Bombus,extra,fields\n'
-                    'http://a.example/3.jpg\nhttp://a.example/4.jpg,"Vespa\n')
+    path.write_text(
+        "url,genus\nhttp://a.example/1.jpg,Apis\nhttp://a.example/2.jpg,Bombus,extra,fields\n"
+        'http://a.example/3.jpg\nhttp://a.example/4.jpg,"Vespa\n'
+    )
     records = list(read_records(path))
     assert [r.url for r in records][:3] == ["http://a.example/1.jpg", "", "http://a.example/3.jpg"]
     assert "4 fields where the header has 2" in records[1].metadata["_input_error"]

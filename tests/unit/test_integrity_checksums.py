@@ -102,8 +102,12 @@ def test_zip_members_are_read_decompressed_by_name(tmp_path: Path) -> None:
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as handle:
         handle.writestr("x/one.txt", b"one" * 1000)
         handle.writestr("two.bin", b"\x00" * 5)
-    got = list(digest_items([Item(str(archive), "x/one.txt"), Item(str(archive), "two.bin"),
-                             Item(str(archive), "absent")], [Algorithm("sha1")]))
+    got = list(
+        digest_items(
+            [Item(str(archive), "x/one.txt"), Item(str(archive), "two.bin"), Item(str(archive), "absent")],
+            [Algorithm("sha1")],
+        )
+    )
     assert got[0].digests["sha1"] == hashlib.sha1(b"one" * 1000).hexdigest() and got[0].size == 3000
     assert got[1].digests["sha1"] == hashlib.sha1(b"\x00" * 5).hexdigest()
     assert got[2].error and "absent" in got[2].error
@@ -123,8 +127,14 @@ def test_small_work_runs_without_starting_workers(tmp_path: Path) -> None:
     items, sizes, md5s = _files(tmp_path, 10)
     pool = WorkerPool(2, "thread")
     with pool:
-        got = list(pool.map_batches(_digest_batch, [Unit(i, s) for i, s in zip(items, sizes, strict=True)],
-                                    (Algorithm("md5"),), serial_below=1 << 40))
+        got = list(
+            pool.map_batches(
+                _digest_batch,
+                [Unit(i, s) for i, s in zip(items, sizes, strict=True)],
+                (Algorithm("md5"),),
+                serial_below=1 << 40,
+            )
+        )
         assert pool._pool is None  # no executor was created
     assert [r.digests["md5"] for _, r in got] == md5s
 

@@ -36,6 +36,7 @@ def closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
+
 THRESHOLD = 8
 
 
@@ -64,8 +65,9 @@ def test_re_encoded_and_resized_copies_are_near_and_an_unrelated_image_is_not(or
     unrelated = [phash_bytes(_encode(shapes_image(seed, size=(800, 600), max_shapes=10), "PNG")) for seed in (7, 8, 9)]
     assert all(hamming(base, u) > THRESHOLD + 4 for u in unrelated), [hamming(base, u) for u in unrelated]
 
-    index = HammingIndex.build([("original", base), *((f"unrelated{n}", u) for n, u in enumerate(unrelated))],
-                               max_distance=THRESHOLD)
+    index = HammingIndex.build(
+        [("original", base), *((f"unrelated{n}", u) for n, u in enumerate(unrelated))], max_distance=THRESHOLD
+    )
     for data in copies.values():
         assert [k for k, _ in index.query(phash_bytes(data))] == ["original"]
 
@@ -163,7 +165,9 @@ def test_dupes_command_prints_and_writes_the_groups(folder: Path, tmp_path: Path
     out = tmp_path / "groups.csv"
     result = subprocess.run(
         [sys.executable, "-m", "taxonstream.cli.main", "dupes", str(folder), "-o", str(out)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "exact duplicates: 2 groups, 5 files" in result.stdout
@@ -174,13 +178,16 @@ def test_dupes_command_prints_and_writes_the_groups(folder: Path, tmp_path: Path
 
     strict = subprocess.run(
         [sys.executable, "-m", "taxonstream.cli.main", "dupes", str(folder), "--max-distance", "0"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert "exact duplicates: 2 groups" in strict.stdout
     # Not a path: a job id, looked up in the checksummer (unknown there, or no stack running here).
     env = {**os.environ, "TAXONSTREAM_CHECKSUMMER_ADDR": f"127.0.0.1:{closed_port()}"}
-    missing = subprocess.run([sys.executable, "-m", "taxonstream.cli.main", "dupes", "job-1234"],
-                             capture_output=True, text=True, env=env)
+    missing = subprocess.run(
+        [sys.executable, "-m", "taxonstream.cli.main", "dupes", "job-1234"], capture_output=True, text=True, env=env
+    )
     assert missing.returncode == 1 and "job-1234: no such file or directory, and no checksummer" in missing.stderr
 
 

@@ -20,8 +20,12 @@ def _jpeg(seed: int, quality: int = 90, size: tuple[int, int] = (640, 480)) -> b
 
 
 def _source(record_id: str, provider: str) -> dict[str, str]:
-    return {"record_id": record_id, "job_id": "job-1", "url": f"https://{provider}/media/{record_id}.jpg",
-            "license": "CC BY 4.0"}
+    return {
+        "record_id": record_id,
+        "job_id": "job-1",
+        "url": f"https://{provider}/media/{record_id}.jpg",
+        "license": "CC BY 4.0",
+    }
 
 
 def _claim(registry: DuplicateRegistry, data: bytes, record_id: str, provider: str = "a.example"):

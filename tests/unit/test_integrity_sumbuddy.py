@@ -42,9 +42,19 @@ def sum_buddy() -> Path:
         try:
             subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, capture_output=True, timeout=120)
             subprocess.run(
-                [str(VENV / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                 *_requirements()],
-                check=True, capture_output=True, text=True, timeout=300,
+                [
+                    str(VENV / "bin" / "python"),
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--disable-pip-version-check",
+                    *_requirements(),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=300,
             )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
             shutil.rmtree(VENV, ignore_errors=True)
@@ -184,16 +194,19 @@ def test_errors_are_sum_buddys_messages_and_an_existing_output_needs_force(tmp_p
     (tmp_path / "hidden" / ".only").write_text("x")
     result = subprocess.run([*TAXONSTREAM, "checksum", "hidden"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 1 and "all are filtered out" in result.stderr
-    result = subprocess.run([*TAXONSTREAM, "checksum", "-a", "shake_256", "hidden"], cwd=tmp_path,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [*TAXONSTREAM, "checksum", "-a", "shake_256", "hidden"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert result.returncode == 1 and "Length parameter [bytes] is required" in result.stderr
     (tmp_path / "out.csv").write_text("keep me")
-    result = subprocess.run([*TAXONSTREAM, "checksum", "-H", "-o", "out.csv", "hidden"], cwd=tmp_path,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [*TAXONSTREAM, "checksum", "-H", "-o", "out.csv", "hidden"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert result.returncode == 1 and "already exists" in result.stderr
     assert (tmp_path / "out.csv").read_text() == "keep me"
-    result = subprocess.run([*TAXONSTREAM, "checksum", "-H", "-f", "-o", "out.csv", "hidden"], cwd=tmp_path,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [*TAXONSTREAM, "checksum", "-H", "-f", "-o", "out.csv", "hidden"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert result.returncode == 0 and "written to out.csv" in result.stdout
     assert (tmp_path / "out.csv").read_bytes().startswith(b"filepath,filename,md5\r\nhidden/.only,.only,")
 
@@ -202,8 +215,9 @@ def test_an_unreadable_file_fails_the_run_and_leaves_no_partial_output(tmp_path:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "ok.txt").write_text("fine")
     os.symlink(tmp_path / "nowhere", tmp_path / "data" / "dangling.txt")
-    result = subprocess.run([*TAXONSTREAM, "checksum", "-o", "out.csv", "data"], cwd=tmp_path,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [*TAXONSTREAM, "checksum", "-o", "out.csv", "data"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert result.returncode == 1 and "dangling.txt" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 

@@ -20,24 +20,38 @@ from taxonstream.models.checkpoints import clip_towers, install_clip, load_state
 
 def _block(prefix: str, width: int) -> dict[str, tuple[int, ...]]:
     return {
-        f"{prefix}.ln_1.weight": (width,), f"{prefix}.ln_1.bias": (width,),
-        f"{prefix}.attn.in_proj_weight": (3 * width, width), f"{prefix}.attn.in_proj_bias": (3 * width,),
-        f"{prefix}.attn.out_proj.weight": (width, width), f"{prefix}.attn.out_proj.bias": (width,),
-        f"{prefix}.ln_2.weight": (width,), f"{prefix}.ln_2.bias": (width,),
-        f"{prefix}.mlp.c_fc.weight": (4 * width, width), f"{prefix}.mlp.c_fc.bias": (4 * width,),
-        f"{prefix}.mlp.c_proj.weight": (width, 4 * width), f"{prefix}.mlp.c_proj.bias": (width,),
+        f"{prefix}.ln_1.weight": (width,),
+        f"{prefix}.ln_1.bias": (width,),
+        f"{prefix}.attn.in_proj_weight": (3 * width, width),
+        f"{prefix}.attn.in_proj_bias": (3 * width,),
+        f"{prefix}.attn.out_proj.weight": (width, width),
+        f"{prefix}.attn.out_proj.bias": (width,),
+        f"{prefix}.ln_2.weight": (width,),
+        f"{prefix}.ln_2.bias": (width,),
+        f"{prefix}.mlp.c_fc.weight": (4 * width, width),
+        f"{prefix}.mlp.c_fc.bias": (4 * width,),
+        f"{prefix}.mlp.c_proj.weight": (width, 4 * width),
+        f"{prefix}.mlp.c_proj.bias": (width,),
     }
 
 
 def open_clip_vit_b16_shapes(layers: int = 1) -> dict[str, tuple[int, ...]]:
     """open_clip's CLIP state-dict keys and shapes for ViT-B/16 (written from its layout, not from our modules)."""
     shapes: dict[str, tuple[int, ...]] = {
-        "visual.class_embedding": (768,), "visual.positional_embedding": (197, 768),
-        "visual.proj": (768, 512), "visual.conv1.weight": (768, 3, 16, 16),
-        "visual.ln_pre.weight": (768,), "visual.ln_pre.bias": (768,),
-        "visual.ln_post.weight": (768,), "visual.ln_post.bias": (768,),
-        "token_embedding.weight": (49408, 512), "positional_embedding": (77, 512),
-        "text_projection": (512, 512), "ln_final.weight": (512,), "ln_final.bias": (512,), "logit_scale": (),
+        "visual.class_embedding": (768,),
+        "visual.positional_embedding": (197, 768),
+        "visual.proj": (768, 512),
+        "visual.conv1.weight": (768, 3, 16, 16),
+        "visual.ln_pre.weight": (768,),
+        "visual.ln_pre.bias": (768,),
+        "visual.ln_post.weight": (768,),
+        "visual.ln_post.bias": (768,),
+        "token_embedding.weight": (49408, 512),
+        "positional_embedding": (77, 512),
+        "text_projection": (512, 512),
+        "ln_final.weight": (512,),
+        "ln_final.bias": (512,),
+        "logit_scale": (),
     }
     for n in range(layers):
         shapes |= _block(f"visual.transformer.resblocks.{n}", 768) | _block(f"transformer.resblocks.{n}", 512)
@@ -109,8 +123,9 @@ def test_full_size_fake_checkpoint_tables_are_open_clips() -> None:
 
 def test_fake_checkpoint_safetensors_load_into_the_towers(tmp_path: Path) -> None:
     tool = _fake_checkpoint_tool()
-    geometry = tool.Geometry(image_size=32, patch_size=16, vision_width=64, vision_layers=2, embed_dim=32,
-                             text_width=64, text_layers=1)
+    geometry = tool.Geometry(
+        image_size=32, patch_size=16, vision_width=64, vision_layers=2, embed_dim=32, text_width=64, text_layers=1
+    )
     path = tool.write_checkpoint(geometry, tmp_path / "open_clip_model.safetensors", dtype="float16")
     image_tower, text_tower, logit_scale = clip_towers(load_state_dict(path))  # strict: every key, every shape
     v, t = image_tower.config, text_tower.config

@@ -38,11 +38,22 @@ MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]  # not ImageNet's: shows the folde
 
 
 def tiny_detr_config(**overrides):
-    backbone = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1],
-                                         layer_type="basic", out_features=["stage4"])
-    settings = dict(backbone_config=backbone, d_model=32, encoder_layers=1, decoder_layers=1,
-                    encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                    num_queries=12, id2label=CLASSES, label2id={v: k for k, v in CLASSES.items()})
+    backbone = transformers.ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1], layer_type="basic", out_features=["stage4"]
+    )
+    settings = dict(
+        backbone_config=backbone,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        num_queries=12,
+        id2label=CLASSES,
+        label2id={v: k for k, v in CLASSES.items()},
+    )
     return transformers.DetrConfig(**(settings | overrides))
 
 
@@ -59,7 +70,8 @@ def _spread(model, seed: int) -> None:
             elif name.endswith("bias"):
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
         model.model.query_position_embeddings.weight.copy_(
-            torch.randn(model.model.query_position_embeddings.weight.shape, generator=generator))
+            torch.randn(model.model.query_position_embeddings.weight.shape, generator=generator)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +82,9 @@ def detr_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _spread(model, 11)
     folder = tmp_path_factory.mktemp("detr-standin")
     model.save_pretrained(folder)
-    DetrImageProcessorPil(image_mean=MEAN, image_std=STD,
-                          size={"shortest_edge": SIZE, "longest_edge": 160}).save_pretrained(folder)
+    DetrImageProcessorPil(
+        image_mean=MEAN, image_std=STD, size={"shortest_edge": SIZE, "longest_edge": 160}
+    ).save_pretrained(folder)
     return folder
 
 
@@ -93,8 +106,9 @@ def test_convention_comes_from_the_preprocessor_config(detr_checkpoint: Path, tm
     assert input_convention(detr_checkpoint, image_size=64).image_size == 64
     bare = input_convention(tmp_path)  # no preprocessor_config.json: DETR's defaults
     assert (bare.image_size, bare.mean, bare.std) == (800, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
-        {"do_normalize": False, "size": {"height": 640, "width": 640}}))  # RT-DETR-style: rescale only
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps({"do_normalize": False, "size": {"height": 640, "width": 640}})
+    )  # RT-DETR-style: rescale only
     square = input_convention(tmp_path)
     assert (square.image_size, square.mean, square.std) == (640, None, None)
 
@@ -117,15 +131,19 @@ def test_install_writes_the_triton_entry(installed: tuple[Path, dict]) -> None:
     assert [(t.name, list(t.dims)) for t in config.input] == [("images", [3, SIZE, SIZE])]
     assert [(t.name, list(t.dims)) for t in config.output] == [("boxes", [12, 4]), ("scores", [12])]
     assert json.loads((out / "detr" / "model.json").read_text())["settings"] == {
-        "TAXONSTREAM_DETECTOR_MODEL": "detr", "TAXONSTREAM_DETECTOR_MODEL_VERSION": "1"}
+        "TAXONSTREAM_DETECTOR_MODEL": "detr",
+        "TAXONSTREAM_DETECTOR_MODEL_VERSION": "1",
+    }
     assert not (out / "detr" / "1" / "model.py").exists()  # cluster: Triton's onnxruntime backend, no Python
 
 
 def test_local_target_and_a_chosen_label(detr_checkpoint: Path, tmp_path: Path) -> None:
-    entry = install_detector(detr_checkpoint, tmp_path / "models", target="local", name="bugs", version="3",
-                             labels=["insect"], image_size=64)
-    config = text_format.Parse((tmp_path / "models" / "bugs" / "config.pbtxt").read_text(),
-                               model_config_pb2.ModelConfig())
+    entry = install_detector(
+        detr_checkpoint, tmp_path / "models", target="local", name="bugs", version="3", labels=["insect"], image_size=64
+    )
+    config = text_format.Parse(
+        (tmp_path / "models" / "bugs" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
     assert config.backend == "python" and [list(t.dims) for t in config.input] == [[3, 64, 64]]
     assert (tmp_path / "models" / "bugs" / "3" / "model.py").is_file()
     assert entry["specimen_classes"] == {"0": "insect"} and entry["model_id"] == "bugs/3"
@@ -161,12 +179,20 @@ def test_outputs_are_transformers_post_processing(detr_checkpoint: Path, install
     with torch.no_grad():
         outputs = model(pixel_values=inputs["pixel_values"])
     # threshold -1 keeps every query, in query order; boxes scaled to the ORIGINAL image's pixels
-    (result,) = processor.post_process_object_detection(outputs, threshold=-1.0,
-                                                        target_sizes=[(original.height, original.width)])
+    (result,) = processor.post_process_object_detection(
+        outputs, threshold=-1.0, target_sizes=[(original.height, original.width)]
+    )
     np.testing.assert_allclose(scores, result["scores"].numpy(), atol=1e-5)
     cx, cy, w, h = boxes.T
-    ours = np.stack([(cx - w / 2) * original.width, (cy - h / 2) * original.height,
-                     (cx + w / 2) * original.width, (cy + h / 2) * original.height], axis=1)
+    ours = np.stack(
+        [
+            (cx - w / 2) * original.width,
+            (cy - h / 2) * original.height,
+            (cx + w / 2) * original.width,
+            (cy + h / 2) * original.height,
+        ],
+        axis=1,
+    )
     np.testing.assert_allclose(ours, result["boxes"].numpy(), atol=1e-3)
     assert (width, height) == (SIZE, SIZE)
     assert scores.max() - scores.min() > 0.02  # distinct per-query scores, not one value twelve times
@@ -181,12 +207,19 @@ def test_outputs_are_transformers_post_processing(detr_checkpoint: Path, install
 def test_yolos_checkpoint(tmp_path: Path) -> None:
     """STAND-IN YOLOS (2-layer ViT, 5 detection tokens, seed 12): ViT family, same head and conventions."""
     torch.manual_seed(12)
-    config = transformers.YolosConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                      intermediate_size=64, image_size=[64, 64], patch_size=16,
-                                      num_detection_tokens=5, id2label={0: "specimen"}, label2id={"specimen": 0})
+    config = transformers.YolosConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=[64, 64],
+        patch_size=16,
+        num_detection_tokens=5,
+        id2label={0: "specimen"},
+        label2id={"specimen": 0},
+    )
     transformers.YolosForObjectDetection(config).eval().save_pretrained(tmp_path / "yolos")
-    entry = install_detector(tmp_path / "yolos", tmp_path / "models", target="cluster", name="yolos",
-                             image_size=SIZE)
+    entry = install_detector(tmp_path / "yolos", tmp_path / "models", target="cluster", name="yolos", image_size=SIZE)
     assert entry["family"] == "yolos" and entry["queries"] == 5 and entry["parity"] < 1e-4
     assert entry["specimen_classes"] == {"0": "specimen"}
 
@@ -205,16 +238,45 @@ def test_cli_installs_a_detr_folder(detr_checkpoint: Path, tmp_path: Path, capsy
     from taxonstream.cli.main import parser
     from taxonstream.fetching.inputs import InputError
 
-    args = parser().parse_args(["models", "install", "detr", "--checkpoint", str(detr_checkpoint), "--out",
-                                str(tmp_path / "models"), "--name", "specimens", "--version", "2",
-                                "--label", "insect", "--label", "2", "--image-size", "64"])
+    args = parser().parse_args(
+        [
+            "models",
+            "install",
+            "detr",
+            "--checkpoint",
+            str(detr_checkpoint),
+            "--out",
+            str(tmp_path / "models"),
+            "--name",
+            "specimens",
+            "--version",
+            "2",
+            "--label",
+            "insect",
+            "--label",
+            "2",
+            "--image-size",
+            "64",
+        ]
+    )
     assert args.run(args) == 0
     printed = capsys.readouterr().out
     assert "specimens/2" in printed and "specimen = insect, ruler" in printed
     assert "TAXONSTREAM_DETECTOR_MODEL=specimens TAXONSTREAM_DETECTOR_MODEL_VERSION=2" in printed
     assert (tmp_path / "models" / "specimens" / "2" / "model.onnx").is_file()
-    args = parser().parse_args(["models", "install", "detr", "--checkpoint", str(detr_checkpoint), "--out",
-                                str(tmp_path / "models"), "--label", "beetle"])
+    args = parser().parse_args(
+        [
+            "models",
+            "install",
+            "detr",
+            "--checkpoint",
+            str(detr_checkpoint),
+            "--out",
+            str(tmp_path / "models"),
+            "--label",
+            "beetle",
+        ]
+    )
     with pytest.raises(InputError, match="not a class"):
         args.run(args)
 
@@ -227,14 +289,22 @@ def _hf_to_timm(key: str) -> str:
     rules = [
         (r"embedder\.embedder\.convolution\.(.+)", lambda m: f"conv1.{m[1]}"),
         (r"embedder\.embedder\.normalization\.(.+)", lambda m: f"bn1.{m[1]}"),
-        (r"encoder\.stages\.(\d)\.layers\.(\d+)\.layer\.(\d)\.convolution\.(.+)",
-         lambda m: f"layer{int(m[1]) + 1}.{m[2]}.conv{int(m[3]) + 1}.{m[4]}"),
-        (r"encoder\.stages\.(\d)\.layers\.(\d+)\.layer\.(\d)\.normalization\.(.+)",
-         lambda m: f"layer{int(m[1]) + 1}.{m[2]}.bn{int(m[3]) + 1}.{m[4]}"),
-        (r"encoder\.stages\.(\d)\.layers\.(\d+)\.shortcut\.convolution\.(.+)",
-         lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.0.{m[3]}"),
-        (r"encoder\.stages\.(\d)\.layers\.(\d+)\.shortcut\.normalization\.(.+)",
-         lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.1.{m[3]}"),
+        (
+            r"encoder\.stages\.(\d)\.layers\.(\d+)\.layer\.(\d)\.convolution\.(.+)",
+            lambda m: f"layer{int(m[1]) + 1}.{m[2]}.conv{int(m[3]) + 1}.{m[4]}",
+        ),
+        (
+            r"encoder\.stages\.(\d)\.layers\.(\d+)\.layer\.(\d)\.normalization\.(.+)",
+            lambda m: f"layer{int(m[1]) + 1}.{m[2]}.bn{int(m[3]) + 1}.{m[4]}",
+        ),
+        (
+            r"encoder\.stages\.(\d)\.layers\.(\d+)\.shortcut\.convolution\.(.+)",
+            lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.0.{m[3]}",
+        ),
+        (
+            r"encoder\.stages\.(\d)\.layers\.(\d+)\.shortcut\.normalization\.(.+)",
+            lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.1.{m[3]}",
+        ),
     ]
     for pattern, rename in rules:
         match = re.fullmatch(pattern, key)
@@ -250,8 +320,13 @@ def test_a_timm_backbone_checkpoint_loads_without_timm(tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     torch.manual_seed(13)
-    backbone = transformers.ResNetConfig(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3],
-                                         layer_type="bottleneck", out_features=["stage4"])
+    backbone = transformers.ResNetConfig(
+        embedding_size=64,
+        hidden_sizes=[256, 512, 1024, 2048],
+        depths=[3, 4, 6, 3],
+        layer_type="bottleneck",
+        out_features=["stage4"],
+    )
     reference = transformers.DetrForObjectDetection(tiny_detr_config(backbone_config=backbone)).eval()
     with torch.no_grad():  # non-trivial frozen batch-norm statistics, so a misplaced one shows
         for name, buffer in reference.named_buffers():
@@ -259,8 +334,10 @@ def test_a_timm_backbone_checkpoint_loads_without_timm(tmp_path: Path) -> None:
                 buffer.copy_(torch.rand(buffer.shape) * 0.5 + (0.75 if name.endswith("var") else -0.25))
     reference.save_pretrained(tmp_path / "hf")
     prefix = "model.backbone.conv_encoder.model."
-    state = {(prefix + _hf_to_timm(k[len(prefix):]) if k.startswith(prefix) else k): v
-             for k, v in load_file(str(tmp_path / "hf" / "model.safetensors")).items()}
+    state = {
+        (prefix + _hf_to_timm(k[len(prefix) :]) if k.startswith(prefix) else k): v
+        for k, v in load_file(str(tmp_path / "hf" / "model.safetensors")).items()
+    }
     state[prefix + "fc.weight"] = torch.zeros(1000, 2048)  # timm's classifier: not part of DETR, dropped
     timm_folder = tmp_path / "timm"
     timm_folder.mkdir()

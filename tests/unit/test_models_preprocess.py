@@ -73,9 +73,9 @@ def test_matches_torchvision_resize_as_pybioclip_uses_it() -> None:
         array = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
         tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
         resized = torch.nn.functional.interpolate(
-            tensor[None], size=(224, 224), mode="bilinear", align_corners=False, antialias=True)[0]
-        expected = ((resized - torch.tensor(CLIP_MEAN)[:, None, None])
-                    / torch.tensor(CLIP_STD)[:, None, None]).numpy()
+            tensor[None], size=(224, 224), mode="bilinear", align_corners=False, antialias=True
+        )[0]
+        expected = ((resized - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]).numpy()
         actual = clip_pixel_values(Image.fromarray(array))
         assert np.max(np.abs(actual - expected)) < 1e-4, (height, width)
 
@@ -108,7 +108,8 @@ def test_exif_orientation_is_applied() -> None:
     np.testing.assert_allclose(clip_pixel_values(tagged), clip_pixel_values(upright), atol=1e-5)
     # Opting out gives the raw stored pixels, as pybioclip sees them.
     np.testing.assert_allclose(
-        clip_pixel_values(tagged, apply_exif_orientation=False), clip_pixel_values(stored), atol=1e-5)
+        clip_pixel_values(tagged, apply_exif_orientation=False), clip_pixel_values(stored), atol=1e-5
+    )
 
 
 def test_detector_pixels_are_in_unit_range_with_upright_size() -> None:
@@ -119,17 +120,20 @@ def test_detector_pixels_are_in_unit_range_with_upright_size() -> None:
     assert pixels.dtype == np.float32
     assert original_size == (300, 120)
     assert pixels.min() >= 0.0 and pixels.max() <= 1.0
-    np.testing.assert_allclose(pixels[:, 128, 10], (1.0, 0.0, 0.0), atol=1e-6)   # red on the left again
+    np.testing.assert_allclose(pixels[:, 128, 10], (1.0, 0.0, 0.0), atol=1e-6)  # red on the left again
     np.testing.assert_allclose(pixels[:, 128, 245], (0.0, 0.0, 1.0), atol=1e-6)
 
 
 def test_preprocess_does_not_import_torch() -> None:
-    code = ("import sys, taxonstream.models.preprocess, taxonstream.models.contract; "
-            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    code = (
+        "import sys, taxonstream.models.preprocess, taxonstream.models.contract; "
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 # crop_box: box (cx, cy, w, h) normalised; enlarged 1.4x about its centre; clamped.
+
 
 def test_crop_box_centre_box_enlarged() -> None:
     # 1000 x 500 image, box centre (500, 250), 200 x 100 px -> 280 x 140 px.

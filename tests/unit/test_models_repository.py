@@ -145,8 +145,8 @@ def test_ensure_repository_rebuilds_what_is_missing_or_changed(tmp_path: Path) -
     (out / "unrelated_model").mkdir()
     ensure_repository(out)
     assert is_current(out)
-    assert not (out / "retired_model").exists()   # ours, no longer written: removed
-    assert (out / "unrelated_model").is_dir()     # not ours: left alone
+    assert not (out / "retired_model").exists()  # ours, no longer written: removed
+    assert (out / "unrelated_model").is_dir()  # not ours: left alone
     assert not list(tmp_path.glob(".models-build-*"))  # staging cleaned up
 
 

@@ -25,10 +25,12 @@ PARITY = 1e-4  # absolute, on embeddings of norm ~20; measured ~2e-5
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[object, Path]]:
     out = tmp_path_factory.mktemp("onnx")
     encoder, detector = build_clip_standin(), build_detector_standin()
-    encoder_path = export_onnx(encoder, [torch.zeros(1, 3, 224, 224)], out / "encoder.onnx",
-                               ["pixel_values"], ["embeddings"])
-    detector_path = export_onnx(detector, [torch.zeros(1, 3, 256, 256)], out / "detector.onnx",
-                                ["images"], ["boxes", "scores"])
+    encoder_path = export_onnx(
+        encoder, [torch.zeros(1, 3, 224, 224)], out / "encoder.onnx", ["pixel_values"], ["embeddings"]
+    )
+    detector_path = export_onnx(
+        detector, [torch.zeros(1, 3, 256, 256)], out / "detector.onnx", ["images"], ["boxes", "scores"]
+    )
     return {"encoder": (encoder, encoder_path), "detector": (detector, detector_path)}
 
 
@@ -88,20 +90,24 @@ def test_detector_onnx_matches_torch(exported: dict, batch: int) -> None:
 def test_onnx_graphs_have_contract_names_and_dynamic_batch(exported: dict) -> None:
     def signature(path: Path) -> dict[str, list[object]]:
         graph = onnx.load(str(path)).graph
-        return {value.name: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
-                for value in [*graph.input, *graph.output]}
+        return {
+            value.name: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+            for value in [*graph.input, *graph.output]
+        }
 
-    assert signature(exported["encoder"][1]) == {
-        "pixel_values": ["batch", 3, 224, 224], "embeddings": ["batch", 512]}
+    assert signature(exported["encoder"][1]) == {"pixel_values": ["batch", 3, 224, 224], "embeddings": ["batch", 512]}
     assert signature(exported["detector"][1]) == {
-        "images": ["batch", 3, 256, 256], "boxes": ["batch", 8, 4], "scores": ["batch", 8]}
+        "images": ["batch", 3, 256, 256],
+        "boxes": ["batch", 8, 4],
+        "scores": ["batch", 8],
+    }
 
 
 def test_stand_in_encoder_tells_images_apart() -> None:
     report = nearest_neighbour_check(torch_embed_fn(build_clip_standin()), count=120, seed=3)
-    assert report.top1_accuracy == 1.0          # every near-duplicate finds its own original
+    assert report.top1_accuracy == 1.0  # every near-duplicate finds its own original
     assert report.self_match_accuracy == 1.0
-    assert report.mean_cosine_distinct < 0.7    # not collapsed onto one direction
+    assert report.mean_cosine_distinct < 0.7  # not collapsed onto one direction
     assert report.mean_cosine_near_duplicate > 0.95
 
 

@@ -88,18 +88,19 @@ def _load_model(repo: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     # What Triton passes: the config as JSON with proto field names (int64 dims come as strings).
     config = text_format.Parse((repo / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     model = module.TritonPythonModel()
-    model.initialize({
-        "model_config": json_format.MessageToJson(config, preserving_proto_field_name=True),
-        "model_repository": str(repo / name),
-        "model_version": "1",
-    })
+    model.initialize(
+        {
+            "model_config": json_format.MessageToJson(config, preserving_proto_field_name=True),
+            "model_repository": str(repo / name),
+            "model_version": "1",
+        }
+    )
     model.session = CountingSession(model.session)
     return model
 
 
 def _reference(repo: Path, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    session = onnxruntime.InferenceSession(str(repo / name / "1" / "model.onnx"),
-                                           providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(str(repo / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     names = [output.name for output in session.get_outputs()]
     return dict(zip(names, session.run(names, feeds), strict=True))
 
@@ -141,7 +142,7 @@ def test_a_malformed_request_fails_alone(repo: Path, monkeypatch: pytest.MonkeyP
     requests = [
         FakeRequest(pixel_values=good),
         FakeRequest(pixel_values=np.zeros((1, 3, 32, 32), dtype=np.float32)),  # wrong size
-        FakeRequest(wrong_name=good),                                           # missing input
+        FakeRequest(wrong_name=good),  # missing input
         FakeRequest(pixel_values=good[:1]),
     ]
     responses = model.execute(requests)
@@ -150,8 +151,7 @@ def test_a_malformed_request_fails_alone(repo: Path, monkeypatch: pytest.MonkeyP
     assert "shape" in responses[1].error.message()
     assert "pixel_values" in responses[2].error.message()
     assert model.session.calls == 1 and model.session.batch_sizes == [3]
-    np.testing.assert_allclose(responses[3].tensors["embeddings"], responses[0].tensors["embeddings"][:1],
-                               atol=1e-5)
+    np.testing.assert_allclose(responses[3].tensors["embeddings"], responses[0].tensors["embeddings"][:1], atol=1e-5)
 
 
 def test_only_malformed_requests_run_nothing(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:

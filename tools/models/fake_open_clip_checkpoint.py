@@ -42,8 +42,8 @@ class Geometry:
 
 
 GEOMETRIES = {
-    "ViT-B-16": Geometry(224, 16, 768, 12, 512, 512, 12),    # BioCLIP
-    "ViT-L-14": Geometry(224, 14, 1024, 24, 768, 768, 12),   # BioCLIP 2
+    "ViT-B-16": Geometry(224, 16, 768, 12, 512, 512, 12),  # BioCLIP
+    "ViT-L-14": Geometry(224, 14, 1024, 24, 768, 768, 12),  # BioCLIP 2
 }
 # Parameter counts open_clip reports for these configs (its model profile table), as a check on the tables.
 PUBLISHED_PARAMETERS = {"ViT-B-16": 149_620_737, "ViT-L-14": 427_616_513}
@@ -52,12 +52,18 @@ PUBLISHED_PARAMETERS = {"ViT-B-16": 149_620_737, "ViT-L-14": 427_616_513}
 def _resblock(prefix: str, width: int, mlp_ratio: int) -> dict[str, tuple[int, ...]]:
     hidden = width * mlp_ratio
     return {
-        f"{prefix}.ln_1.weight": (width,), f"{prefix}.ln_1.bias": (width,),
-        f"{prefix}.attn.in_proj_weight": (3 * width, width), f"{prefix}.attn.in_proj_bias": (3 * width,),
-        f"{prefix}.attn.out_proj.weight": (width, width), f"{prefix}.attn.out_proj.bias": (width,),
-        f"{prefix}.ln_2.weight": (width,), f"{prefix}.ln_2.bias": (width,),
-        f"{prefix}.mlp.c_fc.weight": (hidden, width), f"{prefix}.mlp.c_fc.bias": (hidden,),
-        f"{prefix}.mlp.c_proj.weight": (width, hidden), f"{prefix}.mlp.c_proj.bias": (width,),
+        f"{prefix}.ln_1.weight": (width,),
+        f"{prefix}.ln_1.bias": (width,),
+        f"{prefix}.attn.in_proj_weight": (3 * width, width),
+        f"{prefix}.attn.in_proj_bias": (3 * width,),
+        f"{prefix}.attn.out_proj.weight": (width, width),
+        f"{prefix}.attn.out_proj.bias": (width,),
+        f"{prefix}.ln_2.weight": (width,),
+        f"{prefix}.ln_2.bias": (width,),
+        f"{prefix}.mlp.c_fc.weight": (hidden, width),
+        f"{prefix}.mlp.c_fc.bias": (hidden,),
+        f"{prefix}.mlp.c_proj.weight": (width, hidden),
+        f"{prefix}.mlp.c_proj.bias": (width,),
     }
 
 
@@ -72,15 +78,19 @@ def state_dict_shapes(g: Geometry) -> dict[str, tuple[int, ...]]:
         "visual.positional_embedding": (grid * grid + 1, g.vision_width),
         "visual.proj": (g.vision_width, g.embed_dim),
         "visual.conv1.weight": (g.vision_width, 3, g.patch_size, g.patch_size),
-        "visual.ln_pre.weight": (g.vision_width,), "visual.ln_pre.bias": (g.vision_width,),
+        "visual.ln_pre.weight": (g.vision_width,),
+        "visual.ln_pre.bias": (g.vision_width,),
     }
     for n in range(g.vision_layers):
         shapes |= _resblock(f"visual.transformer.resblocks.{n}", g.vision_width, g.mlp_ratio)
     shapes |= {"visual.ln_post.weight": (g.vision_width,), "visual.ln_post.bias": (g.vision_width,)}
     for n in range(g.text_layers):
         shapes |= _resblock(f"transformer.resblocks.{n}", g.text_width, g.mlp_ratio)
-    return shapes | {"token_embedding.weight": (g.vocab_size, g.text_width),
-                     "ln_final.weight": (g.text_width,), "ln_final.bias": (g.text_width,)}
+    return shapes | {
+        "token_embedding.weight": (g.vocab_size, g.text_width),
+        "ln_final.weight": (g.text_width,),
+        "ln_final.bias": (g.text_width,),
+    }
 
 
 def parameter_count(g: Geometry) -> int:
@@ -93,17 +103,16 @@ def _std(key: str, g: Geometry) -> float | None:
     width, layers = (g.vision_width, g.vision_layers) if visual else (g.text_width, g.text_layers)
     name = key.removeprefix("visual.")
     if name.endswith("attn.in_proj_weight"):
-        return width ** -0.5
+        return width**-0.5
     if name.endswith(("attn.out_proj.weight", "mlp.c_proj.weight")):
-        return width ** -0.5 * (2 * layers) ** -0.5
+        return width**-0.5 * (2 * layers) ** -0.5
     if name.endswith("mlp.c_fc.weight"):
         return (2 * width) ** -0.5
     if name == "conv1.weight":
         return (3 * g.patch_size * g.patch_size) ** -0.5
     if visual and name in ("class_embedding", "positional_embedding", "proj"):
-        return width ** -0.5
-    return {"token_embedding.weight": 0.02, "positional_embedding": 0.01,
-            "text_projection": width ** -0.5}.get(key)
+        return width**-0.5
+    return {"token_embedding.weight": 0.02, "positional_embedding": 0.01, "text_projection": width**-0.5}.get(key)
 
 
 def random_state_dict(g: Geometry, seed: int = 0, dtype: str = "float32") -> dict:
@@ -150,9 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     geometry = GEOMETRIES[args.model]
     started = time.perf_counter()
     write_checkpoint(geometry, args.out, args.seed, args.dtype)
-    print(f"{args.out}: {args.model} RANDOM weights, {len(state_dict_shapes(geometry))} tensors, "
-          f"{parameter_count(geometry):,} parameters, {args.out.stat().st_size / 2**20:.0f} MiB, "
-          f"{time.perf_counter() - started:.1f} s")
+    print(
+        f"{args.out}: {args.model} RANDOM weights, {len(state_dict_shapes(geometry))} tensors, "
+        f"{parameter_count(geometry):,} parameters, {args.out.stat().st_size / 2**20:.0f} MiB, "
+        f"{time.perf_counter() - started:.1f} s"
+    )
     return 0
 
 

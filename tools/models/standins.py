@@ -46,28 +46,40 @@ def _bench(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory() as scratch:
         onnx_path = export_onnx(
-            build_clip_standin(), [torch.zeros(1, *CLIP_IMAGE.inputs[0].dims)], Path(scratch) / "model.onnx",
-            [CLIP_IMAGE.inputs[0].name], [CLIP_IMAGE.outputs[0].name],
+            build_clip_standin(),
+            [torch.zeros(1, *CLIP_IMAGE.inputs[0].dims)],
+            Path(scratch) / "model.onnx",
+            [CLIP_IMAGE.inputs[0].name],
+            [CLIP_IMAGE.outputs[0].name],
         )
         for threads in args.threads:
             for batch in args.batch:
                 rate = images_per_second(onnx_path, batch, threads, args.seconds)
-                print(f"{CLIP_IMAGE.model_id} onnxruntime CPU threads={threads} batch={batch:3d}: "
-                      f"{rate:8.1f} images/s")
+                print(f"{CLIP_IMAGE.model_id} onnxruntime CPU threads={threads} batch={batch:3d}: {rate:8.1f} images/s")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.models.standins", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.models.standins",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     repository = commands.add_parser("repository", help="write Triton's model repository")
     repository.add_argument("--out", required=True, type=Path, help="repository directory")
-    repository.add_argument("--target", choices=[t.value for t in Target], default=Target.LOCAL.value,
-                            help="local: Python backend + onnxruntime on CPU; cluster: onnxruntime_onnx on GPU")
-    repository.add_argument("--if-changed", action="store_true",
-                            help="do nothing when the repository is already current (as ensure_repository)")
+    repository.add_argument(
+        "--target",
+        choices=[t.value for t in Target],
+        default=Target.LOCAL.value,
+        help="local: Python backend + onnxruntime on CPU; cluster: onnxruntime_onnx on GPU",
+    )
+    repository.add_argument(
+        "--if-changed",
+        action="store_true",
+        help="do nothing when the repository is already current (as ensure_repository)",
+    )
     repository.set_defaults(run=_repository)
 
     discrimination = commands.add_parser("discrimination", help="nearest-neighbour check of the encoder")

@@ -215,8 +215,9 @@ def status() -> tuple[list[str], bool]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="taxonstream stack", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="taxonstream stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument(
         "--allow-network",

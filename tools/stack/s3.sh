@@ -116,7 +116,8 @@ osd memory target = 1073741824
 
 [client.rgw]
 rgw data = $CEPH_DIR/rgw
-rgw frontends = beast endpoint=127.0.0.1:$S3_PORT
+# tcp_nodelay=1: without it every GET waits on the client's delayed ACK (measured 43.5 ms per 30 KB GET, 1.6 ms with it).
+rgw frontends = beast endpoint=127.0.0.1:$S3_PORT tcp_nodelay=1
 rgw enable apis = s3
 rgw thread pool size = 64
 EOF

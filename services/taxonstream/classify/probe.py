@@ -36,12 +36,12 @@ class ProbeError(ValueError):
 @dataclass
 class Probe:
     classes: list[str]
-    coef: list[list[float]]   # [classes, D] (binary: [1, D], for classes[1])
+    coef: list[list[float]]  # [classes, D] (binary: [1, D], for classes[1])
     intercept: list[float]
     model: str
     model_version: str
-    source: str = ""    # "index" (stored vectors) or "files"; informational
-    examples: int = 0   # labelled images it was fitted on
+    source: str = ""  # "index" (stored vectors) or "files"; informational
+    examples: int = 0  # labelled images it was fitted on
 
     @property
     def dim(self) -> int:
@@ -83,12 +83,15 @@ class Probe:
     def check_model(self, model: str, model_version: str, where: str) -> None:
         """A probe is only meaningful on vectors of the model it was fitted on: refuse any other."""
         if (model, model_version) != (self.model, self.model_version):
-            raise ProbeError(f"the probe was trained on {self.model}/{self.model_version} embeddings, {where} has "
-                             f"{model}/{model_version}: train it again on that model's vectors")
+            raise ProbeError(
+                f"the probe was trained on {self.model}/{self.model_version} embeddings, {where} has "
+                f"{model}/{model_version}: train it again on that model's vectors"
+            )
 
 
-def train(vectors: np.ndarray, labels: list[str], model: str, model_version: str, c: float = 1.0,
-          source: str = "") -> Probe:
+def train(
+    vectors: np.ndarray, labels: list[str], model: str, model_version: str, c: float = 1.0, source: str = ""
+) -> Probe:
     from sklearn.linear_model import LogisticRegression
 
     counts = Counter(labels)
@@ -96,14 +99,21 @@ def train(vectors: np.ndarray, labels: list[str], model: str, model_version: str
         only = f" (every row is {next(iter(counts))!r})" if counts else ""
         raise ProbeError(f"a probe needs at least two classes{only}")
     fitted = LogisticRegression(C=c, max_iter=2000).fit(np.asarray(vectors, np.float64), labels)
-    return Probe([str(c) for c in fitted.classes_], fitted.coef_.tolist(), fitted.intercept_.tolist(),
-                 model, model_version, source, len(labels))
+    return Probe(
+        [str(c) for c in fitted.classes_],
+        fitted.coef_.tolist(),
+        fitted.intercept_.tolist(),
+        model,
+        model_version,
+        source,
+        len(labels),
+    )
 
 
 @dataclass
 class LabelledSet:
-    key: str                 # FILE_COLUMN or one of KEY_COLUMNS
-    rows: list[tuple[str, str]]   # (key value, label), in file order
+    key: str  # FILE_COLUMN or one of KEY_COLUMNS
+    rows: list[tuple[str, str]]  # (key value, label), in file order
 
 
 def read_labelled(path: Path, key: str | None = None) -> LabelledSet:
@@ -124,8 +134,10 @@ def read_labelled(path: Path, key: str | None = None) -> LabelledSet:
     if key is None:
         key = next((c for c in (FILE_COLUMN, *KEY_COLUMNS) if c in columns), None)
         if key is None:
-            raise ProbeError(f"{path}: needs a column naming the images: '{FILE_COLUMN}' (file paths) or one of "
-                             f"{', '.join(KEY_COLUMNS)} (images in the index)")
+            raise ProbeError(
+                f"{path}: needs a column naming the images: '{FILE_COLUMN}' (file paths) or one of "
+                f"{', '.join(KEY_COLUMNS)} (images in the index)"
+            )
     elif key not in columns:
         raise ProbeError(f"{path}: no {key!r} column (has {', '.join(columns)})")
     rows = [(r[key], r["label"]) for r in raw if r.get(key) and r.get("label")]
@@ -150,8 +162,11 @@ class StoredImage:
         return self.image_id if column == "image_id" else self.metadata.get(column, "")
 
 
-def match_stored(labelled: LabelledSet, images: Iterable[StoredImage], allow_missing: bool = False,
-                 ) -> tuple[np.ndarray, list[str], tuple[str, str], list[str]]:
+def match_stored(
+    labelled: LabelledSet,
+    images: Iterable[StoredImage],
+    allow_missing: bool = False,
+) -> tuple[np.ndarray, list[str], tuple[str, str], list[str]]:
     """The stored vectors and labels of a labelled set; with the vectors' model and the keys not found.
 
     Reads `images` once (a stream), keeping only the wanted ones. Unknown keys are an error listing them
@@ -202,6 +217,13 @@ def score_rows(probe: Probe, images: Sequence[StoredImage], columns: Sequence[st
     rows = []
     for image, row in zip(images, probs, strict=True):
         best = int(row.argmax())
-        rows.append([image.image_id, probe.classes[best], f"{row[best]:.6f}", *(f"{p:.6f}" for p in row),
-                     *(image.metadata.get(c, "") for c in (*OUTPUT_METADATA, *columns))])
+        rows.append(
+            [
+                image.image_id,
+                probe.classes[best],
+                f"{row[best]:.6f}",
+                *(f"{p:.6f}" for p in row),
+                *(image.metadata.get(c, "") for c in (*OUTPUT_METADATA, *columns)),
+            ]
+        )
     return rows

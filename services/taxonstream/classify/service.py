@@ -44,8 +44,15 @@ def store_bank(store: ObjectStore, name: str, bank: LabelBank, model: str, model
     store.put(npy_key, npy)
     store.put(names_key, names, "application/json")
     # meta.json last: its presence says the bank is complete, and which model's space its vectors are in.
-    store.put_json(meta_key, {"model": model, "model_version": model_version, "species": len(bank.taxa),
-                              "dim": int(bank.embeddings.shape[1])})
+    store.put_json(
+        meta_key,
+        {
+            "model": model,
+            "model_version": model_version,
+            "species": len(bank.taxa),
+            "dim": int(bank.embeddings.shape[1]),
+        },
+    )
 
 
 class ClassifyError(ValueError):
@@ -53,8 +60,15 @@ class ClassifyError(ValueError):
 
 
 class Classifier:
-    def __init__(self, embed_texts: EmbedTexts, store: ObjectStore | None, model: str, model_version: str,
-                 logit_scale: float = DEFAULT_LOGIT_SCALE, cache_size: int = 64) -> None:
+    def __init__(
+        self,
+        embed_texts: EmbedTexts,
+        store: ObjectStore | None,
+        model: str,
+        model_version: str,
+        logit_scale: float = DEFAULT_LOGIT_SCALE,
+        cache_size: int = 64,
+    ) -> None:
         self.embed_texts = embed_texts
         self.store = store
         self.model = model
@@ -74,10 +88,12 @@ class Classifier:
         texts = prompts(labels, templates)
         parts = []
         for start in range(0, len(texts), _PROMPTS_PER_CALL):
-            vectors, model, version = self.embed_texts(texts[start:start + _PROMPTS_PER_CALL])
+            vectors, model, version = self.embed_texts(texts[start : start + _PROMPTS_PER_CALL])
             if (model, version) != (self.model, self.model_version):
-                raise ClassifyError(f"the embedder serves {model}/{version}, the index holds "
-                                    f"{self.model}/{self.model_version}: text and image vectors would not compare")
+                raise ClassifyError(
+                    f"the embedder serves {model}/{version}, the index holds "
+                    f"{self.model}/{self.model_version}: text and image vectors would not compare"
+                )
             parts.append(vectors)
         vectors = label_embeddings(np.concatenate(parts), len(labels))
         with self._lock:
@@ -86,8 +102,9 @@ class Classifier:
                 self._labels.popitem(last=False)
         return vectors
 
-    def zero_shot(self, image: np.ndarray, labels: Sequence[str], k: int,
-                  templates: Sequence[str] = ()) -> list[Prediction]:
+    def zero_shot(
+        self, image: np.ndarray, labels: Sequence[str], k: int, templates: Sequence[str] = ()
+    ) -> list[Prediction]:
         labels = [label.strip() for label in labels if label.strip()]
         if not labels:
             raise ClassifyError("no labels given")
@@ -115,8 +132,10 @@ class Classifier:
         if meta is None:
             raise ClassifyError(f"no label bank {name!r} (install one: taxonstream models bank --help)")
         if (meta.get("model"), meta.get("model_version")) != (self.model, self.model_version):
-            raise ClassifyError(f"bank {name!r} holds {meta.get('model')}/{meta.get('model_version')} vectors, "
-                                f"the index {self.model}/{self.model_version}")
+            raise ClassifyError(
+                f"bank {name!r} holds {meta.get('model')}/{meta.get('model_version')} vectors, "
+                f"the index {self.model}/{self.model_version}"
+            )
         bank = LabelBank.from_bytes(self.store.get(npy_key), self.store.get(names_key))
         with self._lock:
             self._banks[name] = bank
@@ -144,8 +163,11 @@ def classify_response(servicer, request, vector: np.ndarray, model: str, model_v
             answer = servicer.embedder.EmbedTexts(
                 embedder_pb2.EmbedTextsRequest(texts=texts, model=model, model_version=model_version), timeout=300
             )
-            return (np.asarray([v.values for v in answer.vectors], dtype=np.float32),
-                    answer.model, answer.model_version)
+            return (
+                np.asarray([v.values for v in answer.vectors], dtype=np.float32),
+                answer.model,
+                answer.model_version,
+            )
 
         classifier = Classifier(embed_texts, servicer.store, model, model_version)
         classifiers[(model, model_version)] = classifier
@@ -157,8 +179,10 @@ def classify_response(servicer, request, vector: np.ndarray, model: str, model_v
         rank = request.rank or "species"
         predictions = classifier.to_rank(vector, rank, k, request.bank)
     return indexer_pb2.ClassifyResponse(
-        predictions=[indexer_pb2.Prediction(label=p.label, score=p.score, taxon=list(p.taxon),
-                                            common_name=p.common_name) for p in predictions],
+        predictions=[
+            indexer_pb2.Prediction(label=p.label, score=p.score, taxon=list(p.taxon), common_name=p.common_name)
+            for p in predictions
+        ],
         model=classifier.model,
         model_version=classifier.model_version,
         rank=rank,

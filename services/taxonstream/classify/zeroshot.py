@@ -24,10 +24,10 @@ DEFAULT_LOGIT_SCALE = 100.0
 
 @dataclass(frozen=True)
 class Prediction:
-    label: str           # the custom label, or the taxon's name at the rank (species: "Genus epithet")
-    score: float         # probability
-    taxon: tuple[str, ...] = ()   # rank predictions: kingdom .. the rank
-    common_name: str = ""         # species predictions, when the bank has one
+    label: str  # the custom label, or the taxon's name at the rank (species: "Genus epithet")
+    score: float  # probability
+    taxon: tuple[str, ...] = ()  # rank predictions: kingdom .. the rank
+    common_name: str = ""  # species predictions, when the bank has one
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
@@ -59,8 +59,13 @@ def top_k(scores: np.ndarray, k: int) -> list[int]:
     return [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
 
 
-def zero_shot(image: np.ndarray, labels: Sequence[str], label_vectors: np.ndarray, k: int,
-              logit_scale: float = DEFAULT_LOGIT_SCALE) -> list[Prediction]:
+def zero_shot(
+    image: np.ndarray,
+    labels: Sequence[str],
+    label_vectors: np.ndarray,
+    k: int,
+    logit_scale: float = DEFAULT_LOGIT_SCALE,
+) -> list[Prediction]:
     probs = probabilities(image, label_vectors, logit_scale)
     return [Prediction(labels[i], float(probs[i])) for i in top_k(probs, k)]
 
@@ -73,8 +78,8 @@ class LabelBank:
     `[[kingdom, phylum, class, order, family, genus, species_epithet], common_name]` per species.
     """
 
-    embeddings: np.ndarray             # [N, D], L2-normalised
-    taxa: list[tuple[str, ...]]        # 7 names per species
+    embeddings: np.ndarray  # [N, D], L2-normalised
+    taxa: list[tuple[str, ...]]  # 7 names per species
     common_names: list[str]
 
     @classmethod
@@ -108,15 +113,18 @@ class LabelBank:
         names = [[list(t), c] for t, c in zip(self.taxa, self.common_names, strict=True)]
         return buffer.getvalue(), json.dumps(names).encode()
 
-    def predict(self, image: np.ndarray, rank: str = "species", k: int = 5,
-                logit_scale: float = DEFAULT_LOGIT_SCALE) -> list[Prediction]:
+    def predict(
+        self, image: np.ndarray, rank: str = "species", k: int = 5, logit_scale: float = DEFAULT_LOGIT_SCALE
+    ) -> list[Prediction]:
         if rank not in RANKS:
             raise ValueError(f"rank must be one of {', '.join(RANKS)}, not {rank!r}")
         depth = RANKS.index(rank) + 1
         probs = probabilities(image, self.embeddings, logit_scale)
         if rank == "species":
-            return [Prediction(_label(self.taxa[i], depth), float(probs[i]), self.taxa[i], self.common_names[i])
-                    for i in top_k(probs, k)]
+            return [
+                Prediction(_label(self.taxa[i], depth), float(probs[i]), self.taxa[i], self.common_names[i])
+                for i in top_k(probs, k)
+            ]
         summed: dict[tuple[str, ...], float] = defaultdict(float)
         for taxon, p in zip(self.taxa, probs, strict=True):
             summed[taxon[:depth]] += float(p)

@@ -55,8 +55,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-size", type=int, default=10_000, metavar="N", help="images per shard (default 10000)")
     p.add_argument("--split", default="70/10/20", metavar="TRAIN/VAL/TEST", help="shares per species (70/10/20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
-    p.add_argument("--model", metavar="MODEL[/VERSION]",
-                   help="export from this index version (taxonstream reembed); default: the serving one")
+    p.add_argument(
+        "--model",
+        metavar="MODEL[/VERSION]",
+        help="export from this index version (taxonstream reembed); default: the serving one",
+    )
     p.add_argument("--shard-by-split", action="store_true", help="separate shards per split: NAME-train-000000 …")
     p.add_argument("--with-vectors", action="store_true", help="include each image's stored embedding")
     p.add_argument("--name", help="shard file name prefix (default: the job id, or `export`)")
@@ -86,8 +89,13 @@ def _query(args: argparse.Namespace):
             raise InputError(f"{path}: no such file")
         image = path.read_bytes()
     return Query(
-        job_id=args.job or "", text=args.text or "", image=image, image_name=args.image or "", filters=filters,
-        k=args.k, **clients.index_version(args.model),
+        job_id=args.job or "",
+        text=args.text or "",
+        image=image,
+        image_name=args.image or "",
+        filters=filters,
+        k=args.k,
+        **clients.index_version(args.model),
     )
 
 

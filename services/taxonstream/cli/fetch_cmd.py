@@ -55,8 +55,20 @@ KNOWN_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".tif", ".tiff", ".b
 MANY_ROWS = 2000
 DIGEST_BY_LENGTH = {32: "md5", 40: "sha1", 64: "sha256", 128: "sha512"}
 REPORT_FIELDS = [
-    "row", "url", "state", "reason", "message", "path", "sha256", "checksum", "bytes", "mime", "width",
-    "height", "attempts", "final_url",
+    "row",
+    "url",
+    "state",
+    "reason",
+    "message",
+    "path",
+    "sha256",
+    "checksum",
+    "bytes",
+    "mime",
+    "width",
+    "height",
+    "attempts",
+    "final_url",
 ]
 
 
@@ -86,20 +98,35 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="CSV, TSV, JSONL or Parquet (optionally .gz); iDigBio and GBIF columns recognised")
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for the images (created)")
     p.add_argument("--url-col", help=f"column holding the URL (default: the first of {', '.join(URL_COLUMNS)})")
-    p.add_argument("--name-col", help="column naming each file (default: the row number); its type adds a suffix "
-                   "when the name has none")
+    p.add_argument(
+        "--name-col",
+        help="column naming each file (default: the row number); its type adds a suffix when the name has none",
+    )
     p.add_argument("--subdir-col", help="column naming a sub-folder for each file")
-    p.add_argument("--checksum-col", help="column with each file's expected checksum: files that differ are not "
-                   "kept (buddy check)")
-    p.add_argument("--checksum-algo", help="algorithm of --checksum-col and checksums.csv (default: from the "
-                   "first expected value's length, else sha256 — the digest the store already computes)")
-    p.add_argument("--allow-network", action="append", default=[], metavar="CIDR",
-                   help="also fetch from this private/loopback network (repeatable), e.g. 127.0.0.0/8")
+    p.add_argument(
+        "--checksum-col", help="column with each file's expected checksum: files that differ are not kept (buddy check)"
+    )
+    p.add_argument(
+        "--checksum-algo",
+        help="algorithm of --checksum-col and checksums.csv (default: from the "
+        "first expected value's length, else sha256 — the digest the store already computes)",
+    )
+    p.add_argument(
+        "--allow-network",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="also fetch from this private/loopback network (repeatable), e.g. 127.0.0.0/8",
+    )
     p.add_argument("--force", action="store_true", help="download again even when a verified file is present")
     p.add_argument("--connections", type=int, help="connections in flight overall (default 64)")
     p.add_argument("--per-host", type=int, help="connections in flight to one host (default 8)")
-    p.add_argument("--processes", type=int, help="worker processes, each owning a share of the hosts (default: "
-                   f"one per core for lists of {MANY_ROWS}+ rows, else 1)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        help="worker processes, each owning a share of the hosts (default: "
+        f"one per core for lists of {MANY_ROWS}+ rows, else 1)",
+    )
     p.add_argument("--initial-rate", type=float, help="requests/s an unknown host starts at (default 4; it adapts)")
     p.add_argument("--max-rate", type=float, help="requests/s no host is ever sent more than (default 500)")
     p.add_argument("--attempts", type=int, help="attempts after timeouts and server errors (default 3)")
@@ -164,8 +191,9 @@ def count_rows(path: Path) -> int | None:
 def safe_parts(value: str, what: str, nested: bool) -> list[str]:
     """Path components from an input column, refusing anything that could leave the output folder."""
     parts = [p for p in value.replace("\\", "/").split("/")] if nested else [value]
-    if not value or any(p in ("", ".", "..") or p.startswith(".") or "\x00" in p or len(p.encode()) > 255
-                        for p in parts):
+    if not value or any(
+        p in ("", ".", "..") or p.startswith(".") or "\x00" in p or len(p.encode()) > 255 for p in parts
+    ):
         raise Failed("bad_name", f"{what} {value!r} is not a safe file name")
     if not nested and "/" in value.replace("\\", "/"):
         raise Failed("bad_name", f"{what} {value!r} contains a path separator")
@@ -279,9 +307,11 @@ class Run:
         """A verified file from an earlier run, or None (absent, or not the right one)."""
         if self.args.force:
             return None
-        candidates = [target.path()] if target.decided_suffix else [
-            target.folder / (target.name + suffix) for suffix in sorted(set(EXTENSIONS.values()) | {".img"})
-        ]
+        candidates = (
+            [target.path()]
+            if target.decided_suffix
+            else [target.folder / (target.name + suffix) for suffix in sorted(set(EXTENSIONS.values()) | {".img"})]
+        )
         before = self.previous.get(target.url)
         for path in candidates:
             if not path.is_file():
@@ -335,21 +365,42 @@ class Run:
             self.report.writerow({k: entry.get(k, "") for k in REPORT_FIELDS})
             if self.bar is not None:
                 self.bar.update(1)
-                self.bar.set_postfix(stored=self.counts["stored"], present=self.counts["present"],
-                                     failed=self.counts["failed"], refresh=False)
+                self.bar.set_postfix(
+                    stored=self.counts["stored"],
+                    present=self.counts["present"],
+                    failed=self.counts["failed"],
+                    refresh=False,
+                )
 
     def on_result(self, result: Result) -> None:
         target: Target = result.task.payload
         if result.ok:
             stored = result.stored or {}
             self.record(
-                target.row, target.url, "stored", target.metadata, path=stored.get("path", ""), sha256=result.sha256,
-                checksum=stored.get("checksum", ""), bytes=result.size, mime=result.mime, width=result.width,
-                height=result.height, attempts=result.attempts, final_url=result.final_url,
+                target.row,
+                target.url,
+                "stored",
+                target.metadata,
+                path=stored.get("path", ""),
+                sha256=result.sha256,
+                checksum=stored.get("checksum", ""),
+                bytes=result.size,
+                mime=result.mime,
+                width=result.width,
+                height=result.height,
+                attempts=result.attempts,
+                final_url=result.final_url,
             )
         else:
-            self.record(target.row, target.url, "failed", target.metadata, reason=result.reason,
-                        message=result.message, attempts=result.attempts)
+            self.record(
+                target.row,
+                target.url,
+                "failed",
+                target.metadata,
+                reason=result.reason,
+                message=result.message,
+                attempts=result.attempts,
+            )
 
     def tasks(self, path: Path, stats: InputStats) -> Iterator[Task]:
         filtered = 0
@@ -383,9 +434,10 @@ class Run:
     def buddy_check(self) -> tuple[int, int]:
         """Rows with an expected checksum and no verified file, to missing.csv. Returns (verified, missing)."""
         verified = missing = 0
-        with open(self.logs / "report.csv", newline="") as handle, open(
-            self.logs / "missing.csv", "w", newline=""
-        ) as out:
+        with (
+            open(self.logs / "report.csv", newline="") as handle,
+            open(self.logs / "missing.csv", "w", newline="") as out,
+        ):
             writer = csv.writer(out)
             writer.writerow(["row", "url", "state", "reason", "message"])
             for entry in csv.DictReader(handle):
@@ -406,8 +458,9 @@ def write_parquet(csv_path: Path, parquet_path: Path) -> None:
     types = {name: pa.int64() if name in numbers else pa.string() for name in REPORT_FIELDS}
     table = pacsv.read_csv(
         csv_path,
-        convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False,
-                                             quoted_strings_can_be_null=False),
+        convert_options=pacsv.ConvertOptions(
+            column_types=types, strings_can_be_null=False, quoted_strings_can_be_null=False
+        ),
     )
     pq.write_table(table, parquet_path)
 
@@ -450,8 +503,10 @@ def run(args: argparse.Namespace) -> int:
     print_summary(job, stats, summary.hosts, seconds)
     if args.checksum_col:
         verified, missing = job.buddy_check()
-        print(f"buddy check ({job.algo}): {verified} verified, {missing} missing or mismatched"
-              + (f" — {job.logs / 'missing.csv'}" if missing else ""))
+        print(
+            f"buddy check ({job.algo}): {verified} verified, {missing} missing or mismatched"
+            + (f" — {job.logs / 'missing.csv'}" if missing else "")
+        )
     if interrupted:
         return 130
     return 1 if job.counts["failed"] else 0
@@ -461,8 +516,10 @@ def print_summary(job: Run, stats: InputStats, hosts: list, seconds: float) -> N
     counts = job.counts
     done = counts["stored"] + counts["present"] + counts["failed"]
     rate = counts["stored"] / seconds if seconds > 0 else 0.0
-    print(f"{done} records ({stats.kind or 'plain'} list) in {seconds:.1f} s: {counts['stored']} stored, "
-          f"{counts['present']} already present, {counts['failed']} failed — {rate:.1f} images/s")
+    print(
+        f"{done} records ({stats.kind or 'plain'} list) in {seconds:.1f} s: {counts['stored']} stored, "
+        f"{counts['present']} already present, {counts['failed']} failed — {rate:.1f} images/s"
+    )
     skipped = stats.not_images + stats.no_url
     if skipped:
         print(f"  left out {stats.not_images} rows that are not still images and {stats.no_url} without a URL")
@@ -473,6 +530,7 @@ def print_summary(job: Run, stats: InputStats, hosts: list, seconds: float) -> N
         print(f"  {'host':<32} {'requests':>9} {'429':>6} {'5xx':>6} {'rate/s':>8}")
         for host in busiest:
             fives = sum(n for code, n in host.codes.items() if code.startswith("5"))
-            print(f"  {host.host[:32]:<32} {host.requests:>9} {host.codes.get('429', 0):>6} {fives:>6} "
-                  f"{host.rate:>8.1f}")
+            print(
+                f"  {host.host[:32]:<32} {host.requests:>9} {host.codes.get('429', 0):>6} {fives:>6} {host.rate:>8.1f}"
+            )
     print(f"  logs: {job.logs}/ (success.jsonl, errors.jsonl, report.csv, report.parquet, checksums.csv)")

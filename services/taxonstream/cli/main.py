@@ -211,9 +211,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
         stats = indexer_pb2_grpc.IndexerStub(channel).Stats(request, timeout=60)
     print(f"{stats.images} images indexed ({stats.kind} index, model {stats.model}/{stats.model_version})")
     if len(stats.versions) > 1:
-        print("  versions  " + ", ".join(
-            f"{v.model}/{v.model_version}{' (serving)' if v.serving else ''} {v.images}" for v in stats.versions
-        ))
+        print(
+            "  versions  "
+            + ", ".join(
+                f"{v.model}/{v.model_version}{' (serving)' if v.serving else ''} {v.images}" for v in stats.versions
+            )
+        )
     for field in sorted(stats.by_field):
         counts = sorted(stats.by_field[field].counts.items(), key=lambda kv: (-kv[1], kv[0]))
         shown = ", ".join(f"{value} {count}" for value, count in counts[: args.top])
@@ -228,8 +231,9 @@ def parser() -> argparse.ArgumentParser:
     )
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("stack", help="start, stop or inspect the local stack (`taxonstream stack --help`)",
-                            add_help=False)
+    p = commands.add_parser(
+        "stack", help="start, stop or inspect the local stack (`taxonstream stack --help`)", add_help=False
+    )
     p.add_argument("stack_args", nargs=argparse.REMAINDER, metavar="up|down|status [--allow-network CIDR] …")
     p.set_defaults(run=cmd_stack)
 

@@ -29,8 +29,10 @@ def _upload(out: Path, bucket: str, prefix: str) -> None:
     store.ensure_bucket()
     keys = upload_repository(out, store, prefix)
     where = f"s3://{bucket}/{prefix.strip('/')}" if prefix else f"s3://{bucket}"
-    print(f"uploaded {len(keys)} files to {where} (Triton: --model-repository=s3://<endpoint>/{bucket}"
-          f"{'/' + prefix.strip('/') if prefix else ''})")
+    print(
+        f"uploaded {len(keys)} files to {where} (Triton: --model-repository=s3://<endpoint>/{bucket}"
+        f"{'/' + prefix.strip('/') if prefix else ''})"
+    )
 
 
 def cmd_repository(args: argparse.Namespace) -> int:
@@ -51,14 +53,23 @@ def cmd_install_detector(args: argparse.Namespace) -> int:
     if not checkpoint.is_dir():
         raise InputError(f"{checkpoint}: not a folder (a Hugging Face checkpoint: config.json + model.safetensors)")
     try:
-        entry = install_detector(checkpoint, Path(args.out), args.target, args.version, args.name or "detr",
-                                 args.label or (), args.image_size)
+        entry = install_detector(
+            checkpoint,
+            Path(args.out),
+            args.target,
+            args.version,
+            args.name or "detr",
+            args.label or (),
+            args.image_size,
+        )
     except (ValueError, KeyError, RuntimeError, OSError) as error:
         raise InputError(f"{checkpoint}: {error}") from error
     classes = entry["specimen_classes"]
-    print(f"{entry['model_id']:24s} {entry['family']:6s} {entry['input_size'][0]}px, {entry['queries']} queries, "
-          f"specimen = {'any class' if classes == 'any' else ', '.join(classes.values())}  "
-          f"(export {entry['export_seconds']:.1f} s; torch vs onnxruntime max |diff| {entry['parity']:.2g})")
+    print(
+        f"{entry['model_id']:24s} {entry['family']:6s} {entry['input_size'][0]}px, {entry['queries']} queries, "
+        f"specimen = {'any class' if classes == 'any' else ', '.join(classes.values())}  "
+        f"(export {entry['export_seconds']:.1f} s; torch vs onnxruntime max |diff| {entry['parity']:.2g})"
+    )
     print(f"use it: TAXONSTREAM_DETECTOR_MODEL={entry['name']} TAXONSTREAM_DETECTOR_MODEL_VERSION={entry['version']}")
     if args.upload:
         _upload(Path(args.out), args.bucket, args.prefix)
@@ -77,16 +88,21 @@ def cmd_install(args: argparse.Namespace) -> int:
     if not checkpoint.is_file():
         raise InputError(f"{checkpoint}: no such file")
     try:
-        entries = install_clip(args.kind, checkpoint, Path(args.out), args.target, args.version,
-                               name=args.name, quick_gelu=args.quick_gelu)
+        entries = install_clip(
+            args.kind, checkpoint, Path(args.out), args.target, args.version, name=args.name, quick_gelu=args.quick_gelu
+        )
     except (ValueError, KeyError, RuntimeError) as error:
         raise InputError(f"{checkpoint}: {error}") from error
     for entry in entries:
-        print(f"{entry['model_id']:24s} {entry['family']:18s} {entry['embedding_dim']}-d  "
-              f"{entry['onnx_bytes'] / 2**20:.0f} MiB ONNX  (export {entry['export_seconds']:.1f} s; "
-              f"torch vs onnxruntime max |diff| {entry['parity']:.2g})")
-    print(f"use them: TAXONSTREAM_EMBED_MODEL={entries[0]['name']} TAXONSTREAM_EMBED_TEXT_MODEL={entries[1]['name']} "
-          f"TAXONSTREAM_INDEX_MODEL={entries[0]['name']}")
+        print(
+            f"{entry['model_id']:24s} {entry['family']:18s} {entry['embedding_dim']}-d  "
+            f"{entry['onnx_bytes'] / 2**20:.0f} MiB ONNX  (export {entry['export_seconds']:.1f} s; "
+            f"torch vs onnxruntime max |diff| {entry['parity']:.2g})"
+        )
+    print(
+        f"use them: TAXONSTREAM_EMBED_MODEL={entries[0]['name']} TAXONSTREAM_EMBED_TEXT_MODEL={entries[1]['name']} "
+        f"TAXONSTREAM_INDEX_MODEL={entries[0]['name']}"
+    )
     if args.upload:
         _upload(Path(args.out), args.bucket, args.prefix)
     return 0
@@ -118,8 +134,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     templates = list(TEMPLATE_SETS[args.templates]) if labels else []
     rank = "" if labels else (args.rank or "species")
     depth = RANKS.index(rank) + 1 if rank else 0
-    header = (["file_name", *RANK_COLUMNS[:depth]] + (["species", "common_name"] if rank == "species" else [])
-              if rank else ["file_name", "classification"]) + ["score"]
+    header = (
+        ["file_name", *RANK_COLUMNS[:depth]] + (["species", "common_name"] if rank == "species" else [])
+        if rank
+        else ["file_name", "classification"]
+    ) + ["score"]
     rows: list[list[str]] = []
     with clients.channel("indexer") as channel:
         stub = indexer_pb2_grpc.IndexerStub(channel)
@@ -127,8 +146,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             path = Path(image)
             if not path.is_file():
                 raise InputError(f"{path}: no such file")
-            request = indexer_pb2.ClassifyRequest(image=path.read_bytes(), labels=labels, rank=rank, k=args.k,
-                                                  templates=templates, bank=args.bank)
+            request = indexer_pb2.ClassifyRequest(
+                image=path.read_bytes(), labels=labels, rank=rank, k=args.k, templates=templates, bank=args.bank
+            )
             response = stub.Classify(request, timeout=600)
             for p in response.predictions:
                 names = [p.label] if not rank else list(p.taxon)
@@ -173,8 +193,9 @@ def cmd_bank(args: argparse.Namespace) -> int:
             all_prompts = prompts(texts, TEMPLATE_SETS[args.templates])
             parts = []
             for start in range(0, len(all_prompts), 512):
-                answer = stub.EmbedTexts(embedder_pb2.EmbedTextsRequest(texts=all_prompts[start:start + 512]),
-                                         timeout=600)
+                answer = stub.EmbedTexts(
+                    embedder_pb2.EmbedTextsRequest(texts=all_prompts[start : start + 512]), timeout=600
+                )
                 parts.append(np.asarray([v.values for v in answer.vectors], dtype=np.float32))
                 model, version = answer.model, answer.model_version
             vectors = label_embeddings(np.concatenate(parts), len(texts))
@@ -196,7 +217,7 @@ def _embed_files(paths: list[Path]):
         embedder = embedder_pb2_grpc.EmbedderStub(emb_channel)
         for start in range(0, len(paths), 32):
             crops = []
-            for path in paths[start:start + 32]:
+            for path in paths[start : start + 32]:
                 if not path.is_file():
                     raise InputError(f"{path}: no such file")
                 crops.append(detector.Detect(detector_pb2.DetectRequest(image=path.read_bytes()), timeout=120).crop)
@@ -212,8 +233,9 @@ def _stored_images(job: str = "", filters: list[str] = (), model: str = "", vers
     from taxonstream.classify.probe import StoredImage
     from taxonstream.v1 import indexer_pb2, indexer_pb2_grpc
 
-    request = indexer_pb2.ListImagesRequest(job_id=job, filters=clients.index_filters(list(filters)), with_vectors=True,
-                                            model=model, model_version=version)
+    request = indexer_pb2.ListImagesRequest(
+        job_id=job, filters=clients.index_filters(list(filters)), with_vectors=True, model=model, model_version=version
+    )
     with clients.channel("indexer") as channel:
         try:
             for hit in indexer_pb2_grpc.IndexerStub(channel).ListImages(request, timeout=3600):
@@ -222,8 +244,10 @@ def _stored_images(job: str = "", filters: list[str] = (), model: str = "", vers
             if error.code() == grpc.StatusCode.INVALID_ARGUMENT:  # a filter the index does not know
                 raise InputError(error.details()) from error
             if model and error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
-                raise InputError(f"the index has no {model}/{version or '1'} version: {error.details()} "
-                                 "(`taxonstream stats` lists the versions)") from error
+                raise InputError(
+                    f"the index has no {model}/{version or '1'} version: {error.details()} "
+                    "(`taxonstream stats` lists the versions)"
+                ) from error
             raise
 
 
@@ -236,8 +260,10 @@ def _probe_train(args: argparse.Namespace) -> int:
     labelled = read_labelled(path, args.key)
     if labelled.key == FILE_COLUMN:
         if args.job or args.filter:
-            raise InputError("--job/--filter select stored images: give a CSV with image_id (or sha256, url, "
-                             "record_id), not file paths")
+            raise InputError(
+                "--job/--filter select stored images: give a CSV with image_id (or sha256, url, "
+                "record_id), not file paths"
+            )
         vectors, (model, version) = _embed_files([path.parent / value for value, _ in labelled.rows])
         labels, source = [label for _, label in labelled.rows], "files"
     else:
@@ -252,8 +278,10 @@ def _probe_train(args: argparse.Namespace) -> int:
     out = args.out or "probe.json"
     probe.save(Path(out))
     counts = ", ".join(f"{c} {labels.count(c)}" for c in probe.classes)
-    print(f"probe over {len(labels)} {'stored ' if source == 'index' else ''}images ({counts}), "
-          f"model {model}/{version} -> {out}")
+    print(
+        f"probe over {len(labels)} {'stored ' if source == 'index' else ''}images ({counts}), "
+        f"model {model}/{version} -> {out}"
+    )
     return 0
 
 
@@ -266,8 +294,10 @@ def _probe_apply(args: argparse.Namespace) -> int:
             raise InputError("give image files or --job/--filter (stored images), not both")
         vectors, model = _embed_files([Path(i) for i in args.images])
         probe.check_model(*model, where="the embedder")
-        rows = [[image, label, f"{score:.6f}"]
-                for image, (label, score) in zip(args.images, probe.predict(vectors), strict=True)]
+        rows = [
+            [image, label, f"{score:.6f}"]
+            for image, (label, score) in zip(args.images, probe.predict(vectors), strict=True)
+        ]
         _table(rows, ["file_name", "classification", "score"], sys.stdout)
         return 0
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else []
@@ -288,13 +318,17 @@ def _probe_apply(args: argparse.Namespace) -> int:
             handle.close()
     if not scored:
         selection = " ".join([f"--job {args.job}"] * bool(args.job) + [f"--filter {f}" for f in args.filter])
-        print(f"no stored images{' for ' + selection if selection else ''} in the "
-              f"{probe.model}/{probe.model_version} index", file=sys.stderr)
+        print(
+            f"no stored images{' for ' + selection if selection else ''} in the "
+            f"{probe.model}/{probe.model_version} index",
+            file=sys.stderr,
+        )
         return 0
     summary = ", ".join(f"{c} {n}" for c, n in counts.items())
     where = f" to {args.out}" if args.out else ""
-    print(f"scored {scored} stored images ({summary}), model {probe.model}/{probe.model_version}{where}",
-          file=sys.stderr)
+    print(
+        f"scored {scored} stored images ({summary}), model {probe.model}/{probe.model_version}{where}", file=sys.stderr
+    )
     return 0
 
 
@@ -309,22 +343,29 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
-        "predict", help="classify images: open-ended to a rank, or zero-shot over your labels (pybioclip-style)",
+        "predict",
+        help="classify images: open-ended to a rank, or zero-shot over your labels (pybioclip-style)",
         description="Open-ended: softmax over a label-embedding bank's species, summed per taxon for a higher "
-                    "rank. Zero-shot: each label through prompt templates. Runs on the stack's indexer.")
+        "rank. Zero-shot: each label through prompt templates. Runs on the stack's indexer.",
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--rank", choices=RANKS, help="predict to this rank with the bank (default species)")
     p.add_argument("--labels", nargs="+", metavar="LABEL", help="zero-shot over these labels")
     p.add_argument("--labels-file", metavar="FILE", help="zero-shot over the labels in FILE, one per line")
     p.add_argument("-k", type=int, default=5, help="predictions per image (default 5)")
-    p.add_argument("--templates", choices=["openai", "single"], default="openai",
-                   help="prompt templates for labels: the 80 OpenAI ImageNet ones (default) or 'a photo of {}.'")
+    p.add_argument(
+        "--templates",
+        choices=["openai", "single"],
+        default="openai",
+        help="prompt templates for labels: the 80 OpenAI ImageNet ones (default) or 'a photo of {}.'",
+    )
     p.add_argument("--bank", default="", help="label-embedding bank for --rank (default 'tol')")
     p.add_argument("--format", choices=["table", "csv"], default="table")
     p.set_defaults(run=cmd_predict)
 
     p = commands.add_parser(
-        "probe", help="linear probe (logistic regression) on embeddings of a labelled set: train, apply",
+        "probe",
+        help="linear probe (logistic regression) on embeddings of a labelled set: train, apply",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
 A logistic regression on CLIP embeddings, for questions zero-shot answers badly (is this herbarium sheet
@@ -342,24 +383,40 @@ apply: image files (a table), or stored images — those of --job, matching --fi
 examples:
   taxonstream probe train labels.csv --out mercury.json          # labels.csv: image_id,label
   taxonstream probe apply mercury.json --job JOB --out scores.csv --columns catalogNumber
-  taxonstream probe apply mercury.json sheet1.jpg sheet2.jpg""")
+  taxonstream probe apply mercury.json sheet1.jpg sheet2.jpg""",
+    )
     p.add_argument("action", choices=["train", "apply"])
     p.add_argument("file", help="train: the labelled CSV; apply: the probe JSON")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="apply: image files to classify (else stored images)")
-    p.add_argument("--out", help="train: where to write the probe (default probe.json); apply: CSV file "
-                   "(default standard output)")
+    p.add_argument(
+        "--out", help="train: where to write the probe (default probe.json); apply: CSV file (default standard output)"
+    )
     p.add_argument("-C", dest="c", type=float, default=1.0, help="train: inverse regularisation strength")
-    p.add_argument("--key", choices=["image", "image_id", "sha256", "url", "record_id"],
-                   help="train: the CSV column naming the images (default: image, then image_id, sha256, url, "
-                        "record_id, the first present)")
+    p.add_argument(
+        "--key",
+        choices=["image", "image_id", "sha256", "url", "record_id"],
+        help="train: the CSV column naming the images (default: image, then image_id, sha256, url, "
+        "record_id, the first present)",
+    )
     p.add_argument("--job", metavar="JOB", help="only stored images whose first record came from JOB")
-    p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE[,VALUE…]",
-                   help="only stored images matching (repeat to AND), as in `search`")
-    p.add_argument("--model", help="train: the index version (embedding model) to take vectors from "
-                   "(default: the serving one); apply uses the probe's")
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE[,VALUE…]",
+        help="only stored images matching (repeat to AND), as in `search`",
+    )
+    p.add_argument(
+        "--model",
+        help="train: the index version (embedding model) to take vectors from "
+        "(default: the serving one); apply uses the probe's",
+    )
     p.add_argument("--model-version", help="train: with --model (default 1)")
-    p.add_argument("--skip-missing", action="store_true",
-                   help="train: leave out labelled images that are not in the index instead of stopping")
+    p.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="train: leave out labelled images that are not in the index instead of stopping",
+    )
     p.add_argument("--columns", help="apply: more metadata columns to write, comma-separated (catalogNumber,…)")
     p.set_defaults(run=cmd_probe)
 
@@ -367,10 +424,18 @@ examples:
     sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     b = sub.add_parser("bank", help="store a label-embedding bank for `predict --rank` in S3 (banks/NAME/)")
     b.add_argument("--name", default="tol", help="bank name (default 'tol')")
-    b.add_argument("--names", required=True, metavar="JSON",
-                   help="[[kingdom, phylum, class, order, family, genus, epithet], common_name] per species")
-    b.add_argument("--embeddings", metavar="NPY", help="precomputed text embeddings ([D, N] as pybioclip's, or "
-                   "[N, D]); without it the names are embedded through the embedder")
+    b.add_argument(
+        "--names",
+        required=True,
+        metavar="JSON",
+        help="[[kingdom, phylum, class, order, family, genus, epithet], common_name] per species",
+    )
+    b.add_argument(
+        "--embeddings",
+        metavar="NPY",
+        help="precomputed text embeddings ([D, N] as pybioclip's, or "
+        "[N, D]); without it the names are embedded through the embedder",
+    )
     b.add_argument("--templates", choices=["openai", "single"], default="openai")
     b.add_argument("--model", help="with --embeddings: the model they come from (default: the embedder's)")
     b.add_argument("--model-version")
@@ -379,10 +444,15 @@ examples:
     def _target_and_upload(parser: argparse.ArgumentParser) -> None:
         from taxonstream.core.local_stack import model_repository
 
-        parser.add_argument("--out", default=str(model_repository()), help="repository folder "
-                            "(default: the local stack's)")
-        parser.add_argument("--target", choices=["local", "cluster"], default="local",
-                            help="local: Python backend + onnxruntime (CPU); cluster: NVIDIA Triton onnxruntime_onnx")
+        parser.add_argument(
+            "--out", default=str(model_repository()), help="repository folder (default: the local stack's)"
+        )
+        parser.add_argument(
+            "--target",
+            choices=["local", "cluster"],
+            default="local",
+            help="local: Python backend + onnxruntime (CPU); cluster: NVIDIA Triton onnxruntime_onnx",
+        )
         parser.add_argument("--upload", action="store_true", help="copy the repository to S3 afterwards")
         parser.add_argument("--bucket", default="models", help="S3 bucket for --upload (default 'models')")
         parser.add_argument("--prefix", default="", help="key prefix inside the bucket")
@@ -390,17 +460,33 @@ examples:
     r = sub.add_parser("repository", help="write the stand-in models' Triton repository (and upload it)")
     _target_and_upload(r)
     r.set_defaults(run=cmd_repository)
-    i = sub.add_parser("install", help="a real checkpoint into Triton's layout: BioCLIP / BioCLIP 2 (open_clip "
-                       "format) or a DETR-family detector (Hugging Face folder)")
+    i = sub.add_parser(
+        "install",
+        help="a real checkpoint into Triton's layout: BioCLIP / BioCLIP 2 (open_clip "
+        "format) or a DETR-family detector (Hugging Face folder)",
+    )
     i.add_argument("kind", choices=["bioclip", "bioclip2", "detr"])
-    i.add_argument("--checkpoint", required=True, help="bioclip*: open_clip state dict (.bin/.pt or .safetensors); "
-                   "detr: Hugging Face folder with config.json and model.safetensors or pytorch_model.bin")
+    i.add_argument(
+        "--checkpoint",
+        required=True,
+        help="bioclip*: open_clip state dict (.bin/.pt or .safetensors); "
+        "detr: Hugging Face folder with config.json and model.safetensors or pytorch_model.bin",
+    )
     i.add_argument("--name", help="model name in the repository (default: the kind, e.g. bioclip -> bioclip_image)")
     i.add_argument("--version", default="1", help="model version to write (default 1)")
     i.add_argument("--quick-gelu", action="store_true", help="the checkpoint was trained with QuickGELU (OpenAI)")
-    i.add_argument("--label", action="append", metavar="CLASS", help="detr: class (name or id) that counts as a "
-                   "specimen, repeatable; default: the only class, or any class but no-object")
-    i.add_argument("--image-size", type=int, metavar="S", help="detr: input side S (default: the checkpoint's "
-                   "training size from preprocessor_config.json, else 800)")
+    i.add_argument(
+        "--label",
+        action="append",
+        metavar="CLASS",
+        help="detr: class (name or id) that counts as a "
+        "specimen, repeatable; default: the only class, or any class but no-object",
+    )
+    i.add_argument(
+        "--image-size",
+        type=int,
+        metavar="S",
+        help="detr: input side S (default: the checkpoint's training size from preprocessor_config.json, else 800)",
+    )
     _target_and_upload(i)
     i.set_defaults(run=cmd_install)

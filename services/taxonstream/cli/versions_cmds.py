@@ -1,9 +1,9 @@
 """`taxonstream reembed` and `taxonstream index`: index versions, one per embedding model.
 
-  taxonstream reembed --model bioclip2_image        new version, backfilled from the serving one
-  taxonstream search --model bioclip2_image --id …  try it while the old version keeps serving
-  taxonstream index serve bioclip2_image            make it the default for searches
-  taxonstream index retire clip_standin_image       stop keeping the old one
+taxonstream reembed --model bioclip2_image        new version, backfilled from the serving one
+taxonstream search --model bioclip2_image --id …  try it while the old version keeps serving
+taxonstream index serve bioclip2_image            make it the default for searches
+taxonstream index retire clip_standin_image       stop keeping the old one
 """
 
 from __future__ import annotations

@@ -138,6 +138,7 @@ def run(name: str, settings_type: type[S], build: Callable[[S], Service]) -> Non
     threads = [threading.Thread(target=guarded, args=(loop,), name=f"loop-{i}") for i, loop in enumerate(service.loops)]
     for thread in threads:
         thread.start()
+
     def serve_when_ready() -> None:
         while service.ready is not None and not service.ready():
             if stop.wait(0.2):

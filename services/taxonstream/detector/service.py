@@ -127,19 +127,22 @@ class DetectWorker:
         side = s.detector_derivative_side
         self.store.put(keys["original_small"], encode_jpeg(shorter_side(image, side)), "image/jpeg")
         self.store.put(keys["crop_small"], encode_jpeg(shorter_side(detection.crop or image, side)), "image/jpeg")
-        self.store.put_json(keys["lineage"], {
-            "image_id": verified.image_id,
-            "detected": detection.detected,  # false: nothing above the threshold, the whole image was kept
-            "box": list(detection.box),      # left, top, right, bottom in the upright original's pixels
-            "score": detection.score,
-            "original_size": list(detection.size),
-            "pad": s.detector_crop_pad,
-            "threshold": s.detector_threshold,
-            "model": s.detector_model,
-            "model_version": s.detector_model_version,
-            "derivative_side": side,
-            "keys": keys,
-        })
+        self.store.put_json(
+            keys["lineage"],
+            {
+                "image_id": verified.image_id,
+                "detected": detection.detected,  # false: nothing above the threshold, the whole image was kept
+                "box": list(detection.box),  # left, top, right, bottom in the upright original's pixels
+                "score": detection.score,
+                "original_size": list(detection.size),
+                "pad": s.detector_crop_pad,
+                "threshold": s.detector_threshold,
+                "model": s.detector_model,
+                "model_version": s.detector_model_version,
+                "derivative_side": side,
+                "keys": keys,
+            },
+        )
         # The crop last: the message that names it goes out only after every derivative is stored.
         self.store.put(keys["crop"], detection.crop_jpeg, "image/jpeg")
         return keys["crop"]

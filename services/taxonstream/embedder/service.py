@@ -115,8 +115,9 @@ class Encoders:
                     try:
                         encoder.model.load()
                     except InferenceServerException as error:
-                        log.warning("loading a model failed", extra={"model": f"{key[0]}/{key[1]}",
-                                                                     "error": error.message()})
+                        log.warning(
+                            "loading a model failed", extra={"model": f"{key[0]}/{key[1]}", "error": error.message()}
+                        )
                 self._images[key] = encoder
             return self._images[key]
 
@@ -172,8 +173,9 @@ class EmbedWorker:
 
     def finish(self, crop: Crop, vector: np.ndarray) -> list[Emit]:
         model, version = self.encoders.default
-        embedding = Embedding(image_id=crop.image_id, vector=vector.tolist(), model=model, model_version=version,
-                              crop=crop)
+        embedding = Embedding(
+            image_id=crop.image_id, vector=vector.tolist(), model=model, model_version=version, crop=crop
+        )
         return [Emit(self.bus.topics.embedded, crop.image_id, embedding)]
 
     # reembed -> embedded (backfill) with the model each request names: a new index version filling up.
@@ -267,7 +269,8 @@ def build(settings: EmbedderSettings) -> Service:
     )
     return Service(
         name=STAGE,
-        register=registrar(embedder_pb2, "Embedder", embedder_pb2_grpc.add_EmbedderServicer_to_server,
-                           EmbedderServicer(encoders)),
+        register=registrar(
+            embedder_pb2, "Embedder", embedder_pb2_grpc.add_EmbedderServicer_to_server, EmbedderServicer(encoders)
+        ),
         loops=[fresh.run, backfill.run],
     )

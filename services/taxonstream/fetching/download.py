@@ -152,9 +152,7 @@ class Downloader:
             if found:
                 raise Failed("opted_out", f"X-Robots-Tag {value!r} opts this image out ({', '.join(sorted(found))})")
 
-    def _read_capped(
-        self, response: urllib3.BaseHTTPResponse, deadline: float, expect_image: bool, cap: int
-    ) -> bytes:
+    def _read_capped(self, response: urllib3.BaseHTTPResponse, deadline: float, expect_image: bool, cap: int) -> bytes:
         declared = response.headers.get("content-length")
         if declared and declared.strip().isdigit() and int(declared) > cap:
             raise Failed("too_large", f"Content-Length {declared} exceeds the {cap}-byte cap")

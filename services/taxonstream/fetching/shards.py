@@ -47,9 +47,7 @@ class Owners:
         return shard
 
 
-def _shard_main(
-    index: int, settings: dict, store: Callable[[Result], Any] | None, inbox, outbox, stop
-) -> None:
+def _shard_main(index: int, settings: dict, store: Callable[[Result], Any] | None, inbox, outbox, stop) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     engine = FetchEngine(FetcherSettings(**settings), store=store, on_result=lambda r: outbox.put(("result", r)))
 

@@ -487,7 +487,6 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, f"no index version {key}; this indexer keeps {known}")
         return indexer_pb2.ServeResponse(previous=str(previous))
 
-
     def Retire(self, request, context) -> indexer_pb2.ServeResponse:
         key = _version_key(request)
         try:

@@ -92,9 +92,7 @@ class Mismatch:
 def verify(data: bytes, expected: Mapping[str, str], known: Mapping[str, str] | None = None) -> list[Mismatch]:
     """Mismatches between `expected` digests and the bytes' (digests already in `known` are not recomputed)."""
     known = dict(known or {})
-    missing = [
-        Algorithm(a, len(v) // 2) if a in SHAKE else Algorithm(a) for a, v in expected.items() if a not in known
-    ]
+    missing = [Algorithm(a, len(v) // 2) if a in SHAKE else Algorithm(a) for a, v in expected.items() if a not in known]
     known.update(digest_bytes(data, missing))
     return [Mismatch(a, v, known[a]) for a, v in sorted(expected.items()) if known[a] != v]
 

@@ -245,9 +245,11 @@ def job_duplicates(
     groups = []
     for component in connected((a, b, d) for (a, b), d in pairs.items()):
         keys = {k for a, b, _ in component for k in (a, b)}
-        groups.append(NearGroup(
-            members=[members[k] for k in sorted(keys, key=member_order)],
-            pairs=sorted(component, key=lambda p: (p[2], p[0], p[1])),
-        ))
+        groups.append(
+            NearGroup(
+                members=[members[k] for k in sorted(keys, key=member_order)],
+                pairs=sorted(component, key=lambda p: (p[2], p[0], p[1])),
+            )
+        )
     groups.sort(key=lambda g: member_order(g.members[0].sha256))
     return JobDuplicates(exact=exact, near=groups, contents=len(own))

@@ -130,8 +130,6 @@ def read_manifest(path: str | Path) -> list[dict[str, str]]:
     if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
 
-        return [
-            {k: "" if v is None else str(v) for k, v in row.items()} for row in pq.read_table(path).to_pylist()
-        ]
+        return [{k: "" if v is None else str(v) for k, v in row.items()} for row in pq.read_table(path).to_pylist()]
     with open(path, newline="") as handle:
         return [dict(row) for row in csv.DictReader(handle)]

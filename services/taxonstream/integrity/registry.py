@@ -221,8 +221,12 @@ class DuplicateRegistry:
         """Write the pHash index so the next start reads one object instead of every entry."""
         index = self.index.to_bytes()
         self.store.put(SNAPSHOT_INDEX, index)
-        meta = {"index_sha256": hashlib.sha256(index).hexdigest(), "aliases": self.aliases,
-                "unhashed": sorted(self.unhashed), "max_distance": self.max_distance}
+        meta = {
+            "index_sha256": hashlib.sha256(index).hexdigest(),
+            "aliases": self.aliases,
+            "unhashed": sorted(self.unhashed),
+            "max_distance": self.max_distance,
+        }
         self.store.put_json(SNAPSHOT_META, meta)
 
     def _load(self) -> None:

@@ -59,7 +59,7 @@ def load_state_dict(path: Path) -> dict[str, Any]:
 
 
 def _layers(state: dict[str, Any], prefix: str) -> int:
-    blocks = {int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)}
+    blocks = {int(k[len(prefix) :].split(".")[0]) for k in state if k.startswith(prefix)}
     return max(blocks) + 1 if blocks else 0
 
 
@@ -71,15 +71,26 @@ def clip_towers(state: dict[str, Any], quick_gelu: bool = False):
     width, patch = int(conv.shape[0]), int(conv.shape[-1])
     grid = math.isqrt(int(state["visual.positional_embedding"].shape[0]) - 1)
     vision = VisionTowerConfig(
-        image_size=grid * patch, patch_size=patch, width=width, heads=width // 64,
-        layers=_layers(state, "visual.transformer.resblocks."), output_dim=int(state["visual.proj"].shape[1]),
-        mlp_ratio=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / width, quick_gelu=quick_gelu)
+        image_size=grid * patch,
+        patch_size=patch,
+        width=width,
+        heads=width // 64,
+        layers=_layers(state, "visual.transformer.resblocks."),
+        output_dim=int(state["visual.proj"].shape[1]),
+        mlp_ratio=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / width,
+        quick_gelu=quick_gelu,
+    )
     text_width = int(state["token_embedding.weight"].shape[1])
     text = TextTowerConfig(
         vocab_size=int(state["token_embedding.weight"].shape[0]),
-        context_length=int(state["positional_embedding"].shape[0]), width=text_width, heads=text_width // 64,
-        layers=_layers(state, "transformer.resblocks."), output_dim=int(state["text_projection"].shape[1]),
-        mlp_ratio=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / text_width, quick_gelu=quick_gelu)
+        context_length=int(state["positional_embedding"].shape[0]),
+        width=text_width,
+        heads=text_width // 64,
+        layers=_layers(state, "transformer.resblocks."),
+        output_dim=int(state["text_projection"].shape[1]),
+        mlp_ratio=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / text_width,
+        quick_gelu=quick_gelu,
+    )
     image_tower = ClipStandinImageEncoder(vision)
     image_tower.load_state_dict({k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")})
     text_keys = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
@@ -89,9 +100,16 @@ def clip_towers(state: dict[str, Any], quick_gelu: bool = False):
     return image_tower.eval(), text_tower.eval(), logit_scale
 
 
-def install_clip(preset_name: str, checkpoint: Path, out_dir: Path, target: Target | str = Target.LOCAL,
-                 version: str = "1", name: str | None = None, check_preset: bool = True,
-                 quick_gelu: bool = False) -> list[dict[str, Any]]:
+def install_clip(
+    preset_name: str,
+    checkpoint: Path,
+    out_dir: Path,
+    target: Target | str = Target.LOCAL,
+    version: str = "1",
+    name: str | None = None,
+    check_preset: bool = True,
+    quick_gelu: bool = False,
+) -> list[dict[str, Any]]:
     """Export the checkpoint's two towers into the repository at `out_dir`; returns their manifest entries."""
     import numpy as np
     import torch
@@ -102,20 +120,44 @@ def install_clip(preset_name: str, checkpoint: Path, out_dir: Path, target: Targ
     image_tower, text_tower, logit_scale = clip_towers(load_state_dict(checkpoint), quick_gelu)
     vision, text = image_tower.config, text_tower.config
     if check_preset and (vision.width, vision.patch_size, vision.output_dim) != (
-            preset.vision_width, preset.patch_size, preset.embedding_dim):
-        raise ValueError(f"{checkpoint} is a width-{vision.width}, patch-{vision.patch_size}, "
-                         f"{vision.output_dim}-d CLIP, not {preset.family} ({preset.embedding_dim}-d)")
+        preset.vision_width,
+        preset.patch_size,
+        preset.embedding_dim,
+    ):
+        raise ValueError(
+            f"{checkpoint} is a width-{vision.width}, patch-{vision.patch_size}, "
+            f"{vision.output_dim}-d CLIP, not {preset.family} ({preset.embedding_dim}-d)"
+        )
     base = name or preset.name
     size = vision.image_size
     contracts = [
-        (ModelContract(f"{base}_image", version, preset.family, "image-embedding", False,
-                       (TensorSpec("pixel_values", (3, size, size)),),
-                       (TensorSpec("embeddings", (vision.output_dim,)),)),
-         image_tower, torch.zeros(1, 3, size, size)),
-        (ModelContract(f"{base}_text", version, preset.family + "-text", "text-embedding", False,
-                       (TensorSpec("input_ids", (text.context_length,), "TYPE_INT64"),),
-                       (TensorSpec("embeddings", (text.output_dim,)),), max_batch_size=128),
-         text_tower, torch.zeros(1, text.context_length, dtype=torch.int64)),
+        (
+            ModelContract(
+                f"{base}_image",
+                version,
+                preset.family,
+                "image-embedding",
+                False,
+                (TensorSpec("pixel_values", (3, size, size)),),
+                (TensorSpec("embeddings", (vision.output_dim,)),),
+            ),
+            image_tower,
+            torch.zeros(1, 3, size, size),
+        ),
+        (
+            ModelContract(
+                f"{base}_text",
+                version,
+                preset.family + "-text",
+                "text-embedding",
+                False,
+                (TensorSpec("input_ids", (text.context_length,), "TYPE_INT64"),),
+                (TensorSpec("embeddings", (text.output_dim,)),),
+                max_batch_size=128,
+            ),
+            text_tower,
+            torch.zeros(1, text.context_length, dtype=torch.int64),
+        ),
     ]
     if text.context_length != CLIP_CONTEXT_LENGTH:
         raise ValueError(f"text context {text.context_length}, the tokenizer gives {CLIP_CONTEXT_LENGTH}")
@@ -127,8 +169,13 @@ def install_clip(preset_name: str, checkpoint: Path, out_dir: Path, target: Targ
         staging = out_dir.parent / f".{out_dir.name}-{contract.name}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         started = time.perf_counter()
-        onnx_path = export_onnx(module, [example], staging / version / "model.onnx",
-                                [s.name for s in contract.inputs], [s.name for s in contract.outputs])
+        onnx_path = export_onnx(
+            module,
+            [example],
+            staging / version / "model.onnx",
+            [s.name for s in contract.inputs],
+            [s.name for s in contract.outputs],
+        )
         export_seconds = time.perf_counter() - started
         if contract.task == "image-embedding":
             feeds = {"pixel_values": rng.normal(size=(2, 3, size, size)).astype(np.float32)}
@@ -144,12 +191,22 @@ def install_clip(preset_name: str, checkpoint: Path, out_dir: Path, target: Targ
         if target is Target.LOCAL:
             shutil.copyfile(Path(__file__).with_name("triton_python_model.py"), staging / version / "model.py")
         (staging / "config.pbtxt").write_text(render_config(contract, target))
-        entry = {"name": contract.name, "version": version, "model_id": contract.model_id, "family": contract.family,
-                 "task": contract.task, "standin": False, "checkpoint": str(checkpoint), "parity": parity,
-                 "logit_scale": logit_scale, "embedding_dim": contract.outputs[0].dims[0],
-                 "export_seconds": round(export_seconds, 2), "parity_seconds": round(parity_seconds, 2),
-                 "onnx_bytes": onnx_path.stat().st_size,
-                 "settings": replace(module.config).as_dict()}
+        entry = {
+            "name": contract.name,
+            "version": version,
+            "model_id": contract.model_id,
+            "family": contract.family,
+            "task": contract.task,
+            "standin": False,
+            "checkpoint": str(checkpoint),
+            "parity": parity,
+            "logit_scale": logit_scale,
+            "embedding_dim": contract.outputs[0].dims[0],
+            "export_seconds": round(export_seconds, 2),
+            "parity_seconds": round(parity_seconds, 2),
+            "onnx_bytes": onnx_path.stat().st_size,
+            "settings": replace(module.config).as_dict(),
+        }
         (staging / "model.json").write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n")
         if model_dir.exists():
             shutil.rmtree(model_dir)
@@ -163,8 +220,11 @@ def upload_repository(out_dir: Path, store, prefix: str = "") -> list[str]:
     """Copy a model repository into the object store (Triton in Kubernetes loads it from s3://bucket/prefix)."""
     keys = []
     for path in sorted(p for p in out_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        key = prefix.rstrip("/") + "/" + path.relative_to(out_dir).as_posix() if prefix else \
-            path.relative_to(out_dir).as_posix()
+        key = (
+            prefix.rstrip("/") + "/" + path.relative_to(out_dir).as_posix()
+            if prefix
+            else path.relative_to(out_dir).as_posix()
+        )
         store.put(key, path.read_bytes())
         keys.append(key)
     return keys

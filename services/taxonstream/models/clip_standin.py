@@ -65,7 +65,7 @@ class SelfAttention(nn.Module):
             raise ValueError(f"width {width} is not divisible by heads {heads}")
         self.heads = heads
         self.head_dim = width // heads
-        self.scale = self.head_dim ** -0.5  # a Python float, so tracing records it as a constant
+        self.scale = self.head_dim**-0.5  # a Python float, so tracing records it as a constant
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
@@ -97,11 +97,15 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_1 = nn.LayerNorm(width)
         self.attn = SelfAttention(width, heads)
         self.ln_2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", nn.Linear(width, hidden)),
-            ("gelu", QuickGELU() if quick_gelu else nn.GELU()),
-            ("c_proj", nn.Linear(hidden, width)),
-        ]))
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                [
+                    ("c_fc", nn.Linear(width, hidden)),
+                    ("gelu", QuickGELU() if quick_gelu else nn.GELU()),
+                    ("c_proj", nn.Linear(hidden, width)),
+                ]
+            )
+        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), mask)
@@ -112,7 +116,8 @@ class Transformer(nn.Module):
     def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, quick_gelu: bool = False) -> None:
         super().__init__()
         self.resblocks = nn.ModuleList(
-            ResidualAttentionBlock(width, heads, mlp_ratio, quick_gelu) for _ in range(layers))
+            ResidualAttentionBlock(width, heads, mlp_ratio, quick_gelu) for _ in range(layers)
+        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         for block in self.resblocks:
@@ -145,7 +150,7 @@ class ClipStandinImageEncoder(nn.Module):
         normal_ = init.normal_
 
         width = config.width
-        scale = width ** -0.5
+        scale = width**-0.5
         # ln_pre normalises the patch tokens, so the patch embedding's scale does not matter.
         normal_(self.conv1.weight, (3 * config.patch_size * config.patch_size) ** -0.5)
         normal_(self.class_embedding, scale * config.class_embedding_gain)
@@ -165,8 +170,8 @@ class ClipStandinImageEncoder(nn.Module):
             block.mlp.c_proj.bias.zero_()
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(pixel_values)                      # [B, W, g, g]
-        x = x.flatten(2).transpose(1, 2)                   # [B, g*g, W]
+        x = self.conv1(pixel_values)  # [B, W, g, g]
+        x = x.flatten(2).transpose(1, 2)  # [B, g*g, W]
         cls = self.class_embedding.reshape(1, 1, -1).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding
         x = self.transformer(self.ln_pre(x))
@@ -226,9 +231,9 @@ class ClipTextEncoder(nn.Module):
         width = config.width
         normal_(self.token_embedding.weight, 0.02)
         normal_(self.positional_embedding, 0.01)
-        proj_std = width ** -0.5 * (2 * config.layers) ** -0.5
+        proj_std = width**-0.5 * (2 * config.layers) ** -0.5
         for block in self.transformer.resblocks:
-            normal_(block.attn.in_proj_weight, width ** -0.5)
+            normal_(block.attn.in_proj_weight, width**-0.5)
             block.attn.in_proj_bias.zero_()
             normal_(block.attn.out_proj.weight, proj_std)
             block.attn.out_proj.bias.zero_()
@@ -236,7 +241,7 @@ class ClipTextEncoder(nn.Module):
             block.mlp.c_fc.bias.zero_()
             normal_(block.mlp.c_proj.weight, proj_std)
             block.mlp.c_proj.bias.zero_()
-        normal_(self.text_projection, width ** -0.5)
+        normal_(self.text_projection, width**-0.5)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.token_embedding(input_ids) + self.positional_embedding

@@ -63,8 +63,13 @@ def input_convention(checkpoint: Path, image_size: int | None = None) -> InputCo
     """The checkpoint's normalisation and training size, from its preprocessor_config.json if it has one."""
     path = checkpoint / "preprocessor_config.json"
     if not path.is_file():
-        return InputConvention(image_size or DEFAULT_IMAGE_SIZE, 1.0, IMAGENET_MEAN, IMAGENET_STD,
-                               "defaults (no preprocessor_config.json): ImageNet mean/std")
+        return InputConvention(
+            image_size or DEFAULT_IMAGE_SIZE,
+            1.0,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            "defaults (no preprocessor_config.json): ImageNet mean/std",
+        )
     config = json.loads(path.read_text())
     # Our pixels are already value / 255; a processor that rescales by another factor, or not at all,
     # wants them scaled back by this much.
@@ -76,8 +81,9 @@ def input_convention(checkpoint: Path, image_size: int | None = None) -> InputCo
         std = _triple(config.get("image_std", IMAGENET_STD))
     size = config.get("size") or {}
     trained = size.get("shortest_edge") or (size.get("height") if size.get("height") == size.get("width") else None)
-    return InputConvention(int(image_size or trained or DEFAULT_IMAGE_SIZE), scale, mean, std,
-                           "preprocessor_config.json")
+    return InputConvention(
+        int(image_size or trained or DEFAULT_IMAGE_SIZE), scale, mean, std, "preprocessor_config.json"
+    )
 
 
 def _triple(value: Any) -> tuple[float, float, float]:
@@ -101,8 +107,9 @@ def resolve_labels(id2label: dict[int, str], labels: Sequence[str | int] = ()) -
             ids.append(int(text))
         else:
             known = ", ".join(f"{i}={n}" for i, n in sorted(id2label.items())[:20])
-            raise ValueError(f"label {text!r} is not a class of this checkpoint ({known}"
-                             f"{', …' if len(id2label) > 20 else ''})")
+            raise ValueError(
+                f"label {text!r} is not a class of this checkpoint ({known}{', …' if len(id2label) > 20 else ''})"
+            )
     return sorted(set(ids))
 
 
@@ -142,9 +149,9 @@ def _timm_resnet_to_hf(key: str) -> str | None:
     if key.startswith("fc.") or key.endswith("num_batches_tracked"):
         return None
     if key.startswith("conv1."):
-        return "embedder.embedder.convolution." + key[len("conv1."):]
+        return "embedder.embedder.convolution." + key[len("conv1.") :]
     if key.startswith("bn1."):
-        return "embedder.embedder.normalization." + key[len("bn1."):]
+        return "embedder.embedder.normalization." + key[len("bn1.") :]
     match = re.fullmatch(r"layer(\d)\.(\d+)\.(conv|bn)(\d)\.(.+)", key)
     if match:
         stage, block, kind, index, rest = match.groups()
@@ -178,23 +185,34 @@ def _without_timm(checkpoint: Path, config: dict[str, Any], scratch: Path) -> Pa
 
     backbone = config.get("backbone") or "resnet50"
     if backbone not in _TIMM_RESNETS or config.get("dilation"):
-        raise ValueError(f"a timm {backbone!r} backbone{' with dilation' if config.get('dilation') else ''} "
-                         f"needs timm; only {', '.join(_TIMM_RESNETS)} without dilation are converted")
+        raise ValueError(
+            f"a timm {backbone!r} backbone{' with dilation' if config.get('dilation') else ''} "
+            f"needs timm; only {', '.join(_TIMM_RESNETS)} without dilation are converted"
+        )
     prefixes = ("model.backbone.conv_encoder.model.", "model.backbone.model.")
     state = {}
     for key, tensor in _read_state(checkpoint).items():
         prefix = next((p for p in prefixes if key.startswith(p)), None)
         if prefix is None:
             state[key] = tensor
-        elif (renamed := _timm_resnet_to_hf(key[len(prefix):])) is not None:
+        elif (renamed := _timm_resnet_to_hf(key[len(prefix) :])) is not None:
             state[prefixes[0] + renamed] = tensor
-    converted = {k: v for k, v in config.items() if k not in {"backbone", "use_timm_backbone", "backbone_kwargs",
-                                                              "use_pretrained_backbone"}}
+    converted = {
+        k: v
+        for k, v in config.items()
+        if k not in {"backbone", "use_timm_backbone", "backbone_kwargs", "use_pretrained_backbone"}
+    }
     converted["use_timm_backbone"] = False
     converted["backbone_config"] = {
-        "model_type": "resnet", "embedding_size": 64, "hidden_sizes": [256, 512, 1024, 2048],
-        "depths": list(_TIMM_RESNETS[backbone]), "layer_type": "bottleneck", "hidden_act": "relu",
-        "downsample_in_first_stage": False, "out_features": ["stage4"], "num_channels": config.get("num_channels", 3),
+        "model_type": "resnet",
+        "embedding_size": 64,
+        "hidden_sizes": [256, 512, 1024, 2048],
+        "depths": list(_TIMM_RESNETS[backbone]),
+        "layer_type": "bottleneck",
+        "hidden_act": "relu",
+        "downsample_in_first_stage": False,
+        "out_features": ["stage4"],
+        "num_channels": config.get("num_channels", 3),
     }
     scratch.mkdir(parents=True, exist_ok=True)
     (scratch / "config.json").write_text(json.dumps(converted, indent=2))
@@ -232,9 +250,15 @@ def build_wrapper(model: Any, convention: InputConvention, labels: Sequence[str 
     return _module_class()(model, convention, resolve_labels(id2label, labels)).eval()
 
 
-def install_detector(checkpoint: Path, out_dir: Path, target: Target | str = Target.LOCAL, version: str = "1",
-                     name: str = "detr", labels: Sequence[str | int] = (),
-                     image_size: int | None = None) -> dict[str, Any]:
+def install_detector(
+    checkpoint: Path,
+    out_dir: Path,
+    target: Target | str = Target.LOCAL,
+    version: str = "1",
+    name: str = "detr",
+    labels: Sequence[str | int] = (),
+    image_size: int | None = None,
+) -> dict[str, Any]:
     """Export the checkpoint as `<out_dir>/<name>/<version>` (ONNX + config.pbtxt); returns its manifest entry."""
     import numpy as np
     import torch
@@ -247,17 +271,26 @@ def install_detector(checkpoint: Path, out_dir: Path, target: Target | str = Tar
     if not 32 <= convention.image_size <= 2048:
         raise ValueError(f"image size {convention.image_size} is outside 32-2048 (ResNet strides need 32)")
     wrapper = build_wrapper(model, convention, labels)
-    size, queries = convention.image_size, int(model.config.num_queries if model.config.model_type == "detr"
-                                                else model.config.num_detection_tokens)
-    contract = ModelContract(name, version, model.config.model_type, "specimen-detection", False,
-                             (TensorSpec("images", (3, size, size)),),
-                             (TensorSpec("boxes", (queries, 4)), TensorSpec("scores", (queries,))),
-                             max_batch_size=MAX_BATCH_SIZE)
+    size, queries = (
+        convention.image_size,
+        int(model.config.num_queries if model.config.model_type == "detr" else model.config.num_detection_tokens),
+    )
+    contract = ModelContract(
+        name,
+        version,
+        model.config.model_type,
+        "specimen-detection",
+        False,
+        (TensorSpec("images", (3, size, size)),),
+        (TensorSpec("boxes", (queries, 4)), TensorSpec("scores", (queries,))),
+        max_batch_size=MAX_BATCH_SIZE,
+    )
     staging = out_dir.parent / f".{out_dir.name}-{name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     started = time.perf_counter()
-    onnx_path = export_onnx(wrapper, [torch.zeros(1, 3, size, size)], staging / version / "model.onnx",
-                            ["images"], ["boxes", "scores"])
+    onnx_path = export_onnx(
+        wrapper, [torch.zeros(1, 3, size, size)], staging / version / "model.onnx", ["images"], ["boxes", "scores"]
+    )
     export_seconds = time.perf_counter() - started
     # Two images, so the check also shows the batch axis is dynamic (the export traced one).
     feeds = {"images": np.random.default_rng(0).random((2, 3, size, size), dtype=np.float32)}
@@ -269,15 +302,27 @@ def install_detector(checkpoint: Path, out_dir: Path, target: Target | str = Tar
         raise RuntimeError(f"{name}: onnxruntime differs from torch by {parity:g}")
     if target is Target.LOCAL:
         shutil.copyfile(Path(__file__).with_name("triton_python_model.py"), staging / version / "model.py")
-    (staging / "config.pbtxt").write_text(render_config(contract, target).replace(
-        "`taxonstream models repository`", f"`taxonstream models install detr` from {checkpoint.name}"))
+    (staging / "config.pbtxt").write_text(
+        render_config(contract, target).replace(
+            "`taxonstream models repository`", f"`taxonstream models install detr` from {checkpoint.name}"
+        )
+    )
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     label_ids = wrapper.label_ids
     entry = {
-        "name": name, "version": version, "model_id": contract.model_id, "family": contract.family,
-        "task": contract.task, "standin": False, "checkpoint": str(checkpoint), "target": target.value,
-        "input_size": [size, size], "queries": queries, "parity": parity,
-        "export_seconds": round(export_seconds, 2), "parity_seconds": round(parity_seconds, 2),
+        "name": name,
+        "version": version,
+        "model_id": contract.model_id,
+        "family": contract.family,
+        "task": contract.task,
+        "standin": False,
+        "checkpoint": str(checkpoint),
+        "target": target.value,
+        "input_size": [size, size],
+        "queries": queries,
+        "parity": parity,
+        "export_seconds": round(export_seconds, 2),
+        "parity_seconds": round(parity_seconds, 2),
         "specimen_classes": ({str(i): id2label[i] for i in label_ids} if label_ids is not None else "any"),
         "score": "max softmax probability over the specimen classes (no-object excluded)",
         "input_convention": asdict(convention),

@@ -60,12 +60,12 @@ class DetectorStandin(nn.Module):
                 normal_(module.weight, (2.0 / fan_in) ** 0.5)  # He init: activations keep their scale
                 module.bias.zero_()
         features = self.box_head.in_features
-        normal_(self.box_head.weight, 0.5 / features ** 0.5)
+        normal_(self.box_head.weight, 0.5 / features**0.5)
         # Per query: centre logits near 0 (sigmoid 0.5), side logits near 0.5 (sigmoid ~0.62).
         bias = init.randn(config.queries, 4) * 0.4
         bias[:, 2:] += 0.5
         self.box_head.bias.copy_(bias.reshape(-1))
-        normal_(self.score_head.weight, 2.0 / features ** 0.5)
+        normal_(self.score_head.weight, 2.0 / features**0.5)
         normal_(self.score_head.bias, 0.5)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

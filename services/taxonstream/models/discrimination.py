@@ -23,9 +23,9 @@ EmbedFn = Callable[[np.ndarray], np.ndarray]  # pixel_values [B, 3, 224, 224] ->
 @dataclass(frozen=True)
 class DiscriminationReport:
     images: int
-    top1_accuracy: float           # near-duplicate -> its own original is the nearest one
-    self_match_accuracy: float     # original -> itself is the nearest one (ties would break this)
-    mean_cosine_distinct: float    # between different originals
+    top1_accuracy: float  # near-duplicate -> its own original is the nearest one
+    self_match_accuracy: float  # original -> itself is the nearest one (ties would break this)
+    mean_cosine_distinct: float  # between different originals
     max_cosine_distinct: float
     mean_cosine_near_duplicate: float  # original vs its own near-duplicate
     min_cosine_near_duplicate: float
@@ -38,7 +38,7 @@ def _normalised(vectors: np.ndarray) -> np.ndarray:
 def embed_images(embed: EmbedFn, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
     chunks = []
     for start in range(0, len(images), batch_size):
-        batch = np.stack([clip_pixel_values(image) for image in images[start:start + batch_size]])
+        batch = np.stack([clip_pixel_values(image) for image in images[start : start + batch_size]])
         chunks.append(embed(batch))
     return np.concatenate(chunks)
 

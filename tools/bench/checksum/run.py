@@ -50,8 +50,18 @@ def sum_buddy() -> Path:
     if not (marker.exists() and marker.read_text() == wanted):
         print("installing sum-buddy into", VENV, file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
-        subprocess.run([str(VENV / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                        *wanted.split()], check=True)
+        subprocess.run(
+            [
+                str(VENV / "bin" / "python"),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                *wanted.split(),
+            ],
+            check=True,
+        )
         marker.write_text(wanted)
     return VENV / "bin" / "sum-buddy"
 
@@ -154,16 +164,27 @@ def main() -> int:
 
     def run_sum_buddy() -> None:
         theirs_csv.unlink(missing_ok=True)
-        subprocess.run([str(sb), "-a", args.algorithm, "-o", str(theirs_csv), str(data)], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        subprocess.run(
+            [str(sb), "-a", args.algorithm, "-o", str(theirs_csv), str(data)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
 
     def run_taxonstream() -> None:
-        subprocess.run([str(TAXONSTREAM), "checksum", "-f", "-a", args.algorithm, "-o", str(ours_csv), str(data)],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        subprocess.run(
+            [str(TAXONSTREAM), "checksum", "-f", "-a", args.algorithm, "-o", str(ours_csv), str(data)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
 
     def in_process(backend: str) -> None:
-        checksum_to_csv(str(data), str(args.dir / f"{backend}.csv"), algorithm=args.algorithm, workers=cores,
-                        backend=backend)  # type: ignore[arg-type]
+        checksum_to_csv(
+            str(data), str(args.dir / f"{backend}.csv"), algorithm=args.algorithm, workers=cores, backend=backend
+        )  # type: ignore[arg-type]
         (args.dir / f"{backend}.csv").unlink()
 
     contestants = {
@@ -190,25 +211,46 @@ def main() -> int:
     for name, seconds in best.items():
         print(f"{name:<32}{seconds:>9.2f}{megabytes / seconds:>9.0f}{cpu[name]:>9.2f}{megabytes / cpu[name]:>10.0f}")
     ours = megabytes / best["taxonstream checksum"]
-    print(f"\ngoal 0.9 × {cores} cores × {single:.0f} MB/s = {goal:.0f} MB/s; taxonstream {ours:.0f} MB/s "
-          f"= {ours / goal:.2f} × goal, {ours / (megabytes / best['sum-buddy']):.1f} × sum-buddy")
-    print(f"what {cores} processes hashing memory (no files) reach on this machine now: {ceiling:.0f} MB/s "
-          f"= {ceiling / single:.2f} × one core; taxonstream = {ours / (0.9 * ceiling):.2f} × 0.9 × that")
+    print(
+        f"\ngoal 0.9 × {cores} cores × {single:.0f} MB/s = {goal:.0f} MB/s; taxonstream {ours:.0f} MB/s "
+        f"= {ours / goal:.2f} × goal, {ours / (megabytes / best['sum-buddy']):.1f} × sum-buddy"
+    )
+    print(
+        f"what {cores} processes hashing memory (no files) reach on this machine now: {ceiling:.0f} MB/s "
+        f"= {ceiling / single:.2f} × one core; taxonstream = {ours / (0.9 * ceiling):.2f} × 0.9 × that"
+    )
     base = cpu["hashlib, 1 core"]
     for name in ("taxonstream checksum", f"in process, {cores} processes"):
-        print(f"CPU: hashlib {base:.2f} s, {name} {cpu[name]:.2f} s (walk, workers, CSV"
-              f"{', command start-up' if 'checksum' in name else ''}): on {cores} free cores it could reach "
-              f"at most {base / cpu[name]:.2f} × {cores} × one core")
+        print(
+            f"CPU: hashlib {base:.2f} s, {name} {cpu[name]:.2f} s (walk, workers, CSV"
+            f"{', command start-up' if 'checksum' in name else ''}): on {cores} free cores it could reach "
+            f"at most {base / cpu[name]:.2f} × {cores} × one core"
+        )
     print(f"taxonstream CSV byte-identical to sum-buddy's: {identical}")
-    print(f"load average (1, 5, 15 min) before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
-          f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f} (the run itself adds ~1-2)")
+    print(
+        f"load average (1, 5, 15 min) before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
+        f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f} (the run itself adds ~1-2)"
+    )
     if args.json:
-        args.json.write_text(json.dumps({
-            "files": len(entries), "megabytes": megabytes, "cores": cores, "algorithm": args.algorithm,
-            "seconds": best, "goal_mb_s": goal, "taxonstream_mb_s": ours, "identical": identical,
-            "parallel_memory_ceiling_mb_s": ceiling, "cpu_seconds": cpu,
-            "load_average_before": load_before, "load_average_after": load_after,
-        }, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "files": len(entries),
+                    "megabytes": megabytes,
+                    "cores": cores,
+                    "algorithm": args.algorithm,
+                    "seconds": best,
+                    "goal_mb_s": goal,
+                    "taxonstream_mb_s": ours,
+                    "identical": identical,
+                    "parallel_memory_ceiling_mb_s": ceiling,
+                    "cpu_seconds": cpu,
+                    "load_average_before": load_before,
+                    "load_average_after": load_after,
+                },
+                indent=2,
+            )
+        )
     return 0 if identical else 1
 
 

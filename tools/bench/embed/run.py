@@ -60,7 +60,7 @@ def _images(count: int) -> list[bytes]:
 
 
 def _batches(items: list, batch: int) -> list[list]:
-    return [items[i:i + batch] for i in range(0, len(items), batch)]
+    return [items[i : i + batch] for i in range(0, len(items), batch)]
 
 
 def session(onnx_path: Path, threads: int) -> onnxruntime.InferenceSession:
@@ -195,11 +195,15 @@ def main() -> int:
     pixels = [pixel_values(data) for data in images]
     local_session = session(onnx_path, args.threads)
     load_before = _load()
-    print(f"{args.images} JPEGs 640x480, model {args.model}, in process {args.workers} caller(s) x "
-          f"{args.threads} thread(s), service concurrency {args.concurrency}, {os.cpu_count()} cores, "
-          f"load {load_before}")
-    print(f"{'batch':>5}  {'in process':>10}  {'triton direct':>13}  {'service':>7}  {'ratio':>5}   "
-          "CPU ms/image: in process | service (bench, embedder, tritonserver, stubs, elsewhere)")
+    print(
+        f"{args.images} JPEGs 640x480, model {args.model}, in process {args.workers} caller(s) x "
+        f"{args.threads} thread(s), service concurrency {args.concurrency}, {os.cpu_count()} cores, "
+        f"load {load_before}"
+    )
+    print(
+        f"{'batch':>5}  {'in process':>10}  {'triton direct':>13}  {'service':>7}  {'ratio':>5}   "
+        "CPU ms/image: in process | service (bench, embedder, tritonserver, stubs, elsewhere)"
+    )
     contestants = {
         "in_process": lambda b: in_process(local_session, images, b, args.workers),
         "triton_direct": lambda b: triton_direct(args.model, pixels, b, args.concurrency),
@@ -215,21 +219,44 @@ def main() -> int:
                     best[name] = result
         rate = {name: result["images_per_s"] for name, result in best.items()}
         ratio = rate["service"] / rate["in_process"]
-        rows.append({"batch": batch, **rate, "ratio": ratio,
-                     "cpu_ms_per_image": {name: result["cpu_ms_per_image"] for name, result in best.items()}})
+        rows.append(
+            {
+                "batch": batch,
+                **rate,
+                "ratio": ratio,
+                "cpu_ms_per_image": {name: result["cpu_ms_per_image"] for name, result in best.items()},
+            }
+        )
         local_cpu = best["in_process"]["cpu_ms_per_image"]
         served_cpu = best["service"]["cpu_ms_per_image"]
-        parts = ", ".join(f"{served_cpu.get(k, 0.0):.2f}" for k in
-                          ("bench", "embedder", "tritonserver", "triton stubs", "elsewhere"))
-        print(f"{batch:>5}  {rate['in_process']:>10.1f}  {rate['triton_direct']:>13.1f}  {rate['service']:>7.1f}  "
-              f"{ratio:>5.2f}   {local_cpu['bench']:.2f} | {parts}", flush=True)
+        parts = ", ".join(
+            f"{served_cpu.get(k, 0.0):.2f}" for k in ("bench", "embedder", "tritonserver", "triton stubs", "elsewhere")
+        )
+        print(
+            f"{batch:>5}  {rate['in_process']:>10.1f}  {rate['triton_direct']:>13.1f}  {rate['service']:>7.1f}  "
+            f"{ratio:>5.2f}   {local_cpu['bench']:.2f} | {parts}",
+            flush=True,
+        )
     load_after = _load()
     print(f"load average before {load_before}, after {load_after}")
     if args.out:
-        args.out.write_text(json.dumps({
-            "images": args.images, "threads": args.threads, "workers": args.workers,
-            "concurrency": args.concurrency, "cores": os.cpu_count(), "repeat": args.repeat,
-            "load_before": load_before, "load_after": load_after, "rows": rows}, indent=2) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {
+                    "images": args.images,
+                    "threads": args.threads,
+                    "workers": args.workers,
+                    "concurrency": args.concurrency,
+                    "cores": os.cpu_count(),
+                    "repeat": args.repeat,
+                    "load_before": load_before,
+                    "load_after": load_after,
+                    "rows": rows,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

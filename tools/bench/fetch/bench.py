@@ -82,8 +82,9 @@ def ensure_bench_venv() -> Path:
         return bin_dir
     if not (bin_dir / "pip").exists():
         # The interpreter .venv was made from, not .venv itself.
-        subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--clear", str(BENCH_VENV)],
-                       check=True)
+        subprocess.run(
+            [getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--clear", str(BENCH_VENV)], check=True
+        )
     print(f"installing {', '.join(PINNED)} into {BENCH_VENV} …", flush=True)
     subprocess.run([str(bin_dir / "pip"), "install", "-q", *PINNED], check=True)
     return bin_dir
@@ -131,8 +132,9 @@ def build_rows(plans: list[HostPlan], images: list[Path], port: int, seed: int) 
                 image = images[cursor % len(images)]
                 cursor += 1
                 name = f"{plan.name}-{kind}-{i:05d}.jpg"
-                rows.append(Row(name, f"http://{plan.address}:{port}/junk/{kind}/{image.name}?row={name}",
-                                plan.name, None))
+                rows.append(
+                    Row(name, f"http://{plan.address}:{port}/junk/{kind}/{image.name}?row={name}", plan.name, None)
+                )
     random.Random(seed).shuffle(rows)  # providers interleaved, as in a real export
     return rows
 
@@ -174,7 +176,9 @@ class Farm:
         self.config_path.write_text(json.dumps(config))
         self.process = subprocess.Popen(
             [sys.executable, str(HERE / "farm.py"), "--config", str(self.config_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         line = self.process.stdout.readline()
         if '"ready": true' not in line:
@@ -196,8 +200,18 @@ class Farm:
 
 # -- the tools ------------------------------------------------------------------------------------------
 def run_taxonstream(listing: Path, out: Path, timeout: float) -> tuple[float, float, str]:
-    command = [str(REPO / ".venv" / "bin" / "taxonstream"), "fetch", str(listing), "--output", str(out),
-               "--name-col", "name", "--allow-network", "127.0.0.0/8", "--quiet"]
+    command = [
+        str(REPO / ".venv" / "bin" / "taxonstream"),
+        "fetch",
+        str(listing),
+        "--output",
+        str(out),
+        "--name-col",
+        "name",
+        "--allow-network",
+        "127.0.0.0/8",
+        "--quiet",
+    ]
     return timed(command, timeout, cwd=REPO, ok=(0, 1))  # 1: some records failed, as the broken host ensures
 
 
@@ -207,19 +221,44 @@ def run_img2dataset(
     processes = os.cpu_count() or 1
     per_shard = max(100, rows // (4 * processes))  # enough shards to keep every process busy
     command = [
-        str(bin_dir / "img2dataset"), f"--url_list={listing}", "--input_format=csv", "--url_col=url",
-        f"--output_folder={out}", "--output_format=files", "--resize_mode=no", "--skip_reencode=True",
-        f"--processes_count={processes}", f"--thread_count={threads}", f"--number_sample_per_shard={per_shard}",
-        "--retries=3", "--timeout=10", "--save_additional_columns=['name']", "--compute_hash=sha256",
-        "--disallowed_header_directives=[]", "--enable_wandb=False",
+        str(bin_dir / "img2dataset"),
+        f"--url_list={listing}",
+        "--input_format=csv",
+        "--url_col=url",
+        f"--output_folder={out}",
+        "--output_format=files",
+        "--resize_mode=no",
+        "--skip_reencode=True",
+        f"--processes_count={processes}",
+        f"--thread_count={threads}",
+        f"--number_sample_per_shard={per_shard}",
+        "--retries=3",
+        "--timeout=10",
+        "--save_additional_columns=['name']",
+        "--compute_hash=sha256",
+        "--disallowed_header_directives=[]",
+        "--enable_wandb=False",
     ]
     return timed(command, timeout, cwd=WORK)
 
 
 def run_cautious_robot(bin_dir: Path, listing: Path, out: Path, timeout: float) -> tuple[float, float, str]:
     # cautious-robot names its logs after the list's path up to the first dot: run it beside the list.
-    command = [str(bin_dir / "cautious-robot"), "-i", listing.name, "-o", str(out), "-n", "name", "-u", "url",
-               "-w", "1", "-r", "5"]
+    command = [
+        str(bin_dir / "cautious-robot"),
+        "-i",
+        listing.name,
+        "-o",
+        str(out),
+        "-n",
+        "name",
+        "-u",
+        "url",
+        "-w",
+        "1",
+        "-r",
+        "5",
+    ]
     return timed(command, timeout, cwd=listing.parent)
 
 
@@ -228,8 +267,9 @@ def timed(command: list[str], timeout: float, cwd: Path, ok: tuple[int, ...] = (
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     try:
-        result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                                stdin=subprocess.DEVNULL)
+        result = subprocess.run(
+            command, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
         last = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or [""]
         note = "" if result.returncode in ok else f"exit {result.returncode}: {last[0][-200:]}"
     except subprocess.TimeoutExpired:
@@ -291,9 +331,7 @@ def judge(tool: str, out: Path, rows: list[Row]) -> tuple[int, int]:
 
 def floor_seconds(plans: list[HostPlan]) -> float:
     """The least time the rate limits allow: the slowest rate-limited host, its first burst free."""
-    floors = [
-        max(0.0, (p.images - p.params["burst"]) / p.params["rate"]) for p in plans if p.manner == "ratelimited"
-    ]
+    floors = [max(0.0, (p.images - p.params["burst"]) / p.params["rate"]) for p in plans if p.manner == "ratelimited"]
     return max(floors, default=0.0)
 
 
@@ -327,15 +365,19 @@ def measure(tool: str, farm: Farm, rows: list[Row], listing: Path, run) -> Figur
 
 def print_table(title: str, figures: list[Figures], floor: float | None) -> None:
     print(f"\n{title}")
-    head = f"{'tool':<15} {'good/fetchable':>16} {'share':>7} {'junk':>6} {'requests':>9} {'429 share':>9} " \
-           f"{'wall s':>8} {'good img/s':>10} {'cpu ms/img':>10}"
+    head = (
+        f"{'tool':<15} {'good/fetchable':>16} {'share':>7} {'junk':>6} {'requests':>9} {'429 share':>9} "
+        f"{'wall s':>8} {'good img/s':>10} {'cpu ms/img':>10}"
+    )
     if floor:
         head += f" {'wall/floor':>10}"
     print(head)
     for f in figures:
-        line = (f"{f.tool:<15} {f'{f.good}/{f.fetchable}':>16} {f.good / f.fetchable:>7.4f} {f.junk:>6} "
-                f"{f.requests:>9} {f.refused_429 / max(1, f.requests):>9.2%} {f.wall:>8.1f} {f.good / f.wall:>10.1f} "
-                f"{1000 * f.cpu / max(1, f.good):>10.2f}")
+        line = (
+            f"{f.tool:<15} {f'{f.good}/{f.fetchable}':>16} {f.good / f.fetchable:>7.4f} {f.junk:>6} "
+            f"{f.requests:>9} {f.refused_429 / max(1, f.requests):>9.2%} {f.wall:>8.1f} {f.good / f.wall:>10.1f} "
+            f"{1000 * f.cpu / max(1, f.good):>10.2f}"
+        )
         if floor:
             line += f" {f.wall / floor:>10.2f}"
         print(line + (f"   ({f.note})" if f.note else ""))
@@ -361,8 +403,9 @@ def main() -> int:
 
     runners = {
         "taxonstream": lambda listing, rows: lambda out: run_taxonstream(listing, out, args.timeout),
-        "img2dataset": lambda listing, rows: lambda out: run_img2dataset(
-            bin_dir, listing, out, args.timeout, args.i2d_threads, len(rows)),
+        "img2dataset": lambda listing, rows: (
+            lambda out: run_img2dataset(bin_dir, listing, out, args.timeout, args.i2d_threads, len(rows))
+        ),
         "cautious-robot": lambda listing, rows: lambda out: run_cautious_robot(bin_dir, listing, out, args.timeout),
     }
 
@@ -373,8 +416,10 @@ def main() -> int:
             rows = build_rows(plans, images, farm.port, seed=1)
             listing = WORK / "mannerslist.csv"
             write_list(listing, rows)
-            print(f"farm 1: {len(plans)} hosts, {len(rows)} URLs, "
-                  f"{sum(r.source is not None for r in rows)} fetchable", flush=True)
+            print(
+                f"farm 1: {len(plans)} hosts, {len(rows)} URLs, {sum(r.source is not None for r in rows)} fetchable",
+                flush=True,
+            )
             figures = []
             for tool in tools:
                 print(f"  running {tool} …", flush=True)
@@ -415,10 +460,12 @@ def main() -> int:
             median = {t: statistics.median(f.good / f.wall for f in figures if f.tool == t) for t in contenders}
             if len(best) == 2:
                 cpu = {t: statistics.median(f.cpu / max(1, f.good) for f in figures if f.tool == t) for t in contenders}
-                print(f"taxonstream / img2dataset good images per second: best round each "
-                      f"{best['taxonstream'] / best['img2dataset']:.2f}x, median "
-                      f"{median['taxonstream'] / median['img2dataset']:.2f}x; CPU per good image (median): "
-                      f"{cpu['img2dataset'] / cpu['taxonstream']:.2f}x less")
+                print(
+                    f"taxonstream / img2dataset good images per second: best round each "
+                    f"{best['taxonstream'] / best['img2dataset']:.2f}x, median "
+                    f"{median['taxonstream'] / median['img2dataset']:.2f}x; CPU per good image (median): "
+                    f"{cpu['img2dataset'] / cpu['taxonstream']:.2f}x less"
+                )
         finally:
             farm.stop()
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")

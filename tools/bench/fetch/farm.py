@@ -191,8 +191,7 @@ async def main(config: dict) -> None:
     loop = asyncio.get_running_loop()
     port = config["port"]
     servers = [
-        await loop.create_server(lambda h=h: Connection(farm, h, False), h.address, port, backlog=1024)
-        for h in hosts
+        await loop.create_server(lambda h=h: Connection(farm, h, False), h.address, port, backlog=1024) for h in hosts
     ]
     control = config.get("control", "127.0.0.2")
     servers.append(await loop.create_server(lambda: Connection(farm, None, True), control, port))
