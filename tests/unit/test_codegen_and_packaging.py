@@ -30,3 +30,11 @@ def test_every_package_folder_is_a_package_and_its_module_path_is_its_file_path(
 def test_ruff_is_clean():
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "."], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_ruff_format_is_clean():
+    # The tree was formatted once (aa4442a); this keeps it so, as `ruff check` keeps the lint rules.
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", "."], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout
