@@ -14,40 +14,19 @@ from typing import Any
 
 import urllib3
 from minio import Minio
+from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
 from taxonstream.core.errors import Transient
+from taxonstream.core.keys import derivative_keys, job_records_key, job_records_prefix, original_key
 from taxonstream.core.settings import CoreSettings
 
+# The key functions are re-exported for callers that still import them from here (fetcher, detector,
+# checksummer servicer, tests); new code imports taxonstream.core.keys.
+__all__ = ["ObjectStore", "derivative_keys", "job_records_key", "job_records_prefix", "original_key"]
 log = logging.getLogger(__name__)
 
 _MISSING = {"NoSuchKey", "NoSuchObject", "NoSuchBucket"}
-
-
-def original_key(sha256: str) -> str:
-    return f"originals/sha256/{sha256[:2]}/{sha256[2:4]}/{sha256}"
-
-
-def job_records_prefix(job_id: str) -> str:
-    """A job's submitted records, in numbered chunks: `jobs retry` queues failed ones again from them, and
-    the checksummer's manifest names the records that have no row."""
-    return f"jobs/{job_id}/records-"
-
-
-def job_records_key(job_id: str, chunk: int) -> str:
-    return f"{job_records_prefix(job_id)}{chunk:06d}.json"
-
-
-def derivative_keys(image_id: str, model: str, version: str) -> dict[str, str]:
-    """Where the detector stores what it derives from one image: under the image id and the model version."""
-    prefix = f"derivatives/{image_id}/{model}/{version}/"
-    names = {
-        "crop": "crop.jpg",
-        "crop_small": "crop_256.jpg",
-        "original_small": "original_256.jpg",
-        "lineage": "detection.json",
-    }
-    return {kind: prefix + name for kind, name in names.items()}
 
 
 class ObjectStore:
@@ -128,6 +107,13 @@ class ObjectStore:
     def list(self, prefix: str) -> list[str]:
         with _unavailable_is_transient():
             return [o.object_name for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)]
+
+    def delete(self, keys: list[str]) -> None:
+        """Remove objects (a missing one is not an error): snapshot generations past their retention."""
+        with _unavailable_is_transient():
+            for error in self.client.remove_objects(self.bucket, [DeleteObject(k) for k in keys]):
+                # Left in place, it is removed by a later cleanup; nothing reads it meanwhile.
+                log.warning("could not delete an object", extra={"key": error.name, "error": error.code})
 
     def presigned_url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
         return self.client.presigned_get_object(self.bucket, key, expires=expires)
