@@ -18,7 +18,7 @@ def _settings_class(service: str) -> type[CoreSettings]:
     """The CoreSettings subclass `python -m taxonstream.<service>` runs with."""
     # Read, never imported: importing __main__ would start the service.
     main = Path(importlib.util.find_spec(f"taxonstream.{service}.__main__").origin).read_text()
-    for module_name in (f"taxonstream.{service}.settings", f"taxonstream.{service}.service"):
+    for module_name in (f"taxonstream.{service}.settings", f"taxonstream.{service}.worker"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError:

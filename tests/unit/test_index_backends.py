@@ -310,7 +310,7 @@ def test_listing_returns_exactly_the_live_images_a_filter_matches(backend):
 def test_indexer_settings_validate_the_tuning_knobs_and_reach_both_backends(monkeypatch):
     import pydantic
 
-    from taxonstream.indexer.service import IndexerSettings
+    from taxonstream.indexer.worker import IndexerSettings
 
     assert IndexerSettings().index_config().faiss == FaissConfig()  # defaults agree with the library's
     monkeypatch.setenv("TAXONSTREAM_INDEX_EF_SEARCH", "300")

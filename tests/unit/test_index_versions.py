@@ -12,7 +12,7 @@ from kafka import TopicPartition
 
 from taxonstream.core.topics import Topics
 from taxonstream.index.versions import Registry, VersionKey, Versions
-from taxonstream.indexer.service import IndexerSettings, IndexWorker
+from taxonstream.indexer.worker import IndexerSettings, IndexWorker
 from taxonstream.integrity.registry import DirectoryStore
 from taxonstream.v1.messages_pb2 import Crop, Embedding, FetchedImage, Outcome, Record, ReembedImage, VerifiedImage
 

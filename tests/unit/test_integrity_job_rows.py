@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from taxonstream.checksummer.service import ChecksummerSettings, ChecksumWorker
+from taxonstream.checksummer.worker import ChecksummerSettings, ChecksumWorker
 from taxonstream.core.bus import Bus
 from taxonstream.core.errors import Failed
 from taxonstream.core.store import job_records_prefix, original_key

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from taxonstream.core.store import derivative_keys
-from taxonstream.detector.service import Detector, DetectorSettings, DetectWorker, shorter_side
+from taxonstream.detector.worker import Detector, DetectorSettings, DetectWorker, shorter_side
 from taxonstream.v1.messages_pb2 import FetchedImage, Record, VerifiedImage
 
 # One specimen drawn at (100, 60)-(220, 180) on a 400 x 300 white background.

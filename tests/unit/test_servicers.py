@@ -9,10 +9,10 @@ import grpc_testing
 import pytest
 from pydantic import ValidationError
 
-from taxonstream.checksummer.service import ChecksummerServicer
+from taxonstream.checksummer.servicer import ChecksummerServicer
 from taxonstream.core.settings import CoreSettings
 from taxonstream.fetcher.jobs import JobTable
-from taxonstream.fetcher.service import FetcherServicer
+from taxonstream.fetcher.servicer import FetcherServicer
 from taxonstream.v1 import checksummer_pb2, fetcher_pb2
 from taxonstream.v1.messages_pb2 import Job, Outcome
 

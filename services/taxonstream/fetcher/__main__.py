@@ -1,5 +1,28 @@
-from taxonstream.core.server import run
-from taxonstream.fetcher.service import build
-from taxonstream.fetching.settings import FetcherSettings
+"""`python -m taxonstream.fetcher`: the job API and the download worker (records → fetched)."""
 
-run("fetcher", FetcherSettings, build)
+from __future__ import annotations
+
+from taxonstream.core.server import Service, connect, registrar, run
+from taxonstream.fetcher.jobs import JobTable, follow
+from taxonstream.fetcher.servicer import FetcherServicer
+from taxonstream.fetcher.worker import STAGE, FetchWorker
+from taxonstream.fetching.settings import FetcherSettings
+from taxonstream.v1 import fetcher_pb2, fetcher_pb2_grpc
+
+
+def build(settings: FetcherSettings) -> Service:
+    bus, store = connect(settings)
+    jobs = JobTable()
+    fetch = FetchWorker(settings, bus, store, jobs)
+    servicer = FetcherServicer(bus, jobs, store)
+
+    return Service(
+        name=STAGE,
+        register=registrar(fetcher_pb2, "Fetcher", fetcher_pb2_grpc.add_FetcherServicer_to_server, servicer),
+        loops=[lambda stop: follow(bus, jobs, stop), fetch.worker().run],
+        on_stop=fetch.downloader.close,
+    )
+
+
+if __name__ == "__main__":
+    run(STAGE, FetcherSettings, build)

@@ -41,7 +41,7 @@ import numpy as np
 import onnxruntime
 import tritonclient.grpc as triton
 
-from taxonstream.embedder.service import l2_normalise, pixel_values
+from taxonstream.embedder.worker import l2_normalise, pixel_values
 from taxonstream.models.synthetic import shapes_image
 from taxonstream.v1 import embedder_pb2, embedder_pb2_grpc
 from tools.stack import local_stack as stack

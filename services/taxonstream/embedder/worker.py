@@ -1,4 +1,4 @@
-"""Embedder service: EmbedImages and EmbedTexts over gRPC, and the worker cropped → embedded."""
+"""The embedder's settings, encoders on Triton and the workers cropped → embedded, reembed → embedded."""
 
 from __future__ import annotations
 
@@ -7,20 +7,16 @@ import logging
 import threading
 from collections.abc import Callable
 
-import grpc
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tritonclient.utils import InferenceServerException
 
 from taxonstream.core.bus import Bus, Emit
 from taxonstream.core.errors import Failed
-from taxonstream.core.server import Service, connect, registrar
 from taxonstream.core.settings import SERVICE_PORTS, CoreSettings
 from taxonstream.core.store import ObjectStore
 from taxonstream.core.triton import TritonModel
-from taxonstream.core.worker import StreamWorker, in_batches
 from taxonstream.models.preprocess import clip_pixel_values
-from taxonstream.v1 import embedder_pb2, embedder_pb2_grpc
 from taxonstream.v1.messages_pb2 import Crop, Embedding, ReembedImage
 
 log = logging.getLogger(__name__)
@@ -212,65 +208,3 @@ class EmbedWorker:
             backfill=True,
         )
         return [Emit(self.bus.topics.embedded, request.image_id, embedding)]
-
-
-class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
-    def __init__(self, encoders: Encoders) -> None:
-        self.encoders = encoders
-
-    def EmbedTexts(self, request, context) -> embedder_pb2.EmbedResponse:
-        if not request.texts:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no texts given")
-        key = self.encoders.key(request.model, request.model_version)
-        try:
-            return self._response(key, self.encoders.embed_texts(key, list(request.texts)))
-        except Failed as failure:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, failure.message)
-
-    def EmbedImages(self, request, context) -> embedder_pb2.EmbedResponse:
-        if not request.images:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no images given")
-        key = self.encoders.key(request.model, request.model_version)
-        try:
-            pixels = [pixel_values(data) for data in request.images]
-        except Failed as failure:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, failure.message)
-        try:
-            return self._response(key, self.encoders.embed(key, pixels))
-        except Failed as failure:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, failure.message)
-
-    @staticmethod
-    def _response(key: ModelKey, vectors: np.ndarray) -> embedder_pb2.EmbedResponse:
-        return embedder_pb2.EmbedResponse(
-            vectors=[embedder_pb2.Vector(values=v.tolist()) for v in vectors], model=key[0], model_version=key[1]
-        )
-
-
-def build(settings: EmbedderSettings) -> Service:
-    bus, store = connect(settings)
-    encoders = Encoders(settings)
-    work = EmbedWorker(settings, bus, store, encoders)
-    fresh = StreamWorker(
-        stage=STAGE,
-        bus=bus,
-        source=bus.topics.cropped,
-        message_type=Crop,
-        process=in_batches(work.prepare, work.run, work.finish),
-        max_batch=settings.max_batch,
-    )
-    backfill = StreamWorker(
-        stage=REEMBED_STAGE,
-        bus=bus,
-        source=bus.topics.reembed,
-        message_type=ReembedImage,
-        process=in_batches(work.prepare_backfill, work.run_backfill, work.finish_backfill),
-        max_batch=settings.max_batch,
-    )
-    return Service(
-        name=STAGE,
-        register=registrar(
-            embedder_pb2, "Embedder", embedder_pb2_grpc.add_EmbedderServicer_to_server, EmbedderServicer(encoders)
-        ),
-        loops=[fresh.run, backfill.run],
-    )

@@ -1,4 +1,4 @@
-"""Detector service: Detect over gRPC, and the worker verified → cropped, both through Triton."""
+"""The detector's settings, its Triton model wrapper and the worker verified → cropped."""
 
 from __future__ import annotations
 
@@ -6,19 +6,15 @@ import io
 from dataclasses import dataclass
 from functools import cached_property
 
-import grpc
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from taxonstream.core.bus import Bus, Emit
 from taxonstream.core.errors import Failed
-from taxonstream.core.server import Service, connect, registrar
 from taxonstream.core.settings import SERVICE_PORTS, CoreSettings
 from taxonstream.core.store import ObjectStore, derivative_keys
 from taxonstream.core.triton import TritonModel
-from taxonstream.core.worker import StreamWorker, in_batches
 from taxonstream.models.preprocess import crop_box, detector_pixels, upright_rgb
-from taxonstream.v1 import detector_pb2, detector_pb2_grpc
 from taxonstream.v1.messages_pb2 import Box, Crop, VerifiedImage
 
 STAGE = "detector"
@@ -166,48 +162,3 @@ class DetectWorker:
             model_version=s.detector_model_version,
         )
         return [Emit(self.bus.topics.cropped, verified.image_id, crop)]
-
-
-class DetectorServicer(detector_pb2_grpc.DetectorServicer):
-    def __init__(self, settings: DetectorSettings, detector: Detector) -> None:
-        self.settings = settings
-        self.detector = detector
-
-    def Detect(self, request, context) -> detector_pb2.DetectResponse:
-        try:
-            image = open_image(request.image, self.settings.detector_min_side)
-        except Failed as failure:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, failure.message)
-        detection = self.detector.detect(image)
-        left, top, right, bottom = detection.box
-        return detector_pb2.DetectResponse(
-            detected=detection.detected,
-            box=Box(left=left, top=top, right=right, bottom=bottom),
-            score=detection.score,
-            width=detection.size[0],
-            height=detection.size[1],
-            crop=detection.crop_jpeg,
-            model=self.settings.detector_model,
-            model_version=self.settings.detector_model_version,
-        )
-
-
-def build(settings: DetectorSettings) -> Service:
-    bus, store = connect(settings)
-    detector = Detector(settings)
-    work = DetectWorker(settings, bus, store, detector)
-    worker = StreamWorker(
-        stage=STAGE,
-        bus=bus,
-        source=bus.topics.verified,
-        message_type=VerifiedImage,
-        process=in_batches(work.prepare, work.run, work.finish),
-        max_batch=settings.max_batch,
-    )
-    servicer = DetectorServicer(settings, detector)
-
-    return Service(
-        name=STAGE,
-        register=registrar(detector_pb2, "Detector", detector_pb2_grpc.add_DetectorServicer_to_server, servicer),
-        loops=[worker.run],
-    )
