@@ -9,7 +9,8 @@ import time
 import pytest
 
 from taxonstream.core.errors import Failed
-from taxonstream.fetching.download import Downloader, RetryLater, retry_after
+from taxonstream.fetching.attempts import RetryLater, retry_after
+from taxonstream.fetching.download import Downloader
 from taxonstream.fetching.settings import FetcherSettings
 from tools.demo.sample import serve
 

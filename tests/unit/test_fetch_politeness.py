@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from taxonstream.fetching.politeness import HostGate, RatePolicy, backoff
+from taxonstream.fetching.attempts import AttemptPolicy, backoff
+from taxonstream.fetching.politeness import HostGate, RatePolicy
 
 
 def simulate(rate: float, images: int, retry_after: bool, latency: float = 0.002, seed: int = 1):
@@ -57,7 +58,7 @@ def test_a_rate_limited_host_is_found_and_kept_to(rate, images, retry_after):
 
 
 def test_retry_after_pauses_the_host_as_long_as_asked_but_bounded():
-    gate = HostGate(RatePolicy(max_retry_after=30))
+    gate = HostGate(RatePolicy(), AttemptPolicy(max_retry_after=30))
     sent = gate.sent(100.0)
     assert gate.throttled_by(sent, 100.5, 7.0) == pytest.approx(7.0)
     assert gate.ready_at() >= 107.5 and not gate.can_send(107.0)
@@ -98,7 +99,7 @@ def test_random_503s_do_not_ratchet_the_rate_down():
 
 
 def test_failures_back_off_exponentially_with_jitter_and_an_answer_resets_them():
-    gate = HostGate(RatePolicy(backoff_base=1.0, backoff_max=8.0), rng=lambda: 1.0)
+    gate = HostGate(RatePolicy(), AttemptPolicy(backoff_base=1.0, backoff_max=8.0), rng=lambda: 1.0)
     pauses = []
     now = 0.0
     for _ in range(6):

@@ -11,38 +11,23 @@ import re
 import time
 import zlib
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from urllib.parse import urljoin
 
 import urllib3
 import urllib3.exceptions
 
 from taxonstream.core.errors import Failed
+from taxonstream.fetching.attempts import status_failure, transport_failure
 from taxonstream.fetching.safety import check_url, pinned_pool_manager
 from taxonstream.fetching.settings import FetcherSettings
 from taxonstream.fetching.validate import SNIFF_BYTES, check_head
 
 REDIRECTS = {301, 302, 303, 307, 308}
-# Worth another attempt: the server may answer later.
-RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
-# The server says "slow down": the per-host rate falls and the attempt is not the record's fault.
-THROTTLE_STATUS = {429, 503}
 CHUNK = 64 * 1024
 # A non-200 body is read only this far (to keep the connection); beyond it the connection is dropped.
 DISCARD_LIMIT = 64 * 1024
 DISCARD_SECONDS = 0.2
 DIRECTIVE_WITH_VALUE = re.compile(r"^(max-snippet|max-image-preview|max-video-preview|unavailable_after)$")
-
-
-class RetryLater(Exception):
-    """A failure another attempt may cure; `delay` is what the server asked for, if anything."""
-
-    def __init__(self, failure: Failed, delay: float | None = None, throttled: bool = False) -> None:
-        super().__init__(str(failure))
-        self.failure = failure
-        self.delay = delay
-        # 429/503: the host asks for less traffic (the politeness layer slows down).
-        self.throttled = throttled
 
 
 @dataclass(frozen=True)
@@ -95,12 +80,8 @@ class Downloader:
                         raise Failed("bad_redirect", f"HTTP {status} without a Location header")
                     current = urljoin(current, location.strip())
                     continue
-                if status != 200:
-                    failure = Failed(f"http_{status}", f"HTTP {status} from {current}")
-                    if status in RETRYABLE_STATUS:
-                        delay = retry_after(response.headers.get("retry-after"))
-                        raise RetryLater(failure, delay, throttled=status in THROTTLE_STATUS)
-                    raise failure
+                if status != 200:  # final or worth another attempt: the attempt policy says which
+                    raise status_failure(status, current, response.headers.get("retry-after"))
                 if expect_image:
                     self._check_robots_tag(response)
                 data = self._read_capped(response, deadline, expect_image, max_bytes or self.settings.fetch_max_bytes)
@@ -186,7 +167,7 @@ class Downloader:
         except urllib3.exceptions.HTTPError as error:
             raise _transport_failure(error, "the body") from error
         except http.client.HTTPException as error:
-            raise RetryLater(Failed("incomplete_body", f"the body ended early: {error}")) from error
+            raise transport_failure(Failed("incomplete_body", f"the body ended early: {error}")) from error
         except zlib.error as error:
             raise Failed("bad_encoding", f"the body's Content-Encoding does not decode: {error}") from error
         return b"".join(chunks)
@@ -224,31 +205,22 @@ def _decoder(encoding: str) -> zlib._Decompress | None:
 
 
 def _transport_failure(error: urllib3.exceptions.HTTPError, where: str) -> Exception:
-    """Sort urllib3's errors into final failures and ones another attempt may cure."""
+    """Name urllib3's errors; the attempt policy says which of them another attempt may cure."""
+    return transport_failure(_name_transport_failure(error, where))
+
+
+def _name_transport_failure(error: urllib3.exceptions.HTTPError, where: str) -> Failed:
     if isinstance(error, urllib3.exceptions.NewConnectionError):  # a subclass of the timeout error, sadly
-        return RetryLater(Failed("connection_error", f"cannot connect for {where}: {error}"))
+        return Failed("connection_error", f"cannot connect for {where}: {error}")
     if isinstance(error, urllib3.exceptions.TimeoutError):
-        return RetryLater(Failed("timeout", f"{type(error).__name__} reading {where}"))
+        return Failed("timeout", f"{type(error).__name__} reading {where}")
     if isinstance(error, urllib3.exceptions.SSLError):
         return Failed("tls_error", f"TLS failed for {where}: {error}")
     if isinstance(error, urllib3.exceptions.LocationValueError):
         return Failed("bad_url", f"{where}: {error}")
     cause = error.args[1] if isinstance(error, urllib3.exceptions.ProtocolError) and len(error.args) > 1 else None
     if isinstance(cause, http.client.IncompleteRead) or isinstance(error, urllib3.exceptions.IncompleteRead):
-        return RetryLater(Failed("incomplete_body", f"the connection closed before the body was complete ({where})"))
+        return Failed("incomplete_body", f"the connection closed before the body was complete ({where})")
     if isinstance(cause, http.client.HTTPException) and not isinstance(cause, http.client.RemoteDisconnected):
         return Failed("bad_response", f"not a valid HTTP response from {where}: {cause!r}")
-    return RetryLater(Failed("connection_error", f"{type(error).__name__}: {error}"))
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header, in either of its forms (delta-seconds or HTTP-date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
+    return Failed("connection_error", f"{type(error).__name__}: {error}")

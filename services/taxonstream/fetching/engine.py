@@ -10,7 +10,8 @@ Flow: a feeder thread reads tasks into per-host queues (bounded, so a 100M-row l
 memory); `fetch_max_connections` workers take the next request any host allows (its gate's pacing,
 pause and connection cap), download it safely, validate it from its bytes, hand it to `store`, and
 report the result. Retryable failures go back to the end of their host's queue; the host's gate has
-already slowed or paused it.
+already slowed or paused it. Which failures are retried, for how long and how often, and what robots.txt
+forbids, is the attempt policy's (`attempts.py`) — the same one the fetcher service's host gates use.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from typing import Any
 
 from taxonstream.core.errors import Failed
 from taxonstream.fetching import metrics
-from taxonstream.fetching.download import Downloaded, Downloader, RetryLater
+from taxonstream.fetching.attempts import AttemptPolicy, RetryLater, Tally, robots_refusal
+from taxonstream.fetching.download import Downloaded, Downloader
 from taxonstream.fetching.politeness import HostGate, RatePolicy
 from taxonstream.fetching.robots import Robots, fetch_robots, unreachable
 from taxonstream.fetching.safety import check_url, host_of
@@ -36,9 +38,6 @@ from taxonstream.fetching.settings import FetcherSettings
 from taxonstream.fetching.validate import inspect_image
 
 log = logging.getLogger(__name__)
-
-# Failures that happen before any request reaches the host: they say nothing about its manners.
-NOT_SENT = {"blocked_address", "dns_error", "bad_url"}
 
 
 @dataclass(frozen=True)
@@ -90,12 +89,9 @@ class _Pending:
     task: Task
     host: str
     robots: bool = False  # this item fetches the host's robots.txt, not the task
-    disallowed: str = ""  # robots.txt forbids it (or could not be read): finish without a request
-    disallowed_reason: str = ""
+    refused: Failed | None = None  # robots.txt forbids it (or could not be read): finish without a request
     settled: bool = False
-    attempts: int = 0
-    errors: int = 0
-    throttles: int = 0
+    tally: Tally = field(default_factory=Tally)
     first_sent: float | None = None
     sent_at: float = 0.0
 
@@ -129,6 +125,7 @@ class FetchEngine:
         on_result: Callable[[Result], None] | None = None,
         max_buffer: int = 100_000,
         downloader: Downloader | None = None,
+        attempts: AttemptPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -136,6 +133,7 @@ class FetchEngine:
         self.max_buffer = max_buffer
         self.downloader = downloader or Downloader(settings)
         self.policy = RatePolicy.from_settings(settings)
+        self.attempts = attempts or AttemptPolicy.from_settings(settings)
         self.agent = settings.robots_agent
         self._cond = threading.Condition()
         self._result_lock = threading.Lock()
@@ -227,7 +225,7 @@ class FetchEngine:
     def _host(self, name: str) -> _Host:
         slot = self._hosts.get(name)
         if slot is None:
-            slot = self._hosts[name] = _Host(name, HostGate(self.policy), metrics.host_label(name))
+            slot = self._hosts[name] = _Host(name, HostGate(self.policy, self.attempts), metrics.host_label(name))
             if not self.settings.fetch_robots_txt:
                 slot.robots = Robots(None, allow_all=True)
         return slot
@@ -281,13 +279,13 @@ class FetchEngine:
             item = slot.queue.popleft()
             self._buffered -= 1
             self._cond.notify_all()  # the feeder may be waiting for room
-            if not slot.robots.allowed(item.task.url, self.agent):
-                item.disallowed = slot.robots.why or "robots.txt disallows this URL"
-                item.disallowed_reason = "robots_unreachable" if slot.robots.disallow_all else "robots_disallowed"
+            item.refused = robots_refusal(slot.robots, item.task.url, self.agent)
+            if item.refused is not None:
                 self._in_flight += 1
                 return item
         item.sent_at = slot.gate.sent(now, backlog=bool(slot.queue))
-        item.attempts += 0 if item.robots else 1
+        if not item.robots:
+            item.tally.sent += 1
         if item.first_sent is None:
             item.first_sent = now
         self._in_flight += 1
@@ -323,9 +321,9 @@ class FetchEngine:
             try:
                 if item.robots:
                     self._robots(item)
-                elif item.disallowed:
+                elif item.refused is not None:
                     self._settle(item, lambda gate, now: None)
-                    self._finish(Result(item.task, False, item.disallowed_reason, item.disallowed))
+                    self._finish(Result(item.task, False, item.refused.reason, item.refused.message))
                 else:
                     self._attempt(item)
             except Exception as error:  # noqa: BLE001 - one record's surprise must not stop the run
@@ -346,10 +344,10 @@ class FetchEngine:
             with self._cond:
                 slot = self._hosts[item.host]
                 slot.robots_tries += 1
-                if slot.robots_tries >= self.settings.fetch_attempts:
-                    slot.robots = unreachable(f"robots.txt could not be fetched: {retry.failure.message}")
+                if (why := self.attempts.robots_unreadable(slot.robots_tries, retry)) is not None:
+                    slot.robots = unreachable(why)
                 slot.robots_busy = False
-            self._settle(item, self._setback(item, retry))
+            self._settle(item, lambda gate, now, error=retry: gate.settle(item.sent_at, now, 0.0, error))
             return
         self._count(item.host, "robots.txt")
         with self._cond:
@@ -371,12 +369,7 @@ class FetchEngine:
         except Failed as failure:
             self._count(item.host, failure.reason)
             elapsed = time.monotonic() - started
-            if failure.reason in NOT_SENT:
-                self._settle(item, lambda gate, now: gate.released())
-            elif failure.reason == "timeout":  # the body took too long: the host is struggling
-                self._settle(item, lambda gate, now: gate.failed(item.sent_at, now))
-            else:
-                self._settle(item, lambda gate, now: gate.answered(item.sent_at, now, elapsed))
+            self._settle(item, lambda gate, now, error=failure: gate.settle(item.sent_at, now, elapsed, error))
             self._finish(self._failed(item, failure.reason, failure.message))
             return
         self._count(item.host, "200", len(got.data))
@@ -384,32 +377,15 @@ class FetchEngine:
         self._finish(self._validate_and_store(item, got))
 
     def _retry_later(self, item: _Pending, retry: RetryLater) -> None:
-        failure = retry.failure
-        self._count(item.host, failure.reason)
-        if retry.throttled:
-            item.throttles += 1
-            final = item.throttles >= self.settings.fetch_throttled_attempts
-        else:
-            item.errors += 1
-            final = item.errors >= self.settings.fetch_attempts
+        self._count(item.host, retry.failure.reason)
+        final = self.attempts.spent(item.tally, retry)
         paused: list[float] = []
-        setback = self._setback(item, retry)
-        self._settle(item, lambda gate, now: paused.append(setback(gate, now)), requeue=not final)
+        self._settle(item, lambda gate, now: paused.append(gate.settle(item.sent_at, now, 0.0, retry)), not final)
         if paused and paused[0] > 0:
             metrics.PAUSES.labels(metrics.host_label(item.host)).inc()
         if final:
-            message = f"{failure.message} (after {item.attempts} attempts)"
-            self._finish(self._failed(item, failure.reason, message))
-
-    @staticmethod
-    def _setback(item: _Pending, retry: RetryLater) -> Callable[[HostGate, float], float]:
-        """How the gate hears of a failed request: throttled (429/503, maybe Retry-After) or an error."""
-        sent_at, delay, reason = item.sent_at, retry.delay, retry.failure.reason
-        if retry.throttled:
-            return lambda gate, now: gate.throttled_by(sent_at, now, delay, limit=reason == "http_429")
-        # A body cut short says little about load (often one broken file); timeouts and resets do.
-        congestion = reason != "incomplete_body"
-        return lambda gate, now: gate.failed(sent_at, now, congestion)
+            gave_up = self.attempts.gave_up(retry, item.tally)
+            self._finish(self._failed(item, gave_up.reason, gave_up.message))
 
     def _validate_and_store(self, item: _Pending, got: Downloaded) -> Result:
         s = self.settings
@@ -427,7 +403,7 @@ class FetchEngine:
             mime=info.mime,
             width=info.width,
             height=info.height,
-            attempts=item.attempts,
+            attempts=item.tally.sent,
             final_url=got.final_url,
             seconds=time.monotonic() - (item.first_sent or time.monotonic()),
             data=got.data,
@@ -445,7 +421,7 @@ class FetchEngine:
 
     def _failed(self, item: _Pending, reason: str, message: str) -> Result:
         seconds = time.monotonic() - item.first_sent if item.first_sent else 0.0
-        return Result(item.task, False, reason, message, attempts=item.attempts, seconds=seconds)
+        return Result(item.task, False, reason, message, attempts=item.tally.sent, seconds=seconds)
 
     def _count(self, host: str, reason: str, size: int = 0) -> None:
         code = reason[5:] if reason.startswith("http_") else reason

@@ -1,7 +1,11 @@
-"""Per-host politeness for the streaming worker: the engine's `HostGate`s, shared by the handler threads.
+"""Per-host politeness for blocking callers (the fetcher service's handler threads): gates, attempts, robots.txt.
 
 The worker's records are keyed by host, so one pod owns a host at a time and its gate here is the only
 one pacing that host; gates live as long as the pod, so what a host taught us carries across batches.
+Each record's attempts run here, one after another on the caller's thread: wait for the host's gate, fetch,
+tell the gate how it went, and retry or give up as the attempt policy (`attempts.py`) says — the same
+policy the standalone engine's scheduler follows. No sleeping between attempts: the gate's pause
+(Retry-After, backoff) is the wait.
 """
 
 from __future__ import annotations
@@ -9,43 +13,120 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
+from taxonstream.core.errors import Failed
 from taxonstream.fetching import metrics
+from taxonstream.fetching.attempts import NOT_SENT, AttemptPolicy, RetryLater, Tally, robots_refusal
+from taxonstream.fetching.download import Downloader
 from taxonstream.fetching.politeness import HostGate, RatePolicy
-from taxonstream.fetching.robots import Robots
+from taxonstream.fetching.robots import Robots, fetch_robots, unreachable
+from taxonstream.fetching.safety import host_of
+from taxonstream.fetching.settings import FetcherSettings
+
+T = TypeVar("T")
 
 
 class HostGates:
-    def __init__(self, policy: RatePolicy) -> None:
-        self.policy = policy
+    def __init__(self, downloader: Downloader, rates: RatePolicy, attempts: AttemptPolicy, agent: str) -> None:
+        self.downloader = downloader
+        self.rates = rates
+        self.attempts = attempts
+        self.agent = agent  # the product token robots.txt groups are matched on
         self._gates: dict[str, HostGate] = {}
         self._cond = threading.Condition()
         self._waiting: dict[str, int] = {}  # requests of each host waiting in `acquire`
         self._robots: dict[str, Robots] = {}
         self._robots_locks: dict[str, threading.Lock] = {}
 
-    def robots(self, host: str, read: Callable[[], Robots], agent: str) -> Robots:
+    @classmethod
+    def from_settings(cls, settings: FetcherSettings, downloader: Downloader) -> HostGates:
+        rates, attempts = RatePolicy.from_settings(settings), AttemptPolicy.from_settings(settings)
+        return cls(downloader, rates, attempts, settings.robots_agent)
+
+    # -- what a record's handler calls ------------------------------------------------------------
+    def download(self, url: str) -> tuple[bytes, int]:
+        """The body of `url` and the attempts it took; raises Failed when it is final."""
+        got, sent = self._attempt(host_of(url), lambda: self.downloader.fetch(url), "200", lambda got: len(got.data))
+        return got.data, sent
+
+    def obey_robots(self, url: str) -> None:
+        """Raises the final Failed when the host's robots.txt forbids `url` (or could not be read)."""
+        refusal = robots_refusal(self.robots(url), url, self.agent)
+        if refusal is not None:
+            raise refusal
+
+    def robots(self, url: str) -> Robots:
         """The host's robots.txt rules, read once per pod (concurrent records of the host wait for the one read).
 
-        Crawl-delay caps the host's rate. Unreadable after retries means "disallow all" for this pod's life,
-        as RFC 9309 asks; a later pod asks again.
+        Crawl-delay caps the host's rate. Unreadable after the error budget means "disallow all" for this
+        pod's life, as RFC 9309 asks; a later pod asks again.
         """
+        host = host_of(url)
         with self._cond:
             lock = self._robots_locks.setdefault(host, threading.Lock())
         with lock:
             if host not in self._robots:
-                rules = read()
-                delay = rules.crawl_delay(agent)
+                rules = self._read_robots(host, url)
+                delay = rules.crawl_delay(self.agent)
                 with self._cond:
                     self._robots[host] = rules
                     if delay and delay > 0:
                         self._gate(host).limit(1.0 / delay)
             return self._robots[host]
 
+    # -- attempts ---------------------------------------------------------------------------------
+    def _read_robots(self, host: str, url: str) -> Robots:
+        tries = 0
+        while True:
+            try:
+                return self._attempt(host, lambda: fetch_robots(self.downloader, url), "robots.txt", once=True)[0]
+            except RetryLater as retry:
+                tries += 1
+                if (why := self.attempts.robots_unreadable(tries, retry)) is not None:
+                    return unreachable(why)
+
+    def _attempt(
+        self,
+        host: str,
+        request: Callable[[], T],
+        code: str,
+        size: Callable[[T], int] | None = None,
+        once: bool = False,
+    ) -> tuple[T, int]:
+        """`request` under the host's gate until it succeeds or the policy gives up: (its result, attempts).
+
+        `once`: a retryable failure is raised as it is (the caller keeps its own count), after the gate heard of it.
+        """
+        tally = Tally()
+        while True:
+            sent_at = self.acquire(host)
+            tally.sent += 1
+            started = time.monotonic()
+            try:
+                result = request()
+            except RetryLater as retry:
+                self.count(host, retry.failure.reason)
+                self._settle(host, sent_at, 0.0, retry)
+                if once:
+                    raise
+                if self.attempts.spent(tally, retry):
+                    raise self.attempts.gave_up(retry, tally) from None
+                continue
+            except Failed as failure:
+                if failure.reason not in NOT_SENT:
+                    self.count(host, failure.reason)
+                self._settle(host, sent_at, time.monotonic() - started, failure)
+                raise
+            self.count(host, code, size(result) if size else 0)
+            self._settle(host, sent_at, time.monotonic() - started, None)
+            return result, tally.sent
+
+    # -- gates ------------------------------------------------------------------------------------
     def _gate(self, host: str) -> HostGate:
         gate = self._gates.get(host)
         if gate is None:
-            gate = self._gates[host] = HostGate(self.policy)
+            gate = self._gates[host] = HostGate(self.rates, self.attempts)
         return gate
 
     def acquire(self, host: str) -> float:
@@ -69,22 +150,10 @@ class HostGates:
         if size:
             metrics.BYTES.labels(label).inc(size)
 
-    def answered(self, host: str, sent_at: float, latency: float) -> None:
-        self._settle(host, lambda gate, now: gate.answered(sent_at, now, latency))
-
-    def throttled(self, host: str, sent_at: float, retry_after: float | None, limit: bool) -> None:
-        self._settle(host, lambda gate, now: gate.throttled_by(sent_at, now, retry_after, limit=limit))
-
-    def failed(self, host: str, sent_at: float, congestion: bool = True) -> None:
-        """A timeout or connection error (`congestion`), or one broken transfer that says nothing of the host."""
-        self._settle(host, lambda gate, now: gate.failed(sent_at, now, congestion))
-
-    def released(self, host: str) -> None:
-        self._settle(host, lambda gate, _now: gate.released())
-
-    def _settle(self, host: str, update) -> None:
+    def _settle(self, host: str, sent_at: float, latency: float, error: Exception | None) -> None:
         with self._cond:
             gate = self._gate(host)
-            update(gate, time.monotonic())
+            if gate.settle(sent_at, time.monotonic(), latency, error) > 0:
+                metrics.PAUSES.labels(metrics.host_label(host)).inc()
             metrics.RATE.labels(metrics.host_label(host)).set(gate.rate)
             self._cond.notify_all()

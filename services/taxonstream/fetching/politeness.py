@@ -14,9 +14,10 @@ save up requests). The rate adapts like TCP congestion control, but measured in 
   ceiling per second), so a host's limit is approached gently and rarely overshot;
 - a host whose answers slow down (latency well above its best) is not pushed harder;
 - Retry-After (seconds or HTTP-date) pauses the host for as long as asked (bounded); repeated failures
-  without one pause it for an exponential backoff with jitter.
+  without one pause it for an exponential backoff with jitter — both numbers from the attempt policy
+  (`attempts.py`), which the engine's scheduler and the service's host gates share.
 
-The gate only keeps state; the engine asks it when the host may be sent to next, and reports answers.
+The gate only keeps state; its owner asks it when the host may be sent to next, and reports answers.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from taxonstream.core.errors import Failed
+from taxonstream.fetching.attempts import NOT_SENT, AttemptPolicy, RetryLater
 
 # Seconds of history used to measure what a host delivers.
 WINDOW = 2.0
@@ -42,9 +46,6 @@ class RatePolicy:
     minimum: float = 0.1
     maximum: float = 500.0
     decrease: float = 0.5
-    backoff_base: float = 0.5
-    backoff_max: float = 60.0
-    max_retry_after: float = 300.0
     max_connections: int = 8
 
     @classmethod
@@ -54,24 +55,18 @@ class RatePolicy:
             minimum=settings.fetch_min_rate,
             maximum=settings.fetch_max_rate,
             decrease=settings.fetch_rate_decrease,
-            backoff_base=settings.fetch_backoff_base,
-            backoff_max=settings.fetch_backoff_max,
-            max_retry_after=settings.fetch_max_retry_after,
             max_connections=settings.fetch_max_connections_per_host,
         )
 
 
-def backoff(failures: int, base: float, cap: float, rng: Callable[[], float] = random.random) -> float:
-    """Exponential backoff with "equal jitter": half the step fixed, half random, so waits still grow."""
-    step = min(cap, base * 2 ** max(0, failures - 1))
-    return step * (0.5 + 0.5 * rng())
-
-
 class HostGate:
-    """What one host allows now. Not thread-safe: the engine calls it under its own lock."""
+    """What one host allows now. Not thread-safe: its owner calls it under its own lock."""
 
-    def __init__(self, policy: RatePolicy, rng: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self, policy: RatePolicy, attempts: AttemptPolicy | None = None, rng: Callable[[], float] = random.random
+    ) -> None:
         self.policy = policy
+        self.attempts = attempts or AttemptPolicy()
         self.rng = rng
         self.rate = policy.initial
         self.maximum = policy.maximum
@@ -98,6 +93,24 @@ class HostGate:
         return self.in_flight < self.policy.max_connections and now >= self.ready_at()
 
     # -- telling --------------------------------------------------------------------------------
+    def settle(self, sent_at: float, now: float, latency: float, error: Exception | None = None) -> float:
+        """How one request ended, in the policy's terms; returns how long the host is paused from now.
+
+        `error`: None (an image), a RetryLater (throttled, or a failure another try may cure), a Failed
+        (final: refused before sending, a body that took too long, or an answer such as 404).
+        """
+        if isinstance(error, RetryLater):
+            if error.throttled:
+                return self.throttled_by(sent_at, now, error.delay, limit=error.states_limit)
+            return self.failed(sent_at, now, congestion=error.congestion)
+        if isinstance(error, Failed) and error.reason in NOT_SENT:
+            self.released()
+            return 0.0
+        if isinstance(error, Failed) and error.reason == "timeout":  # the body took too long: the host struggles
+            return self.failed(sent_at, now)
+        self.answered(sent_at, now, latency)  # an image or a final answer (404, not an image …): it keeps up
+        return 0.0
+
     def sent(self, now: float, backlog: bool = True) -> float:
         """A request leaves now; returns its send time (to hand back with its answer).
 
@@ -140,7 +153,7 @@ class HostGate:
         self.throttled += 1
         self._cut(sent_at, now, limit)
         if retry_after is not None:
-            self.paused_until = max(self.paused_until, now + min(retry_after, self.policy.max_retry_after))
+            self.paused_until = max(self.paused_until, now + self.attempts.asked_pause(retry_after))
         else:
             self._fail(now)
         return max(0.0, self.paused_until - now)
@@ -194,9 +207,7 @@ class HostGate:
 
     def _fail(self, now: float) -> None:
         self.failures += 1
-        if self.failures >= 2:  # one failure is cured by the lower rate; repeated ones by waiting
-            pause = backoff(self.failures - 1, self.policy.backoff_base, self.policy.backoff_max, self.rng)
-            self.paused_until = max(self.paused_until, now + pause)
+        self.paused_until = max(self.paused_until, now + self.attempts.failure_pause(self.failures, self.rng))
 
     def _trim(self, now: float) -> None:
         horizon = now - WINDOW

@@ -2,18 +2,23 @@
 
 Status rules from the RFC: 2xx is parsed; redirects are followed (the downloader allows five);
 4xx means there are no rules ("unavailable": everything allowed); 5xx and network errors mean the host
-cannot say, which must be read as "everything disallowed" (here: for this run; retried a few times first).
+cannot say, which must be read as "everything disallowed" (here: for this run; retried first, as often as
+the attempt policy in `attempts.py` allows, which also turns a disallowed URL into its final failure).
 Only the first 500 KiB are parsed, as the RFC allows. Crawl-delay, where given, caps the host's rate.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 from urllib.robotparser import RobotFileParser
 
 from taxonstream.core.errors import Failed
-from taxonstream.fetching.download import Downloader, RetryLater
+from taxonstream.fetching.attempts import NOT_SENT, RetryLater
+
+if TYPE_CHECKING:
+    from taxonstream.fetching.download import Downloader
 
 MAX_BYTES = 500 * 1024
 
@@ -62,7 +67,7 @@ def fetch_robots(downloader: Downloader, url: str) -> Robots:
     except Failed as error:
         if error.reason.startswith("http_4"):
             return Robots(None, allow_all=True, why=f"robots.txt answered {error.reason}: no rules")
-        if error.reason in ("blocked_address", "dns_error", "bad_url"):
+        if error.reason in NOT_SENT:
             # Nothing can be sent to this host at all; each record's own fetch fails with this reason.
             return Robots(None, allow_all=True, why=error.message)
         return unreachable(f"robots.txt could not be read ({error.reason}: {error.message})")
