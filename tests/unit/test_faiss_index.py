@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import threading
-import time
 
 import faiss
 import numpy as np
 import pytest
 
 from taxonstream.index import filters as flt
-from taxonstream.index.backend import FaissConfig
-from taxonstream.index.faiss_backend import FaissIndex, RWLock, faiss_id
+from taxonstream.index.faiss_engine import FaissIndex, SnapshotFormatError, migration
+from taxonstream.index.faiss_engine.locking import RWLock
+from taxonstream.index.faiss_engine.snapshot import FORMAT, LEGACY, faiss_id
 from taxonstream.index.milvus_backend import expression, literal
+from taxonstream.index.types import FaissConfig
 
 
 def image_id(n: int) -> str:
@@ -99,6 +102,54 @@ def test_serialize_keeps_metadata_beside_the_index_and_dump_inside_it():
         FaissIndex.restore(data, {image_id(0): {}})  # metadata that does not match its index
 
 
+def _with_header(blob: bytes, **changes: object) -> bytes:
+    """A real dump with its header edited (what a newer or foreign writer would produce)."""
+    with np.load(io.BytesIO(blob)) as parts:
+        arrays = {name: parts[name] for name in parts.files}
+    header = json.loads(arrays["header"].tobytes()) | changes
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return out.getvalue()
+
+
+def test_a_snapshot_of_an_unknown_format_is_refused_naming_what_was_found_and_what_is_supported():
+    index, vectors = FaissIndex(), unit(5)
+    add(index, 0, 5, vectors)
+    blob = index.dump()
+    assert len(FaissIndex.load(blob)) == 5  # the current format reads
+    newer = _with_header(blob, format="taxonstream-faiss/2")
+    foreign = faiss.serialize_index(faiss.IndexFlatIP(16)).tobytes()  # a FAISS index, but not ours
+    for data, found in ((newer, "taxonstream-faiss/2"), (foreign, "unrecognised bytes"), (b"hello", "unrecognised")):
+        with pytest.raises(SnapshotFormatError) as refused:
+            FaissIndex.load(data)
+        assert found in refused.value.found and refused.value.supported == (FORMAT, LEGACY)
+        assert found in str(refused.value) and FORMAT in str(refused.value) and LEGACY in str(refused.value)
+    buffer = io.BytesIO()
+    np.savez(buffer, index=np.zeros(3, np.uint8))  # an archive, but without our header
+    with pytest.raises(SnapshotFormatError, match="without a header"):
+        FaissIndex.load(buffer.getvalue())
+
+
+def test_a_legacy_snapshot_without_its_metadata_is_refused_not_read_as_empty():
+    vectors, ids = unit(4), [image_id(n) for n in range(4)]
+    old = faiss.IndexIDMap2(faiss.IndexFlatIP(16))
+    old.add_with_ids(vectors, np.array([faiss_id(i) for i in ids], dtype=np.int64))
+    data = faiss.serialize_index(old).tobytes()
+    with pytest.raises(SnapshotFormatError) as refused:
+        FaissIndex.load(data)  # before: an empty index, without a word
+    assert refused.value.found == LEGACY and "metadata" in str(refused.value)
+    with pytest.raises(ValueError, match="does not match"):
+        FaissIndex.restore(data, {i: {} for i in ids[:3]})  # one image short: not silently dropped
+    with pytest.raises(ValueError, match="does not match"):
+        FaissIndex.restore(data, {i: {} for i in [*ids[:3], image_id(99)]})  # an id it does not hold
+    index = FaissIndex()
+    add(index, 0, 4, vectors)
+    apart, _metadata = index.serialize()
+    with pytest.raises(ValueError, match="no metadata"):
+        FaissIndex.load(apart)  # metadata kept apart: load() cannot guess it
+
+
 def test_filtered_searches_through_the_selector_still_fill_k():
     # 1 in 50 items match, forced through the ANN search: it must still return k matching items.
     for kind in ("hnsw", "ivfpq"):
@@ -176,10 +227,8 @@ def test_sparse_filters_are_answered_exactly_by_either_exact_path(exact_below):
 
 
 def test_a_migration_runs_in_the_background_and_keeps_what_was_written_meanwhile(monkeypatch):
-    from taxonstream.index import faiss_backend
-
-    monkeypatch.setattr(faiss_backend, "_BUILD_CHUNK", 100)  # several copy rounds
-    monkeypatch.setattr(faiss_backend, "_SWAP_TAIL", 0)
+    monkeypatch.setattr(migration, "BUILD_CHUNK", 100)  # several copy rounds
+    monkeypatch.setattr(migration, "SWAP_TAIL", 0)
     config = FaissConfig(hnsw_from=300, ivfpq_from=10**6, background_from=0, compact_min=10**9)
     index, vectors = FaissIndex(config=config), unit(600, seed=2)
     replaced = unit(600, seed=3)
@@ -318,8 +367,28 @@ def test_concurrent_searches_and_writes_end_in_the_brute_force_state(config):
             assert [h.metadata for h in got] == [model[h.image_id][1] for h in got]
 
 
+class _WaitSignals(threading.Condition):
+    """A condition that reports each thread that goes to sleep on it (its predicate was false)."""
+
+    def __init__(self) -> None:
+        super().__init__(threading.Lock())
+        self.sleepers: list[str] = []
+        self.slept = threading.Condition(threading.Lock())
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self.slept:
+            self.sleepers.append(threading.current_thread().name)
+            self.slept.notify_all()
+        return super().wait(timeout)
+
+    def until_asleep(self, name: str) -> bool:
+        with self.slept:
+            return self.slept.wait_for(lambda: name in self.sleepers, timeout=5)
+
+
 def test_readers_share_the_lock_and_a_waiting_writer_holds_new_readers_back():
     lock = RWLock()
+    lock._cond = signals = _WaitSignals()
     order: list[str] = []
     first_in, second_in, release = threading.Event(), threading.Event(), threading.Event()
 
@@ -333,20 +402,20 @@ def test_readers_share_the_lock_and_a_waiting_writer_holds_new_readers_back():
         with lock.write():
             order.append("writer")
 
-    a = threading.Thread(target=reader, args=(first_in, "a"))
+    a = threading.Thread(target=reader, args=(first_in, "a"), name="a")
     a.start()
     assert first_in.wait(5)
-    b = threading.Thread(target=reader, args=(second_in, "b"))
+    b = threading.Thread(target=reader, args=(second_in, "b"), name="b")
     b.start()
     assert second_in.wait(5)  # a second search while the first one runs: not serialised
-    w = threading.Thread(target=writer)
+    w = threading.Thread(target=writer, name="writer")
     w.start()
-    time.sleep(0.1)
+    assert signals.until_asleep("writer")  # the writer waits for the two readers
     late_in = threading.Event()
-    c = threading.Thread(target=reader, args=(late_in, "c"))
+    c = threading.Thread(target=reader, args=(late_in, "c"), name="c")
     c.start()
-    time.sleep(0.1)
-    assert order == ["a", "b"] and not late_in.is_set()  # the writer waits; a new reader waits behind it
+    assert signals.until_asleep("c")  # a new reader waits behind the waiting writer…
+    assert order == ["a", "b"] and not late_in.is_set()  # …and neither got in
     release.set()
     for thread in (a, b, w, c):
         thread.join(5)

@@ -28,7 +28,7 @@ def neighbours(vectors: np.ndarray, k: int, engine: str = "exact") -> np.ndarray
     would have at this size, to measure what its approximation costs."""
     n = len(vectors)
     if engine == "index":
-        from taxonstream.index.faiss_backend import FaissIndex
+        from taxonstream.index.faiss_engine import FaissIndex
 
         index = FaissIndex()
         index.upsert_many([str(i) for i in range(n)], vectors, [{}] * n)

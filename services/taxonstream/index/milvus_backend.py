@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from taxonstream.index import filters as flt
-from taxonstream.index.backend import Hit, IndexStats, MilvusConfig
+from taxonstream.index.types import Hit, IndexStats, MilvusConfig
 
 FORMAT = "taxonstream-milvus/1"
 _FACET = {field: f"f_{field}" for field in flt.FIELDS}

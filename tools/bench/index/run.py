@@ -40,7 +40,7 @@ import faiss
 import numpy as np
 
 from taxonstream.index.backend import FaissConfig
-from taxonstream.index.faiss_backend import FaissIndex
+from taxonstream.index.faiss_engine import FaissIndex
 
 PROVIDERS = ("iDigBio", "GBIF", "BOLD")
 
