@@ -6,6 +6,7 @@ change here strands what is already in the bucket, so each function returns exac
   jobs/<job>/records-<NNNNNN>.json                      fetcher          a job's submitted records, in chunks
   jobs/<job>/manifest/rows/<record id %-quoted>.json    checksummer      one verified record's manifest row
   jobs/<job>/manifest.<csv|parquet>                     checksummer      the last assembled manifest
+  job-progress/<topic prefix>snapshot.json.gz           fetcher          every job's counters + the offsets they include
   registry/sha256/<ab>/<sha256>.json                    checksummer      first claim of these bytes
   registry/snapshot/index.bin, meta.json                checksummer      pHash index snapshot (before generations)
   registry/snapshot/latest.json                         checksummer      pointer to the newest registry generation
@@ -43,6 +44,11 @@ def job_records_prefix(job_id: str) -> str:
 
 def job_records_key(job_id: str, chunk: int) -> str:
     return f"{job_records_prefix(job_id)}{chunk:06d}.json"
+
+
+def job_progress_snapshot_key(topic_prefix: str) -> str:
+    """The fetchers' job-progress snapshot; one per topic prefix, as the counters describe those topics."""
+    return f"job-progress/{topic_prefix}snapshot.json.gz"
 
 
 def manifest_rows_prefix(job_id: str) -> str:

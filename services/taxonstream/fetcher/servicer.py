@@ -14,7 +14,7 @@ from kafka import KafkaProducer
 
 from taxonstream.core.bus import Bus, Emit, send_all
 from taxonstream.core.store import ObjectStore, job_records_key, job_records_prefix
-from taxonstream.fetcher.jobs import JobTable
+from taxonstream.fetcher.jobs import JobTable, read_outcomes
 from taxonstream.fetching.safety import host_of
 from taxonstream.v1 import fetcher_pb2, fetcher_pb2_grpc
 from taxonstream.v1.messages_pb2 import Job, Outcome, Record
@@ -77,12 +77,7 @@ class FetcherServicer(fetcher_pb2_grpc.FetcherServicer):
         job = self.jobs.job(request.job_id)
         if job is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
-        wanted = set(request.reasons)
-        failed = {
-            o.record_id
-            for o in self.jobs.outcomes(job.job_id)
-            if o.state == Outcome.FAILED and (not wanted or o.reason in wanted)
-        }
+        failed = self.jobs.failed_record_ids(job.job_id, request.reasons)
         topics = self.bus.topics
         emits: list[Emit] = []
         for key in sorted(self.store.list(job_records_prefix(job.job_id))):
@@ -129,6 +124,7 @@ class FetcherServicer(fetcher_pb2_grpc.FetcherServicer):
         if self.jobs.job(request.job_id) is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
         wanted = set(request.states)
-        for outcome in self.jobs.outcomes(request.job_id):
+        # The per-record report is read from the outcomes topic on demand: the table keeps counters only.
+        for outcome in read_outcomes(self.bus, self.jobs, request.job_id):
             if not wanted or outcome.state in wanted:
                 yield outcome
