@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from taxonstream.core.local_stack import model_repository
-from tools.bench.e2e import images, pipeline, sites
+from tools.bench.e2e import cpu, images, pipeline, sites
 from tools.bench.e2e.script import PARTS, GluedChain
 
 # The issue's job: 2,000 distinct + 100 duplicates + 50 missing = 2,150; --records scales these shares.
@@ -57,9 +57,9 @@ def fmt(value: float | None, digits: int = 4) -> str:
 
 def run_script(plan: images.Plan, threads: int) -> dict:
     chain = GluedChain(model_repository(), threads)
-    before = load()
+    before, cpu_before = load(), cpu.own_cpu()
     result = chain.run([e.url for e in plan.entries])
-    after = load()
+    after, cpu_s = load(), cpu.own_cpu() - cpu_before
     good = max(result.good, 1)
     return {
         "records": result.records,
@@ -71,6 +71,7 @@ def run_script(plan: images.Plan, threads: int) -> dict:
         "seconds": round(result.seconds, 3),
         "records_per_s": round(result.records / result.seconds, 2),
         "busy_s_per_good_record": {p: round(result.busy[p] / good, 5) for p in PARTS},
+        "cpu_ms_per_record": {"script": round(cpu_s * 1e3 / result.records, 2)},
         "load_before": before,
         "load_after": after,
     }
@@ -79,11 +80,12 @@ def run_script(plan: images.Plan, threads: int) -> dict:
 def run_pipeline(plan: images.Plan, timeout_s: float) -> dict:
     job_id = f"bench-e2e-{plan.run_id}"
     scraped_before = pipeline.scrape_all()
-    before = load()
+    before, cpu_before = load(), cpu.stack_cpu()
     result = pipeline.run_job(job_id, [e.url for e in plan.entries], [e.host for e in plan.entries], timeout_s)
     after = load()
     time.sleep(1.0)  # the last batches' histograms are observed just after their outputs flush
     scraped_after = pipeline.scrape_all()
+    spent = cpu.stack_cpu_delta(cpu_before, cpu.stack_cpu())  # includes that second of idle polling
     return {
         "job_id": job_id,
         "done": result.done,
@@ -97,6 +99,7 @@ def run_pipeline(plan: images.Plan, timeout_s: float) -> dict:
         "records_per_s": round(result.records / result.seconds, 2) if result.seconds > 0 else None,
         "busy_s_per_good_record": pipeline.busy_per_record(scraped_before, scraped_after, result.good),
         "metrics_unreachable": [s for s in pipeline.STAGES if scraped_after.get(s) is None],
+        "cpu_ms_per_record": {g: round(v * 1e3 / result.records, 2) for g, v in sorted(spent.items())},
         "load_before": before,
         "load_after": after,
     }
@@ -114,6 +117,11 @@ def print_report(report: dict) -> None:
             f"{name:<9} {fmt(side['records_per_s'], 1):>9} {side['seconds']:>8.1f} {side['good']:>5} "
             f"{side['failed']:>6}   {side['load_before']} -> {side['load_after']}"
         )
+    for name, side in sides.items():
+        parts = side["cpu_ms_per_record"]
+        total = sum(parts.values())
+        detail = ", ".join(f"{g} {v:.1f}" for g, v in parts.items())
+        print(f"{name:<9} CPU ms / record {total:7.1f}   ({detail})")
     if "ratio" in report:
         print(f"ratio pipeline / script: {report['ratio']:.2f}   counts agree: {report['counts_agree']}")
     if "script" in sides:
