@@ -5,8 +5,14 @@ from __future__ import annotations
 import random
 import socket
 import time
+from collections.abc import Callable, Mapping
 
-from taxonstream.v1 import fetcher_pb2
+from kafka import KafkaAdminClient, TopicPartition
+
+from taxonstream.core.bus import Bus, decode
+from taxonstream.core.errors import Poison
+from taxonstream.core.store import ObjectStore
+from taxonstream.v1 import fetcher_pb2, indexer_pb2
 from taxonstream.v1.messages_pb2 import Outcome, SourceRecord
 
 
@@ -53,3 +59,62 @@ def outcomes(fetcher, job_id: str) -> dict[int, Outcome]:
 
 def unique_job(prefix: str) -> str:
     return f"{prefix}-{random.SystemRandom().randrange(16**8):08x}"
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    """Poll an outside condition (a topic's lag, a job's progress) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"never saw {what} in {timeout:.0f} s"
+        time.sleep(0.05)
+
+
+def uncommitted(bus: Bus, group: str, ends: Mapping[TopicPartition, int]) -> int:
+    """Messages below `ends` that the consumer group `group` has not committed (its lag at `ends`)."""
+    admin = KafkaAdminClient(bootstrap_servers=bus.bootstrap)
+    try:
+        committed = admin.list_group_offsets({group: list(ends)}).get(group, {})
+    finally:
+        admin.close()
+    # No commit yet (-1 or absent): the group starts from the beginning (auto_offset_reset=earliest).
+    at = {tp: max(0, meta.offset) for tp, meta in committed.items()}
+    return sum(max(0, end - at.get(tp, 0)) for tp, end in ends.items())
+
+
+def snapshot_key(indexer) -> str:
+    """The S3 key of the serving index version's latest snapshot (indexer/worker.py Snapshots: one per version)."""
+    stats = indexer.Stats(indexer_pb2.StatsRequest(), timeout=30)
+    backend = "milvus" if stats.kind.startswith("milvus") else "faiss"
+    return f"index/{stats.model}/{stats.model_version}/{backend}/latest.json"
+
+
+def unsnapshotted(store: ObjectStore, key: str, ends: Mapping[TopicPartition, int]) -> int:
+    """Messages of `embedded` below `ends` that the snapshot at `key` does not include: a restarted indexer
+    has to replay them (it restores the snapshot, then reads on from the offsets stored with it)."""
+    latest = store.get_json(key) or {}
+    included = {int(p): int(o) for p, o in latest.get("offsets", {}).items()}
+    return sum(max(0, end - included.get(tp.partition, 0)) for tp, end in ends.items())
+
+
+def outcome_messages(bus: Bus, job_id: str, start: Mapping[TopicPartition, int]) -> list[Outcome]:
+    """Every message on the outcomes topic for `job_id` from `start` to the end as it is now, repeats included
+    (ListOutcomes, like the compacted topic, keeps only each record's last one)."""
+    topic = bus.topics.outcomes
+    ends = bus.end_offsets(topic)
+    consumer = bus.reader([topic], start)
+    found: list[Outcome] = []
+    deadline = time.monotonic() + 120
+    try:
+        while any(consumer.position(tp) < end for tp, end in ends.items()):
+            assert time.monotonic() < deadline, f"could not read {topic} to its end in 120 s"
+            for part in consumer.poll(timeout_ms=500).values():
+                for raw in part:
+                    try:
+                        message = decode(raw.value, raw.headers, Outcome)
+                    except Poison:
+                        continue  # not an outcome at all; the jobs table skips these too
+                    if message.job_id == job_id:
+                        found.append(message)
+    finally:
+        consumer.close(autocommit=False)
+    return found
