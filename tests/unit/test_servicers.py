@@ -1,27 +1,47 @@
-"""Servicers tested in-process through grpc_testing: status codes and answers, no servers."""
+"""Servicers tested in-process on a loopback gRPC server with the services' interceptor: status codes and answers."""
 
 from __future__ import annotations
 
 import hashlib
+from concurrent import futures
 
 import grpc
-import grpc_testing
 import pytest
 from pydantic import ValidationError
 
 from taxonstream.checksummer.servicer import ChecksummerServicer
+from taxonstream.core.server import CallInterceptor
 from taxonstream.core.settings import CoreSettings
 from taxonstream.fetcher.jobs import JobTable
 from taxonstream.fetcher.servicer import FetcherServicer
-from taxonstream.v1 import checksummer_pb2, fetcher_pb2
+from taxonstream.v1 import checksummer_pb2, checksummer_pb2_grpc, fetcher_pb2, fetcher_pb2_grpc
 from taxonstream.v1.messages_pb2 import Job, Outcome
+
+# A servicer's errors become status codes in the interceptor, so each call goes through a real server with it.
+_STUBS = {
+    "taxonstream.v1.Checksummer": (
+        checksummer_pb2_grpc.add_ChecksummerServicer_to_server,
+        checksummer_pb2_grpc.ChecksummerStub,
+    ),
+    "taxonstream.v1.Fetcher": (fetcher_pb2_grpc.add_FetcherServicer_to_server, fetcher_pb2_grpc.FetcherStub),
+}
 
 
 def unary(servicer, descriptor, method: str, request):
-    server = grpc_testing.server_from_dictionary({descriptor: servicer}, grpc_testing.strict_real_time())
-    call = server.invoke_unary_unary(descriptor.methods_by_name[method], (), request, None)
-    response, _metadata, code, details = call.termination()
-    return response, code, details
+    add, stub_type = _STUBS[descriptor.full_name]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), interceptors=[CallInterceptor()])
+    add(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            try:
+                response = getattr(stub_type(channel), method)(request, timeout=30)
+            except grpc.RpcError as error:
+                return None, error.code(), error.details()
+            return response, grpc.StatusCode.OK, ""
+    finally:
+        server.stop(grace=None)
 
 
 CHECKSUMMER = checksummer_pb2.DESCRIPTOR.services_by_name["Checksummer"]

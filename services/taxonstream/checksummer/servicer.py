@@ -7,9 +7,8 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
-
 from taxonstream.checksummer.worker import phash_or_none
+from taxonstream.core.errors import InvalidArgument, NotFound
 from taxonstream.core.keys import manifest_key
 from taxonstream.core.store import ObjectStore, original_key
 from taxonstream.integrity.buddycheck import ExpectedChecksumError, describe, expected_checksums, verify
@@ -42,13 +41,13 @@ class ChecksummerServicer(checksummer_pb2_grpc.ChecksummerServicer):
             try:
                 data = self.store.get(request.object_key)
             except KeyError:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"no object {request.object_key!r}")
+                raise NotFound(f"no object {request.object_key!r}") from None
         else:
             data = request.data
         try:
             values = digest_bytes(data, parse_algorithms(list(request.algorithms) or ["md5", "sha256"]))
         except ChecksumError as error:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise InvalidArgument(str(error)) from error
         return checksummer_pb2.ChecksumResponse(digests=values, size_bytes=len(data))
 
     def FindDuplicates(self, request, context) -> checksummer_pb2.FindDuplicatesResponse:
@@ -57,9 +56,7 @@ class ChecksummerServicer(checksummer_pb2_grpc.ChecksummerServicer):
             sha256 = digest_bytes(request.image, parse_algorithms(["sha256"]))["sha256"]
             phash = phash_or_none(request.image)
             if phash is None:
-                context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, "the image does not decode, or is featureless (no pHash)"
-                )
+                raise InvalidArgument("the image does not decode, or is featureless (no pHash)")
         else:
             sha256, phash = request.sha256.lower(), None
         entry = self.registry.lookup(sha256)
@@ -82,7 +79,7 @@ class ChecksummerServicer(checksummer_pb2_grpc.ChecksummerServicer):
                 expected = expected_checksums(dict(row.expected))
                 data = self.store.get(original_key(row.sha256.lower()))
             except ExpectedChecksumError as error:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{row.name}: {error}")
+                raise InvalidArgument(f"{row.name}: {error}") from error
             except KeyError:
                 response.missing += 1
                 response.results.add(name=row.name, ok=False, problem="missing")
@@ -95,12 +92,12 @@ class ChecksummerServicer(checksummer_pb2_grpc.ChecksummerServicer):
     def JobManifest(self, request, context) -> Iterator[checksummer_pb2.JobManifestPart]:
         fmt = (request.format or "csv").lower().lstrip(".")
         if fmt not in FORMATS:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"format must be one of {FORMATS}, not {fmt!r}")
-        job_id = self._job_id(request.job_id, context)
+            raise InvalidArgument(f"format must be one of {FORMATS}, not {fmt!r}")
+        job_id = self._job_id(request.job_id)
         records = submitted_record_ids(self.store, job_id)
         rows = load_rows(self.store, job_id)
         if not records and not rows:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id!r}")
+            raise NotFound(f"no job {job_id!r}")
         with ThreadPoolExecutor(max_workers=16) as pool:  # one listing per row: S3 latency, not CPU
             # Only images with a pHash can have near-duplicate links (and only under policy "link").
             linkable = self.registry.policy == "link"
@@ -128,10 +125,10 @@ class ChecksummerServicer(checksummer_pb2_grpc.ChecksummerServicer):
         yield checksummer_pb2.JobManifestPart(summary=summary)
 
     def JobDuplicates(self, request, context) -> checksummer_pb2.JobDuplicatesResponse:
-        job_id = self._job_id(request.job_id, context)
+        job_id = self._job_id(request.job_id)
         rows = load_rows(self.store, job_id)
         if not rows and not submitted_record_ids(self.store, job_id):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id!r}")
+            raise NotFound(f"no job {job_id!r}")
         radius = request.max_distance or self.registry.max_distance
 
         def near_query(value: int, distance: int) -> list[tuple[str, int]]:
@@ -171,8 +168,8 @@ class ChecksummerServicer(checksummer_pb2_grpc.ChecksummerServicer):
         )
 
     @staticmethod
-    def _job_id(job_id: str, context) -> str:
+    def _job_id(job_id: str) -> str:
         job_id = job_id.strip()
         if not job_id or "/" in job_id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a job id: {job_id!r}")
+            raise InvalidArgument(f"not a job id: {job_id!r}")
         return job_id

@@ -151,11 +151,11 @@ class Classifier:
 def classify_response(servicer, request, vector: np.ndarray, model: str, model_version: str):
     """The indexer's ClassifyResponse for `request` against index version `model`/`model_version`.
 
-    The servicer lends its embedder and store; one classifier (and its label-embedding caches) per version.
+    The servicer lends its embedder, store and `classifiers` (one per version, with its label-embedding caches).
     """
     from taxonstream.v1 import embedder_pb2, indexer_pb2
 
-    classifiers = servicer.__dict__.setdefault("_classifiers", {})
+    classifiers = servicer.classifiers  # the servicer owns them: {(model, version): Classifier}
     classifier = classifiers.get((model, model_version))
     if classifier is None:
 

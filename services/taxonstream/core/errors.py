@@ -1,4 +1,4 @@
-"""The three ways a message can fail, and what the worker does with each."""
+"""The three ways a message can fail (and what the worker does with each), and the ways a request can be refused."""
 
 from __future__ import annotations
 
@@ -23,3 +23,18 @@ class Failed(Exception):
 
 class Transient(Exception):
     """A dependency (S3, Triton, Kafka) is unavailable: nothing is committed and the batch is retried."""
+
+
+# What a request (an RPC) can be refused for; core/server.py's interceptor answers each with its status code.
+
+
+class InvalidArgument(Exception):
+    """The request itself is wrong (a missing field, an unknown name): asking again the same way will not help."""
+
+
+class NotFound(Exception):
+    """The request names something (a job, an object, an image, an index version) that does not exist."""
+
+
+class FailedPrecondition(Exception):
+    """The request is well formed but the system is not in a state to answer it (a model not installed)."""

@@ -12,10 +12,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from taxonstream.core import logs, metrics
 from taxonstream.core.bus import Bus
-from taxonstream.core.errors import Transient
+from taxonstream.core.errors import FailedPrecondition, InvalidArgument, NotFound, Transient
 from taxonstream.core.settings import CoreSettings
 from taxonstream.core.store import ObjectStore
 
@@ -45,36 +45,118 @@ class Service:
     ready: Callable[[], bool] | None = None
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):
-    """Times every unary RPC by method and status code; a Transient error answers UNAVAILABLE."""
+class Relayed(Exception):
+    """Another service refused a call made for this request: the caller gets that service's code, and what for."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @classmethod
+    def of(cls, error: grpc.RpcError, what: str) -> Relayed:
+        return cls(error.code(), f"{what}: {error.details()}")
+
+
+# The one table from the error taxonomy (core/errors.py) to the status a caller sees. A Transient error means
+# a dependency is down: UNAVAILABLE tells the caller to retry, as the workers do.
+STATUS_CODES: dict[type[Exception], grpc.StatusCode] = {
+    Transient: grpc.StatusCode.UNAVAILABLE,
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+}
+_INTERNAL_DETAIL_CHARS = 300  # what an unexpected error tells the caller: its type and message, never a traceback
+
+
+def status_of(error: Exception) -> grpc.StatusCode | None:
+    """The status code an error answers a call with, or None for an unexpected one."""
+    if isinstance(error, Relayed):
+        return error.code
+    return next((STATUS_CODES[kind] for kind in type(error).__mro__ if kind in STATUS_CODES), None)
+
+
+class _Call:
+    """One call's outcome: the status it ends with (an error mapped to its code) and its time in the histogram."""
+
+    def __init__(self, method: str, context: grpc.ServicerContext) -> None:
+        self.method = method
+        self.context = context
+        self.code = "OK"
+        self.started = time.perf_counter()
+
+    def fail(self, error: Exception) -> NoReturn:
+        code = status_of(error)
+        if code is None:
+            if (already := _code_name(self.context)) is not None:  # the handler aborted or set a code itself
+                self.code = already
+                raise error
+            log.exception("unexpected error answering a call", extra={"method": self.method})
+            code = grpc.StatusCode.INTERNAL
+            detail = f"internal error in {self.method}: {type(error).__name__}: {error}"[:_INTERNAL_DETAIL_CHARS]
+        else:
+            detail = str(error)
+        self.code = code.name
+        self.context.abort(code, detail)
+        raise AssertionError("abort returned")  # grpc's abort always raises
+
+    def observe(self) -> None:
+        code = _code_name(self.context) or self.code
+        metrics.GRPC_SECONDS.labels(self.method, code).observe(time.perf_counter() - self.started)
+
+
+def _answer_unary(method: str, behavior: Callable) -> Callable:
+    """A unary-response behavior (unary-unary or stream-unary) whose errors end the call with their code."""
+
+    def answer(request, context):
+        call = _Call(method, context)
+        try:
+            return behavior(request, context)
+        except Exception as error:
+            call.fail(error)
+        finally:
+            call.observe()
+
+    return answer
+
+
+def _answer_stream(method: str, behavior: Callable) -> Callable:
+    """A streaming-response behavior: the iteration is wrapped, so an error mid-way ends the stream with its
+    code after the responses already sent."""
+
+    def answer(request, context) -> Iterator:
+        call = _Call(method, context)
+        try:
+            yield from behavior(request, context)
+        except GeneratorExit:  # the caller went away: the server closes the stream
+            call.code = "CANCELLED"
+            raise
+        except Exception as error:
+            call.fail(error)
+        finally:
+            call.observe()
+
+    return answer
+
+
+class CallInterceptor(grpc.ServerInterceptor):
+    """For all four kinds of handler: maps errors to status codes (`STATUS_CODES`, `Relayed`, INTERNAL for the
+    unexpected) and times each call by method and code."""
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
+        if handler is None:
+            return None
         method = handler_call_details.method
-        inner = handler.unary_unary
-
-        def timed(request, context):
-            started = time.perf_counter()
-            code = "OK"
-            try:
-                return inner(request, context)
-            except Transient as error:  # a dependency is down: the caller may retry, as workers do
-                code = "UNAVAILABLE"
-                context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
-            except Exception:
-                code = "INTERNAL"
-                raise
-            finally:
-                code = _code_name(context) or code
-                metrics.GRPC_SECONDS.labels(method, code).observe(time.perf_counter() - started)
-
-        return grpc.unary_unary_rpc_method_handler(
-            timed,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        io = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(_answer_unary(method, handler.unary_unary), **io)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(_answer_unary(method, handler.stream_unary), **io)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(_answer_stream(method, handler.unary_stream), **io)
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(_answer_stream(method, handler.stream_stream), **io)
+        return handler
 
 
 def registrar(module, service: str, add: Callable[[object, grpc.Server], None], servicer: object):
@@ -110,7 +192,7 @@ def run(name: str, settings_type: type[S], build: Callable[[S], Service]) -> Non
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="grpc"),
-        interceptors=[MetricsInterceptor()],
+        interceptors=[CallInterceptor()],
         options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
     )
     names = list(service.register(server))

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import grpc
-
-from taxonstream.core.errors import Failed
+from taxonstream.core.errors import Failed, InvalidArgument
 from taxonstream.detector.worker import Detector, DetectorSettings, open_image
 from taxonstream.v1 import detector_pb2, detector_pb2_grpc
 from taxonstream.v1.messages_pb2 import Box
@@ -19,7 +17,7 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
         try:
             image = open_image(request.image, self.settings.detector_min_side)
         except Failed as failure:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, failure.message)
+            raise InvalidArgument(failure.message) from failure
         detection = self.detector.detect(image)
         left, top, right, bottom = detection.box
         return detector_pb2.DetectResponse(

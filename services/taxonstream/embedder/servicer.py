@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 
-import grpc
 import numpy as np
 
-from taxonstream.core.errors import Failed
+from taxonstream.core.errors import Failed, FailedPrecondition, InvalidArgument
 from taxonstream.embedder.worker import Encoders, ModelKey, pixel_values
 from taxonstream.v1 import embedder_pb2, embedder_pb2_grpc
 
@@ -20,25 +19,25 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
 
     def EmbedTexts(self, request, context) -> embedder_pb2.EmbedResponse:
         if not request.texts:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no texts given")
+            raise InvalidArgument("no texts given")
         key = self.encoders.key(request.model, request.model_version)
         try:
             return self._response(key, self.encoders.embed_texts(key, list(request.texts)))
         except Failed as failure:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, failure.message)
+            raise FailedPrecondition(failure.message) from failure
 
     def EmbedImages(self, request, context) -> embedder_pb2.EmbedResponse:
         if not request.images:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no images given")
+            raise InvalidArgument("no images given")
         key = self.encoders.key(request.model, request.model_version)
         try:
             pixels = [pixel_values(data) for data in request.images]
         except Failed as failure:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, failure.message)
+            raise InvalidArgument(failure.message) from failure
         try:
             return self._response(key, self.encoders.embed(key, pixels))
         except Failed as failure:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, failure.message)
+            raise FailedPrecondition(failure.message) from failure
 
     @staticmethod
     def _response(key: ModelKey, vectors: np.ndarray) -> embedder_pb2.EmbedResponse:

@@ -8,11 +8,11 @@ import time
 import uuid
 from collections.abc import Iterator
 
-import grpc
 from google.protobuf.json_format import MessageToDict, ParseDict
 from kafka import KafkaProducer
 
 from taxonstream.core.bus import Bus, Emit, send_all
+from taxonstream.core.errors import InvalidArgument, NotFound
 from taxonstream.core.store import ObjectStore, job_records_key, job_records_prefix
 from taxonstream.fetcher.jobs import JobTable, read_outcomes
 from taxonstream.fetching.safety import host_of
@@ -36,7 +36,7 @@ class FetcherServicer(fetcher_pb2_grpc.FetcherServicer):
     def SubmitJob(self, request_iterator: Iterator[fetcher_pb2.SubmitJobRequest], context) -> fetcher_pb2.JobStatus:
         first = next(request_iterator, None)
         if first is None or not first.HasField("spec"):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a JobSpec")
+            raise InvalidArgument("the first message must be a JobSpec")
         job_id = first.spec.job_id or uuid.uuid4().hex[:12]
         created = int(time.time() * 1000)
         topics = self.bus.topics
@@ -45,7 +45,7 @@ class FetcherServicer(fetcher_pb2_grpc.FetcherServicer):
         total, pending = 0, []
         for item in request_iterator:
             if not item.HasField("record"):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "only records may follow the JobSpec")
+                raise InvalidArgument("only records may follow the JobSpec")
             record = Record(
                 record_id=f"{job_id}:{total}",
                 job_id=job_id,
@@ -76,7 +76,7 @@ class FetcherServicer(fetcher_pb2_grpc.FetcherServicer):
     def RetryJob(self, request, context) -> fetcher_pb2.JobStatus:
         job = self.jobs.job(request.job_id)
         if job is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+            raise NotFound(f"no job {request.job_id!r}")
         failed = self.jobs.failed_record_ids(job.job_id, request.reasons)
         topics = self.bus.topics
         emits: list[Emit] = []
@@ -103,7 +103,7 @@ class FetcherServicer(fetcher_pb2_grpc.FetcherServicer):
     def GetJob(self, request, context) -> fetcher_pb2.JobStatus:
         status = self.jobs.status(request.job_id)
         if status is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+            raise NotFound(f"no job {request.job_id!r}")
         return status
 
     def ListJobs(self, request, context) -> fetcher_pb2.ListJobsResponse:
@@ -112,7 +112,7 @@ class FetcherServicer(fetcher_pb2_grpc.FetcherServicer):
     def CancelJob(self, request, context) -> fetcher_pb2.JobStatus:
         job = self.jobs.job(request.job_id)
         if job is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+            raise NotFound(f"no job {request.job_id!r}")
         cancelled = Job()
         cancelled.CopyFrom(job)
         cancelled.cancelled = True
@@ -122,7 +122,7 @@ class FetcherServicer(fetcher_pb2_grpc.FetcherServicer):
 
     def ListOutcomes(self, request, context):
         if self.jobs.job(request.job_id) is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id!r}")
+            raise NotFound(f"no job {request.job_id!r}")
         wanted = set(request.states)
         # The per-record report is read from the outcomes topic on demand: the table keeps counters only.
         for outcome in read_outcomes(self.bus, self.jobs, request.job_id):
