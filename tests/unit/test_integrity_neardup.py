@@ -124,3 +124,24 @@ def test_near_pairs_join_transitively_into_components():
     groups = connected([("a", "b", 3), ("x", "y", 1), ("b", "c", 5)])
     assert sorted(sorted(g) for g in groups) == [[("a", "b", 3), ("b", "c", 5)], [("x", "y", 1)]]
     assert connected([]) == []
+
+
+def test_near_pairs_across_query_batches_and_removals_equal_a_full_scan(monkeypatch) -> None:
+    from taxonstream.integrity import neardup
+
+    monkeypatch.setattr(neardup, "_BATCH", 64)  # several FAISS calls, each of over 1 query
+    rng = random.Random(3)
+    items = _clustered(rng, 600)
+    index = HammingIndex.build(items.items(), max_distance=6)
+    for key in list(items)[::7]:  # tombstones in FAISS's tables until a rebuild drops them
+        assert index.remove(key)
+        del items[key]
+    keys = sorted(items)
+    expected = {
+        (a, b, (items[a] ^ items[b]).bit_count())
+        for i, a in enumerate(keys)
+        for b in keys[i + 1 :]
+        if (items[a] ^ items[b]).bit_count() <= 6
+    }
+    found = list(index.near_pairs())
+    assert expected and len(found) == len(set(found)) and set(found) == expected
