@@ -1,4 +1,5 @@
-"""The duplicate registry: one image per content with every source, near-duplicate policies, restarts."""
+"""The duplicate registry: one image per content with every source, near-duplicate policies, restarts from a
+snapshot plus a replay of `verified` (a list of messages stands in for the topic)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from taxonstream.core.keys import REGISTRY_ENTRIES_PREFIX, REGISTRY_SNAPSHOT_PREFIX
 from taxonstream.integrity.phash import phash_bytes
-from taxonstream.integrity.registry import SNAPSHOT_INDEX, DirectoryStore, DuplicateRegistry
+from taxonstream.integrity.registry import DirectoryStore, DuplicateRegistry
 from taxonstream.models.synthetic import shapes_image
 
 
@@ -47,37 +49,111 @@ def test_the_same_bytes_from_two_providers_are_one_image_with_two_provenance_ent
     assert {s["url"].split("/")[2] for s in sources} == {"gbif.example", "idigbio.example"}
 
 
-def test_a_restart_keeps_exact_and_near_duplicates(tmp_path: Path) -> None:
+class CountingStore(DirectoryStore):
+    """Counts listings of the per-sha256 entries: a restore from snapshot + replay must make none."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.entry_listings = 0
+
+    def list(self, prefix: str) -> list[str]:
+        self.entry_listings += prefix.startswith(REGISTRY_ENTRIES_PREFIX)
+        return super().list(prefix)
+
+
+Message = tuple[int, int, str, int, str]  # (partition, offset, sha256, phash, image_id): a `verified` message
+
+
+def _register(registry: DuplicateRegistry, topic: list[Message], data: bytes, record_id: str) -> None:
+    """What the worker and the observer do: claim, put new images on the topic, observe them from it."""
+    sha = hashlib.sha256(data).hexdigest()
+    claim = registry.claim(sha, phash_bytes(data), _source(record_id, "a.example"))
+    if claim.new_image:
+        partition = int(sha, 16) % 3
+        offset = sum(1 for m in topic if m[0] == partition)
+        topic.append((partition, offset, sha, phash_bytes(data), claim.image_id))
+        registry.observe(sha, phash_bytes(data), claim.image_id, at=(partition, offset))
+
+
+def _replay(registry: DuplicateRegistry, topic: list[Message]) -> int:
+    """The observer's start-up replay: every message at or after the offsets the snapshot includes."""
+    after = [m for m in topic if m[1] >= registry.offsets.get(m[0], 0)]
+    for partition, offset, sha, phash, image_id in after:
+        registry.observe(sha, phash, image_id, at=(partition, offset))
+    return len(after)
+
+
+@pytest.mark.parametrize("policy", ["link", "keep"])
+def test_snapshot_plus_replay_equals_the_full_state_without_listing_entries(tmp_path: Path, policy: str) -> None:
+    topic: list[Message] = []
+    live = DuplicateRegistry(DirectoryStore(tmp_path), policy=policy)
+    for seed in range(103, 109):
+        _register(live, topic, _jpeg(seed), f"r{seed}")
+    live.save_snapshot()
+    for seed in range(109, 113):  # after the snapshot: only on the topic
+        _register(live, topic, _jpeg(seed), f"r{seed}")
+    _register(live, topic, _jpeg(110, quality=60, size=(480, 360)), "r110-copy")  # a near duplicate, late too
+
+    store = CountingStore(tmp_path)
+    restarted = DuplicateRegistry(store, policy=policy)  # a new process: nothing in memory
+    assert restarted.restored and len(restarted.index) == 6
+    assert _replay(restarted, topic) == 5
+    assert store.entry_listings == 0, "never a listing of registry/sha256/"
+    assert sorted(restarted.index.items()) == sorted(live.index.items())
+    assert restarted.offsets == live.offsets
+    for probe in (_jpeg(104, quality=50), _jpeg(111, quality=55, size=(320, 240)), _jpeg(110, quality=70)):
+        assert restarted.near_images(phash_bytes(probe)) == live.near_images(phash_bytes(probe))
+    again = _claim(restarted, _jpeg(111), "r111-other-provider")  # exact: answered from its entry
+    assert again.exact and again.duplicate_of == hashlib.sha256(_jpeg(111)).hexdigest()
+    near = _claim(restarted, _jpeg(112, quality=65, size=(400, 300)), "r112-thumb")
+    assert near.new_image and [image for image, _ in near.near][:1] == [hashlib.sha256(_jpeg(112)).hexdigest()]
+
+
+def test_without_the_replay_a_restored_registry_misses_later_images(tmp_path: Path) -> None:
+    """The replay is what brings them back (the check above would pass vacuously otherwise)."""
+    topic: list[Message] = []
+    live = DuplicateRegistry(DirectoryStore(tmp_path))
+    _register(live, topic, _jpeg(103), "r103")
+    live.save_snapshot()
+    _register(live, topic, _jpeg(104), "r104")
+    restarted = DuplicateRegistry(DirectoryStore(tmp_path))
+    assert restarted.near_images(phash_bytes(_jpeg(104, quality=60))) == []
+    _replay(restarted, topic)
+    assert restarted.near_images(phash_bytes(_jpeg(104, quality=60)))[0][0] == hashlib.sha256(_jpeg(104)).hexdigest()
+
+
+def test_registry_snapshots_are_bounded_and_a_damaged_one_falls_back(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path)
+    registry = DuplicateRegistry(store, snapshot_keep=2)
+    topic: list[Message] = []
+    for seed in range(103, 108):
+        _register(registry, topic, _jpeg(seed), f"r{seed}")
+        registry.save_snapshot()
+    generations = {k.split("/")[-1].split(".")[0] for k in store.list(REGISTRY_SNAPSHOT_PREFIX + "snapshots/")}
+    assert len(generations) == 2
+    newest = max(generations)
+    store.put(f"{REGISTRY_SNAPSHOT_PREFIX}snapshots/{newest}.index.bin", b"damaged")
+    fallback = DuplicateRegistry(store)  # the checksum fails: the generation before it, then replay
+    assert fallback.restored and len(fallback.index) == 4
+    _replay(fallback, topic)
+    assert sorted(fallback.index.items()) == sorted(registry.index.items())
+
+
+def test_a_store_from_before_snapshot_generations_is_rebuilt_from_its_entries_once(tmp_path: Path) -> None:
     originals = {seed: _jpeg(seed) for seed in (103, 104, 105)}
     registry = DuplicateRegistry(DirectoryStore(tmp_path))
     for seed, data in originals.items():
         assert _claim(registry, data, f"r{seed}").new_image
 
-    restarted = DuplicateRegistry(DirectoryStore(tmp_path))  # a new process: nothing in memory
-    assert restarted.rebuilt_from_entries == 3 and len(restarted.index) == 3
-    again = _claim(restarted, originals[104], "r104-other-provider")
-    assert again.exact and again.duplicate_of == hashlib.sha256(originals[104]).hexdigest()
+    store = CountingStore(tmp_path)
+    restarted = DuplicateRegistry(store)
+    assert not restarted.restored and len(restarted.index) == 0 and store.entry_listings == 0
+    assert restarted.rebuild_from_entries() == 3 and len(restarted.index) == 3
     resized = _jpeg(105, quality=70, size=(320, 240))  # re-encoded and resized: other bytes, same picture
     near = _claim(restarted, resized, "r105-thumb")
-    assert near.new_image  # default policy "link": its own image, linked
-    assert [image for image, _ in near.near] == [hashlib.sha256(originals[105]).hexdigest()]
-
-
-def test_a_snapshot_is_used_and_entries_after_it_are_still_found(tmp_path: Path) -> None:
-    registry = DuplicateRegistry(DirectoryStore(tmp_path))
-    for seed in (103, 104):
-        _claim(registry, _jpeg(seed), f"r{seed}")
-    registry.save_snapshot()
-    late = _jpeg(105)
-    _claim(registry, late, "r105")  # after the snapshot
-
-    restarted = DuplicateRegistry(DirectoryStore(tmp_path))
-    assert restarted.rebuilt_from_entries == 1 and len(restarted.index) == 3
-    assert restarted.near_images(phash_bytes(_jpeg(105, quality=60)))[0][0] == hashlib.sha256(late).hexdigest()
-
-    DirectoryStore(tmp_path).put(SNAPSHOT_INDEX, b"damaged")
-    fallback = DuplicateRegistry(DirectoryStore(tmp_path))  # checksum fails: every entry is read instead
-    assert fallback.rebuilt_from_entries == 3 and len(fallback.index) == 3
+    assert near.new_image and [image for image, _ in near.near] == [hashlib.sha256(originals[105]).hexdigest()]
+    restarted.save_snapshot()
+    assert DuplicateRegistry(DirectoryStore(tmp_path)).restored  # from now on: snapshot + replay
 
 
 def test_policy_link_records_the_link_both_ways(tmp_path: Path) -> None:
@@ -110,6 +186,7 @@ def test_policy_drop_makes_the_copy_a_duplicate_and_does_not_chain(tmp_path: Pat
     assert _claim(registry, copy, "r3").duplicate_of == kept
     copy_sha = hashlib.sha256(copy).hexdigest()
     assert registry.aliases == {copy_sha: kept}
+    registry.save_snapshot()
     assert DuplicateRegistry(DirectoryStore(tmp_path), policy="drop").aliases == {copy_sha: kept}  # restarted
 
 

@@ -22,20 +22,13 @@ from taxonstream.classify.zeroshot import (
     label_embeddings,
     zero_shot,
 )
+from taxonstream.core.keys import bank_keys
 from taxonstream.core.store import ObjectStore
 
 EmbedTexts = Callable[[list[str]], tuple[np.ndarray, str, str]]  # texts -> (vectors, model, version)
 DEFAULT_BANK = "tol"
 MAX_LABELS = 1000
 _PROMPTS_PER_CALL = 512  # texts per EmbedTexts call: keeps each gRPC message well under its size cap
-
-
-def bank_keys(name: str) -> tuple[str, str, str]:
-    """S3 keys of a bank: (embeddings.npy, names.json, meta.json)."""
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"bad bank name {name!r}")
-    prefix = f"banks/{name}/"
-    return prefix + "embeddings.npy", prefix + "names.json", prefix + "meta.json"
 
 
 def store_bank(store: ObjectStore, name: str, bank: LabelBank, model: str, model_version: str) -> None:

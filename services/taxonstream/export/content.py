@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from taxonstream.core.store import derivative_keys
+from taxonstream.core.keys import derivative_keys, parse_derivative_key
 
 # original: the fetched bytes as stored; crop: the detector's padded specimen crop;
 # small: the 256-px crop (the search thumbnail); small-original: the whole image at 256 px.
@@ -25,10 +25,10 @@ def content_key(content: str, image_id: str, metadata: Mapping[str, str]) -> str
         if key and content == "small-original":
             # The thumbnail lives under derivatives/<image_id>/<detector model>/<version>/: the same
             # detector run stored the 256-px original beside it.
-            parts = key.split("/")
-            if len(parts) < 5 or parts[0] != "derivatives":
+            parsed = parse_derivative_key(key)
+            if parsed is None:
                 raise MissingContent(f"unexpected thumbnail key {key!r}")
-            key = derivative_keys(image_id, parts[2], parts[3])["original_small"]
+            key = derivative_keys(image_id, parsed[1], parsed[2])["original_small"]
     else:
         raise ValueError(f"content must be one of {', '.join(CONTENTS)}, not {content!r}")
     if not key:

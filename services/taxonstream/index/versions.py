@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 
 from kafka import TopicPartition
 
+from taxonstream.core.keys import index_versions_key
 from taxonstream.core.store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class Registry:
 
     def __init__(self, store: ObjectStore, backend: str, default: VersionKey) -> None:
         self.store = store
-        self.key = f"index/{backend}/versions.json"
+        self.key = index_versions_key(backend)
         self.default = default
 
     def read(self) -> tuple[VersionKey, dict[VersionKey, dict[int, int]]]:

@@ -23,27 +23,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-from taxonstream.core.store import job_records_prefix
+from taxonstream.core.keys import (
+    job_records_prefix,
+    manifest_row_key,
+    manifest_rows_prefix,
+    provenance_key,
+)
 from taxonstream.integrity.manifest import ManifestRow, filename_of_url, license_of, object_path, write_manifest
 from taxonstream.integrity.neardup import connected
 from taxonstream.integrity.phash import from_hex
-from taxonstream.integrity.registry import DuplicateRegistry, Store, provenance_key
+from taxonstream.integrity.registry import DuplicateRegistry, Store
 
 FORMATS = ("csv", "parquet")
 
 
-def rows_prefix(job_id: str) -> str:
-    return f"jobs/{job_id}/manifest/rows/"
-
-
-def row_key(job_id: str, record_id: str) -> str:
-    return rows_prefix(job_id) + quote(record_id, safe="") + ".json"
-
-
-def manifest_key(job_id: str, fmt: str) -> str:
-    return f"jobs/{job_id}/manifest.{fmt}"
+# The key layout lives in core/keys.py; these names are the ones the checksummer and tests use.
+rows_prefix = manifest_rows_prefix
+row_key = manifest_row_key
 
 
 def manifest_row(

@@ -8,8 +8,8 @@ tests and single-machine use), in the key layout the checksummer already writes:
   provenance/<image_id>/<record_id>.json    one per source record (URL, job, licence, metadata), so the same
                                             bytes from two providers are one image with two provenance entries
   links/<image_id>/<other_id>.json          near-duplicate links (policy "link"), both directions
-  registry/snapshot/index.bin, meta.json    the pHash index as of some moment, to start without reading
-                                            every entry again
+  registry/snapshot/latest.json, snapshots/  the pHash index and aliases as of some moment, with the offsets
+                                            of `verified` they include (`index/snapshots.py` generations)
 
 Exact duplicates: the first record to bring some bytes creates the image (its id is the sha256); later
 records with the same bytes add a provenance entry and end as DUPLICATE of it. Near duplicates (pHash within
@@ -18,9 +18,18 @@ records with the same bytes add a provenance entry and end as DUPLICATE of it. N
 its bytes map to that image from then on, and its pHash is not matched against later arrivals, so chains of
 small changes cannot drift an image far from what it was dropped for).
 
-The in-memory pHash index is rebuilt on start: the snapshot if its checksum holds, then every registry
-entry the snapshot does not cover (found by listing keys, fetched one by one); with no snapshot, all of them.
-Calls for one sha256 must not race (the service's messages are keyed by sha256; one consumer owns a key).
+The in-memory pHash index is restored on start from the newest snapshot generation, then the `verified`
+topic is replayed from the offsets that snapshot includes (`observe(..., at=(partition, offset))`): every
+new image is on that topic, so restart time follows what changed since the snapshot, not the collection
+(listing and reading every `registry/sha256/` entry took ~265 s at 6,000 images). The per-sha256 entries
+stay the durable claim record (exact duplicates and redeliveries are answered from them, one GET a claim)
+and are read at start only when no snapshot generation exists: `rebuild_from_entries()`, once, on a store
+written before generations. Calls for one sha256 must not race (messages are keyed by sha256).
+
+Not on the topic: a near duplicate dropped under policy "drop" (it ends as DUPLICATE, no `verified`
+message), so another replica's drops since the last snapshot are not replayed. Claims never need them
+(dropped copies are never near matches, and their bytes are found by their entry); only the job report's
+near groups list them, from the rows of the job itself.
 """
 
 from __future__ import annotations
@@ -34,13 +43,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from taxonstream.core.keys import (
+    REGISTRY_ENTRIES_PREFIX,
+    REGISTRY_LEGACY_INDEX,
+    REGISTRY_LEGACY_META,
+    REGISTRY_SNAPSHOT_PREFIX,
+    link_key,
+    links_prefix,
+    provenance_key,
+    provenance_prefix,
+    registry_key,
+)
+from taxonstream.index.snapshots import SnapshotStore, SnapshotTrigger
 from taxonstream.integrity.neardup import HammingIndex
 from taxonstream.integrity.phash import from_hex, to_hex
 
 Policy = Literal["keep", "link", "drop"]
 POLICIES: tuple[Policy, ...] = ("keep", "link", "drop")
-SNAPSHOT_INDEX = "registry/snapshot/index.bin"
-SNAPSHOT_META = "registry/snapshot/meta.json"
 
 
 class Store(Protocol):
@@ -51,6 +70,7 @@ class Store(Protocol):
     def get_json(self, key: str) -> Any | None: ...
     def put_json(self, key: str, value: Any) -> None: ...
     def list(self, prefix: str) -> list[str]: ...
+    def delete(self, keys: list[str]) -> None: ...
 
 
 class DirectoryStore:
@@ -96,17 +116,9 @@ class DirectoryStore:
         keys = (p.relative_to(base).as_posix() for p in start.rglob("*") if p.is_file())
         return sorted(k for k in keys if k.startswith(prefix) and not k.rsplit("/", 1)[-1].startswith(".partial-"))
 
-
-def registry_key(sha256: str) -> str:
-    return f"registry/sha256/{sha256[:2]}/{sha256}.json"
-
-
-def provenance_key(image_id: str, record_id: str) -> str:
-    return f"provenance/{image_id}/{record_id}.json"
-
-
-def link_key(image_id: str, other: str) -> str:
-    return f"links/{image_id}/{other}.json"
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            self._path(key).unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -124,7 +136,16 @@ class Claim:
 
 
 class DuplicateRegistry:
-    def __init__(self, store: Store, max_distance: int = 8, policy: Policy = "link") -> None:
+    def __init__(
+        self,
+        store: Store,
+        max_distance: int = 8,
+        policy: Policy = "link",
+        *,
+        snapshot_keep: int = 2,
+        snapshot_changes: int = 10_000,
+        snapshot_seconds: float = 60.0,
+    ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"near-duplicate policy must be one of {POLICIES}, not {policy!r}")
         self.store = store
@@ -134,9 +155,12 @@ class DuplicateRegistry:
         # duplicates to their image, and they are never returned as near matches.
         self.index = HammingIndex(max_distance)
         self.aliases: dict[str, str] = {}
-        self.unhashed: set[str] = set()  # registered without a pHash (not decodable as an image)
-        self.rebuilt_from_entries = 0  # how many entries the last load had to fetch one by one
-        self._load()
+        # Next offset of each `verified` partition that the state includes: where a replay starts.
+        self.offsets: dict[int, int] = {}
+        self.snapshots = SnapshotStore(store, REGISTRY_SNAPSHOT_PREFIX, snapshot_keep)
+        self.trigger = SnapshotTrigger(snapshot_changes, snapshot_seconds)
+        self.restored = self._restore()  # False: no snapshot generation (a new store, or one from before them)
+        self.rebuilt_from_entries = 0  # how many entries `rebuild_from_entries` fetched one by one
 
     # -- claims -----------------------------------------------------------------------------------------------
 
@@ -185,15 +209,25 @@ class DuplicateRegistry:
 
     def _remember(self, sha256: str, phash: int | None, image_id: str) -> None:
         if phash is None:
-            self.unhashed.add(sha256)
-            return
-        self.index.add(sha256, phash)
-        if image_id != sha256:
+            return  # exact-deduplicated through its entry only: nothing for the pHash index
+        changed = self.index.add(sha256, phash)
+        if image_id != sha256 and self.aliases.get(sha256) != image_id:
             self.aliases[sha256] = image_id
+            changed = True
+        if changed:
+            self.trigger.note()
 
-    def observe(self, sha256: str, phash: int, image_id: str | None = None) -> None:
-        """Learn a claim another replica made (e.g. from a compacted topic of registrations)."""
+    def observe(
+        self, sha256: str, phash: int | None, image_id: str | None = None, at: tuple[int, int] | None = None
+    ) -> None:
+        """Learn an image some replica registered, from its `verified` message at `at` = (partition, offset)."""
         self._remember(sha256, phash, image_id or sha256)
+        if at is not None:
+            self.advance(*at)
+
+    def advance(self, partition: int, offset: int) -> None:
+        """The state now includes the `verified` message at `offset` (observed, or skipped as unreadable)."""
+        self.offsets[partition] = max(self.offsets.get(partition, 0), offset + 1)
 
     # -- questions --------------------------------------------------------------------------------------------
 
@@ -202,11 +236,11 @@ class DuplicateRegistry:
 
     def sources(self, image_id: str) -> list[dict[str, Any]]:
         """Every provenance entry of an image, by record id."""
-        keys = self.store.list(f"provenance/{image_id}/")
+        keys = self.store.list(provenance_prefix(image_id))
         return [self.store.get_json(k) for k in keys]
 
     def links(self, image_id: str) -> list[tuple[str, int]]:
-        keys = self.store.list(f"links/{image_id}/")
+        keys = self.store.list(links_prefix(image_id))
         found = [(k.rsplit("/", 1)[-1].removesuffix(".json"), self.store.get_json(k)["distance"]) for k in keys]
         return sorted(found, key=lambda kd: (kd[1], kd[0]))
 
@@ -217,39 +251,55 @@ class DuplicateRegistry:
 
     # -- durable index ----------------------------------------------------------------------------------------
 
-    def save_snapshot(self) -> None:
-        """Write the pHash index so the next start reads one object instead of every entry."""
-        index = self.index.to_bytes()
-        self.store.put(SNAPSHOT_INDEX, index)
-        meta = {
-            "index_sha256": hashlib.sha256(index).hexdigest(),
-            "aliases": self.aliases,
-            "unhashed": sorted(self.unhashed),
-            "max_distance": self.max_distance,
-        }
-        self.store.put_json(SNAPSHOT_META, meta)
+    def snapshot_due(self) -> bool:
+        return self.trigger.due()
 
-    def _load(self) -> None:
-        meta = self.store.get_json(SNAPSHOT_META)
+    def save_snapshot(self) -> str:
+        """A new generation: the pHash index, the aliases and the `verified` offsets they include."""
+        parts = {
+            "index.bin": self.index.to_bytes(),
+            "aliases.json": json.dumps(self.aliases, sort_keys=True).encode(),
+        }
+        meta = {"offsets": {str(p): o for p, o in sorted(self.offsets.items())}, "max_distance": self.max_distance}
+        name = self.snapshots.save(parts, meta)
+        self.trigger.saved()
+        return name
+
+    def _restore(self) -> bool:
+        found = self.snapshots.load()
+        if found is None:
+            return False
+        snapshot = HammingIndex.from_bytes(found.parts["index.bin"])
+        self.index = HammingIndex.build(snapshot.items(), self.max_distance)  # the configured radius
+        self.aliases = dict(json.loads(found.parts.get("aliases.json", b"{}")))
+        self.offsets = {int(p): int(o) for p, o in found.meta.get("offsets", {}).items()}
+        return True
+
+    def rebuild_from_entries(self) -> int:
+        """Migration from a store without snapshot generations: the single snapshot written before them (if
+        its checksum holds), then every entry it does not cover, listed and fetched one by one (linear in the
+        collection: run once, then `save_snapshot`). Returns how many entries were fetched."""
+        covered: set[str] = set()
+        meta = self.store.get_json(REGISTRY_LEGACY_META)
         if meta is not None:
             try:
-                data = self.store.get(SNAPSHOT_INDEX)
+                data = self.store.get(REGISTRY_LEGACY_INDEX)
             except KeyError:
                 data = b""
             if hashlib.sha256(data).hexdigest() == meta.get("index_sha256"):
-                snapshot = HammingIndex.from_bytes(data)
-                self.index = HammingIndex.build(snapshot.items(), self.max_distance)
-                self.aliases = dict(meta.get("aliases", {}))
-                self.unhashed = set(meta.get("unhashed", []))
-        covered = set(self.unhashed)
+                for sha256, phash in HammingIndex.from_bytes(data).items():
+                    self._remember(sha256, phash, meta.get("aliases", {}).get(sha256, sha256))
+                covered.update(meta.get("unhashed", []))
         covered.update(k for k, _ in self.index.items())
-        self.rebuilt_from_entries = 0
-        for key in self.store.list("registry/sha256/"):
+        fetched = 0
+        for key in self.store.list(REGISTRY_ENTRIES_PREFIX):
             sha256 = key.rsplit("/", 1)[-1].removesuffix(".json")
             if sha256 in covered:
                 continue
             entry = self.store.get_json(key)
             if entry is None:
                 continue
-            self.rebuilt_from_entries += 1
+            fetched += 1
             self._remember(sha256, from_hex(entry["phash"]) if entry.get("phash") else None, entry["image_id"])
+        self.rebuilt_from_entries = fetched
+        return fetched

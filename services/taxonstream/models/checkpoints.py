@@ -23,6 +23,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from taxonstream.core.keys import model_repository_key
+
 from .contract import CLIP_CONTEXT_LENGTH, ModelContract, TensorSpec
 from .triton_config import Target, render_config
 
@@ -220,11 +222,7 @@ def upload_repository(out_dir: Path, store, prefix: str = "") -> list[str]:
     """Copy a model repository into the object store (Triton in Kubernetes loads it from s3://bucket/prefix)."""
     keys = []
     for path in sorted(p for p in out_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        key = (
-            prefix.rstrip("/") + "/" + path.relative_to(out_dir).as_posix()
-            if prefix
-            else path.relative_to(out_dir).as_posix()
-        )
+        key = model_repository_key(prefix, path.relative_to(out_dir).as_posix())
         store.put(key, path.read_bytes())
         keys.append(key)
     return keys
