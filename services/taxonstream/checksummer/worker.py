@@ -23,7 +23,7 @@ from kafka import TopicPartition
 from pydantic import Field
 
 from taxonstream.core.bus import Bus, Emit, decode
-from taxonstream.core.errors import Failed, Poison
+from taxonstream.core.errors import Failed, Poison, Transient
 from taxonstream.core.outcomes import outcome
 from taxonstream.core.settings import SERVICE_PORTS, CoreSettings
 from taxonstream.core.store import ObjectStore
@@ -49,7 +49,13 @@ class ChecksummerSettings(CoreSettings):
     # pHash Hamming distance (of 64 bits) within which two images count as near duplicates.
     near_max_distance: int = Field(default=8, ge=0, le=32)
     near_policy: Literal["keep", "link", "drop"] = "link"
+    # A registry snapshot (pHash index + the `verified` offsets it includes) once this many images changed
+    # it, or this often while any do, and at shutdown; the newest `registry_snapshot_keep` stay in S3.
     registry_snapshot_seconds: float = 60.0
+    registry_snapshot_changes: int = Field(default=10_000, ge=1)
+    registry_snapshot_keep: int = Field(default=2, ge=1, le=100)
+    # How long a claim waits for the start-up replay of `verified` before it is retried later.
+    registry_replay_wait_seconds: float = Field(default=30.0, gt=0)
 
 
 def phash_or_none(data: bytes) -> int | None:
@@ -65,12 +71,26 @@ class ChecksumWorker:
         self.store = store
         names = {n.strip() for n in settings.checksum_algorithms.split(",") if n.strip()} | {"sha256"}
         self.algorithms = parse_algorithms(sorted(names))
-        self.registry = DuplicateRegistry(store, settings.near_max_distance, settings.near_policy)
-        self.snapshot_seconds = settings.registry_snapshot_seconds
-        self._last_snapshot = time.monotonic()
+        self.registry = DuplicateRegistry(
+            store,
+            settings.near_max_distance,
+            settings.near_policy,
+            snapshot_keep=settings.registry_snapshot_keep,
+            snapshot_changes=settings.registry_snapshot_changes,
+            snapshot_seconds=settings.registry_snapshot_seconds,
+        )
+        if not self.registry.restored:  # no snapshot generation yet: a new store, or one written before them
+            self.registry.rebuild_from_entries()
         self.lock = threading.Lock()  # the registry's index: claims, observed images and RPC queries
+        # Set while the registry holds every image on `verified` up to the start: claims wait for it, or a
+        # near duplicate of an image registered since the snapshot would be missed. ReplicaObserver clears it.
+        self.replayed = threading.Event()
+        self.replayed.set()
+        self.replay_wait = settings.registry_replay_wait_seconds
 
     def handle(self, fetched: FetchedImage) -> list[Emit]:
+        if not self.replayed.wait(self.replay_wait):
+            raise Transient("the duplicate registry is still replaying `verified` since its snapshot")
         record = fetched.record
         try:
             data = self.store.get(fetched.object_key)
@@ -121,49 +141,84 @@ class ChecksumWorker:
         )
         return [Emit(self.bus.topics.verified, verified.image_id, verified)]
 
-    def observe(self, verified: VerifiedImage) -> None:
-        """An image some replica (maybe this one) registered: into the pHash index, and under policy "link" the
-        links its claim could not see (a near duplicate claimed at the same moment on another replica)."""
+    def observe(self, verified: VerifiedImage, at: tuple[int, int] | None = None) -> None:
+        """An image some replica (maybe this one) registered, from `verified` at (partition, offset): into the
+        pHash index, and under policy "link" the links its claim could not see (a near duplicate claimed at
+        the same moment on another replica)."""
         if not verified.phash:
+            if at is not None:
+                with self.lock:
+                    self.registry.advance(*at)
             return
         sha256, phash = verified.fetched.sha256 or verified.image_id, from_hex(verified.phash)
         with self.lock:
-            self.registry.observe(sha256, phash, verified.image_id)
+            self.registry.observe(sha256, phash, verified.image_id, at)
             known = {n.image_id for n in verified.near}
             missed = [(o, d) for o, d in self.registry.near_images(phash) if o not in known and o != sha256]
         if self.registry.policy == "link":
             self.registry.link(sha256, missed)  # every replica that sees the pair writes the same links
 
     def snapshot(self, force: bool = False) -> None:
-        """The pHash index to S3 now and then, so a restart reads one object instead of every entry."""
-        if force or time.monotonic() - self._last_snapshot >= self.snapshot_seconds:
-            with self.lock:
+        """A registry snapshot when enough changed (or at shutdown, `force`), so a restart replays little."""
+        with self.lock:
+            if self.registry.trigger.changes and (force or self.registry.snapshot_due()):
                 self.registry.save_snapshot()
-            self._last_snapshot = time.monotonic()
 
 
 class ReplicaObserver:
     """Follows every partition of `verified` (replica mode, no group) and tells the worker each new image.
 
-    It starts at the end offsets taken *before* the registry was loaded from S3: an image registered earlier
-    is in what the load read (its entry is written before its message is produced), a later one is in the
-    topic from those offsets on, so none is missed between the two.
+    `ends` are the end offsets taken before the registry was restored. From a snapshot it replays from the
+    offsets the snapshot includes, and claims wait (`work.replayed`) until it has reached `ends`: every image
+    registered before the start is then known, whichever replica claimed it. Without a snapshot the registry
+    was rebuilt from its entries (an image registered earlier is in what that read: its entry is written
+    before its message is produced) and the topic is followed from `ends` on, so none is missed between.
     """
 
-    def __init__(self, bus: Bus, work: ChecksumWorker, start: dict[TopicPartition, int]) -> None:
+    def __init__(self, bus: Bus, work: ChecksumWorker, ends: dict[TopicPartition, int]) -> None:
         self.bus = bus
         self.work = work
-        self.start = start
+        self.until = dict(ends)
+        registry = work.registry
+        if registry.restored:
+            self.start = {tp: registry.offsets.get(tp.partition, 0) for tp in ends}
+            if any(self.start[tp] < end for tp, end in ends.items()):
+                work.replayed.clear()
+        else:
+            self.start = dict(ends)
+            registry.offsets = {tp.partition: o for tp, o in ends.items()}
+            work.snapshot(force=True)  # rebuilt from the entries: the next start replays from here instead
 
     def run(self, stop: threading.Event) -> None:
         consumer = self.bus.reader([self.bus.topics.verified], self.start)
+        began, replayed = time.monotonic(), 0
         try:
+            kept_from = consumer.beginning_offsets(list(self.start))
+            lost = {tp.partition: (o, kept_from[tp]) for tp, o in self.start.items() if kept_from.get(tp, 0) > o}
+            if lost:  # retention deleted messages the snapshot does not include: their images are unknown here
+                log.warning("verified messages after the registry snapshot are gone", extra={"partitions": lost})
             while not stop.is_set():
                 for part in consumer.poll(timeout_ms=500, max_records=500).values():
                     for raw in part:
+                        at = (raw.partition, raw.offset)
                         try:
-                            self.work.observe(decode(raw.value, raw.headers, VerifiedImage))
+                            self.work.observe(decode(raw.value, raw.headers, VerifiedImage), at)
                         except (Poison, DecodeError, ValueError) as error:
                             log.warning("skipped a verified message", extra={"offset": raw.offset, "error": str(error)})
+                            with self.work.lock:
+                                self.work.registry.advance(*at)
+                        replayed += 1
+                if not self.work.replayed.is_set() and self._caught_up(consumer):
+                    self.work.replayed.set()
+                    took = round(time.monotonic() - began, 3)
+                    log.info("registry replayed", extra={"messages": replayed, "seconds": took})
         finally:
             consumer.close(autocommit=False)
+
+    def _caught_up(self, consumer) -> bool:
+        """Read up to `until`; positions, not the last message seen, so gaps (deleted, compacted) count too."""
+        positions = {tp: consumer.position(tp) for tp in self.until}
+        with self.work.lock:
+            for tp, position in positions.items():
+                self.work.registry.advance(tp.partition, position - 1)
+        return all(positions[tp] >= end for tp, end in self.until.items())
