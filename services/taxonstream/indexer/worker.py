@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import re
 import threading
-import time
 
 import numpy as np
 from kafka import TopicPartition
+from pydantic import Field
 
 from taxonstream.core.bus import Bus, Emit
 from taxonstream.core.outcomes import outcome
 from taxonstream.core.settings import SERVICE_PORTS
 from taxonstream.core.store import ObjectStore, derivative_keys
 from taxonstream.core.worker import StreamWorker, each
-from taxonstream.index.backend import IndexBackend, open_index, restore_index
 from taxonstream.index.config import IndexSettings
+from taxonstream.index.snapshots import Snapshots, SnapshotTrigger, version_config
 from taxonstream.index.versions import VersionKey
 from taxonstream.v1.messages_pb2 import Embedding, Outcome, ReembedImage
 
@@ -30,8 +28,11 @@ class IndexerSettings(IndexSettings):
     metrics_port: int = SERVICE_PORTS["indexer"].metrics
     index_model: str = "clip_standin_image"
     index_model_version: str = "1"
-    # A snapshot at most this often while embeddings arrive, and always at shutdown.
+    # A snapshot once this many upserts/deletes arrived, or this often while any arrive, and at shutdown;
+    # the newest `snapshot_keep` generations stay in S3 (index/snapshots.py).
     snapshot_seconds: float = 10.0
+    snapshot_changes: int = Field(default=10_000, ge=1)
+    snapshot_keep: int = Field(default=2, ge=1, le=100)
 
 
 def lineage(embedding: Embedding) -> dict[str, str]:
@@ -56,54 +57,6 @@ def lineage(embedding: Embedding) -> dict[str, str]:
     }
 
 
-class Snapshots:
-    """One version's index, the offsets it includes and its tombstones, in S3: restore + replay rebuilds it."""
-
-    def __init__(self, store: ObjectStore, settings: IndexerSettings, key: VersionKey) -> None:
-        self.store = store
-        config = settings.index_config()
-        if key != VersionKey(settings.index_model, settings.index_model_version):
-            # Each version is its own Milvus collection; the configured name stays the default version's.
-            suffix = re.sub(r"[^0-9A-Za-z_]", "_", f"{key.model}_v{key.version}")
-            config = dataclasses.replace(
-                config, milvus=dataclasses.replace(config.milvus, collection=f"{config.milvus.collection}_{suffix}")
-            )
-        self.config = config
-        self.prefix = f"index/{key.model}/{key.version}/{config.backend}/"
-
-    def load(self, topic: str) -> tuple[IndexBackend, dict[TopicPartition, int], set[str]]:
-        latest = self.store.get_json(self.prefix + "latest.json")
-        if latest is None or not latest.get("index_key"):
-            return open_index(self.config), {}, set()  # nothing durable yet: replay from the start offsets
-        index = restore_index(self.config, self.store.get(latest["index_key"]))
-        offsets = {TopicPartition(topic, int(p)): int(o) for p, o in latest["offsets"].items()}
-        tombstones = set(self.store.get_json(latest["tombstones_key"]) or []) if latest.get("tombstones_key") else set()
-        log.info("restored snapshot", extra={"prefix": self.prefix, "images": len(index), "offsets": latest["offsets"]})
-        return index, offsets, tombstones
-
-    def forget(self) -> None:
-        """A retired version: adding it again starts it empty (old snapshot objects stay until cleaned)."""
-        self.store.put_json(self.prefix + "latest.json", {})
-
-    def save(self, index: IndexBackend, offsets: dict[TopicPartition, int], tombstones: set[str]) -> None:
-        data = index.dump()
-        if not data:
-            return
-        generation = time.strftime("%Y%m%dT%H%M%S") + f"-{time.time_ns() % 1_000_000:06d}"
-        key = self.prefix + f"snapshots/{generation}.bin"
-        self.store.put(key, data)
-        latest = {
-            "generation": generation,
-            "index_key": key,
-            "offsets": {str(tp.partition): o for tp, o in offsets.items()},
-        }
-        if tombstones:
-            latest["tombstones_key"] = self.prefix + f"snapshots/{generation}.tombstones.json"
-            self.store.put_json(latest["tombstones_key"], sorted(tombstones))
-        # latest.json last: a crash between the writes leaves the previous snapshot in force.
-        self.store.put_json(self.prefix + "latest.json", latest)
-
-
 class IndexWorker:
     """One index version fed from the `embedded` topic in replica mode.
 
@@ -124,12 +77,13 @@ class IndexWorker:
         self.settings = settings
         self.bus = bus
         self.key = key
-        self.snapshots = Snapshots(store, settings, key)
+        default = (settings.index_model, settings.index_model_version)
+        config = version_config(settings.index_config(), key.model, key.version, default)
+        self.snapshots = Snapshots(store, config, key.model, key.version, settings.snapshot_keep)
         self.index, self.offsets, self.tombstones = self.snapshots.load(bus.topics.embedded)
         if not self.offsets and start_offsets:
             self.offsets = dict(start_offsets)  # a version added by reembed: from when it was added
-        self._dirty = False
-        self._last_snapshot = time.monotonic()
+        self.changes = SnapshotTrigger(settings.snapshot_changes, settings.snapshot_seconds)
         self._lock = threading.Lock()
         self.retired = False
 
@@ -138,18 +92,18 @@ class IndexWorker:
         if embedding.deleted:
             self.index.delete(image_id)
             self.tombstones.add(image_id)
-            self._dirty = True
+            self.changes.note()
             return []
         if (embedding.model, embedding.model_version) != (self.key.model, self.key.version):
             return self._follow(embedding)
         if embedding.backfill:
             if image_id not in self.tombstones:
                 self.index.upsert(image_id, np.asarray(embedding.vector, dtype=np.float32), dict(embedding.lineage))
-                self._dirty = True
+                self.changes.note()
             return []  # its record finished when the image was first indexed
         self.tombstones.discard(image_id)
         self.index.upsert(image_id, np.asarray(embedding.vector, dtype=np.float32), lineage(embedding))
-        self._dirty = True
+        self.changes.note()
         record = embedding.crop.image.fetched.record
         return [outcome(self.bus.topics, record, Outcome.INDEXED, stage=STAGE, image_id=image_id)]
 
@@ -167,16 +121,18 @@ class IndexWorker:
 
     def durable(self, done: dict[TopicPartition, int]) -> None:
         self.offsets.update(done)
-        if time.monotonic() - self._last_snapshot >= self.settings.snapshot_seconds:
+        self.snapshot_if_due()
+
+    def snapshot_if_due(self) -> None:
+        if self.changes.due():
             self.snapshot()
 
     def snapshot(self) -> None:
         with self._lock:
-            if not self._dirty or self.retired:
+            if not self.changes.changes or self.retired:
                 return
             self.snapshots.save(self.index, dict(self.offsets), set(self.tombstones))
-            self._dirty = False
-            self._last_snapshot = time.monotonic()
+            self.changes.saved()
 
     def retire(self) -> None:
         """No more snapshots, and the stored one forgotten: under the snapshot lock, so none lands after."""
@@ -197,6 +153,6 @@ class IndexWorker:
             replica=True,
             start_offsets=self.offsets,
             on_durable=self.durable,
-            on_idle=self.snapshot,
+            on_idle=self.snapshot_if_due,
             max_batch=max(self.settings.max_batch, 256),
         )
