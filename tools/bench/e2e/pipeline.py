@@ -5,9 +5,8 @@ Follow: GetJob until the job is done; the time is from just before the submit to
 timestamp (ListOutcomes at_ms), so the polling interval is not counted.
 
 Busy seconds come from each service's own Prometheus /metrics (SERVICE_PORTS), scraped before and after:
-the delta of a histogram's _sum is the seconds observed meanwhile. STAGE_METRICS says which histogram
-feeds which column; a column whose histogram a service does not export prints "n/a". Histograms carry the
-label stage=<service>; the split ones also part=<column>.
+the delta of a seconds counter (or a histogram's _sum) is the seconds spent meanwhile. STAGE_METRICS says
+which sample feeds which column; a column a service does not export prints "n/a".
 """
 
 from __future__ import annotations
@@ -26,38 +25,33 @@ from taxonstream.v1 import fetcher_pb2, fetcher_pb2_grpc
 from taxonstream.v1.messages_pb2 import SourceRecord
 
 STAGES = ("fetcher", "checksummer", "detector", "embedder", "indexer")
-# column -> (histogram family, labels it must carry besides stage=<service>). "busy" exists today (core
-# worker: one observation per polled batch, outputs flushed); the four parts are the split the lead asked
-# the services for. Rename here if the services export other names.
-STAGE_METRICS: dict[str, tuple[str, dict[str, str]]] = {
-    "busy": ("taxonstream_batch_seconds", {}),
-    "s3": ("taxonstream_stage_seconds", {"part": "s3"}),
-    "decode": ("taxonstream_stage_seconds", {"part": "decode"}),
-    "model": ("taxonstream_stage_seconds", {"part": "model"}),
-    "kafka": ("taxonstream_stage_seconds", {"part": "kafka"}),
+# column -> (sample name, the label naming the service's stage, other labels it must carry). The delta of
+# the sample over the run is busy seconds. "busy" exists today (core worker: wall time of each polled
+# batch, outputs flushed). The parts are the split core.metrics.timed() counts, summed over threads
+# (being added as this was written: "n/a" until the services export it). Rename here if they change.
+STAGE_METRICS: dict[str, tuple[str, str, dict[str, str]]] = {
+    "busy": ("taxonstream_batch_seconds_sum", "stage", {}),
+    "s3": ("taxonstream_stage_seconds_total", "service", {"part": "s3"}),
+    "decode": ("taxonstream_stage_seconds_total", "service", {"part": "decode"}),
+    "hash": ("taxonstream_stage_seconds_total", "service", {"part": "hash"}),
+    "model": ("taxonstream_stage_seconds_total", "service", {"part": "model"}),
+    "kafka": ("taxonstream_stage_seconds_total", "service", {"part": "kafka"}),
 }
 POLL_S = 0.5
 
 
 def scrape(stage: str) -> dict[str, float] | None:
-    """column -> the histogram's _sum now, for one service; None when its /metrics does not answer."""
+    """column -> its sample's value now, for one service; None when its /metrics does not answer."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{SERVICE_PORTS[stage].metrics}/metrics", timeout=5) as r:
             text = r.read().decode()
     except OSError:
         return None
+    samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples]
     sums: dict[str, float] = {}
-    families = {f.name: f for f in text_string_to_metric_families(text)}
-    for column, (name, labels) in STAGE_METRICS.items():
-        family = families.get(name)
-        if family is None:
-            continue
-        wanted = {"stage": stage, **labels}
-        values = [
-            s.value
-            for s in family.samples
-            if s.name == f"{name}_sum" and all(s.labels.get(k) == v for k, v in wanted.items())
-        ]
+    for column, (name, stage_label, labels) in STAGE_METRICS.items():
+        wanted = {stage_label: stage, **labels}
+        values = [x.value for x in samples if x.name == name and all(x.labels.get(k) == v for k, v in wanted.items())]
         if values:
             sums[column] = sum(values)
     return sums
