@@ -324,19 +324,11 @@ class FaissIndex(Migrations, Searching):
         cls, data: bytes, metadata: Mapping[str, Mapping[str, str]], config: FaissConfig | None
     ) -> FaissIndex:
         """Snapshots from before slots: an IndexIDMap2 labelled by `faiss_id`. Re-added in id order."""
-        old = snap.unpack_legacy(data)
-        ids = sorted(metadata)
-        if not isinstance(old, faiss.IndexIDMap2) or old.ntotal != len(ids):
-            raise ValueError(f"snapshot metadata ({len(ids)} images) does not match its index ({old.ntotal} vectors)")
-        self = cls(dim=old.d, config=config)
-        if ids:
-            try:
-                vectors = np.stack([old.reconstruct(snap.faiss_id(image_id)) for image_id in ids])
-            except RuntimeError as error:  # an id the index does not hold
-                raise ValueError(f"snapshot metadata does not match its index: {error}") from error
-            for start in range(0, len(ids), CHUNK):
-                batch = ids[start : start + CHUNK]
-                self.upsert_many(batch, vectors[start : start + CHUNK], [metadata[i] for i in batch])
+        dim, ids, vectors = snap.unpack_legacy(data, metadata)
+        self = cls(dim=dim, config=config)
+        for start in range(0, len(ids), CHUNK):
+            batch = ids[start : start + CHUNK]
+            self.upsert_many(batch, vectors[start : start + CHUNK], [metadata[i] for i in batch])
         return self
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import faiss
@@ -113,12 +114,20 @@ def unpack(data: bytes) -> Snapshot:
         raise ValueError(f"FAISS snapshot is damaged: {error}") from error
 
 
-def unpack_legacy(data: bytes) -> faiss.IndexIDMap2:
-    """A legacy snapshot's index (its vectors are looked up by `faiss_id`)."""
+def unpack_legacy(data: bytes, metadata: Mapping[str, object]) -> tuple[int, list[str], np.ndarray]:
+    """A legacy snapshot's dim, image ids (sorted) and their vectors, looked up by `faiss_id`."""
     try:
-        return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))  # already its own type
+        old = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))  # already its own type
     except RuntimeError as error:  # FAISS's reader refuses truncated or corrupt bytes
         raise ValueError(f"legacy FAISS snapshot is damaged: {error}") from error
+    ids = sorted(metadata)
+    if not isinstance(old, faiss.IndexIDMap2) or old.ntotal != len(ids):
+        raise ValueError(f"snapshot metadata ({len(ids)} images) does not match its index ({old.ntotal} vectors)")
+    try:
+        vectors = np.stack([old.reconstruct(faiss_id(i)) for i in ids]) if ids else np.empty((0, old.d), np.float32)
+    except RuntimeError as error:  # an id the index does not hold
+        raise ValueError(f"snapshot metadata does not match its index: {error}") from error
+    return old.d, ids, vectors
 
 
 def _json_bytes(value: object) -> np.ndarray:
