@@ -9,14 +9,17 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import urllib3
 from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
+from taxonstream.core import metrics
 from taxonstream.core.errors import Transient
 from taxonstream.core.keys import derivative_keys, job_records_key, job_records_prefix, original_key
 from taxonstream.core.settings import CoreSettings
@@ -25,6 +28,8 @@ from taxonstream.core.settings import CoreSettings
 # checksummer servicer, tests); new code imports taxonstream.core.keys.
 __all__ = ["ObjectStore", "derivative_keys", "job_records_key", "job_records_prefix", "original_key"]
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 _MISSING = {"NoSuchKey", "NoSuchObject", "NoSuchBucket"}
 
@@ -38,8 +43,11 @@ class ObjectStore:
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=5, read=60),
             retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
-            maxsize=16,
+            maxsize=max(16, settings.s3_concurrency),
         )
+        self.concurrency = settings.s3_concurrency
+        # Shared by every get_many/put_many of the process: a bound on parallel requests, whoever asks.
+        self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="s3")
         self.client = Minio(
             settings.s3_endpoint,
             access_key=settings.s3_access_key,
@@ -59,7 +67,7 @@ class ObjectStore:
                         raise
 
     def exists(self, key: str) -> bool:
-        with _unavailable_is_transient():
+        with metrics.timed("s3"), _unavailable_is_transient():
             try:
                 self.client.stat_object(self.bucket, key)
                 return True
@@ -69,7 +77,7 @@ class ObjectStore:
                 raise
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        with _unavailable_is_transient():
+        with metrics.timed("s3"), _unavailable_is_transient():
             self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
 
     def put_original(self, data: bytes, sha256: str, content_type: str) -> tuple[str, bool]:
@@ -82,7 +90,7 @@ class ObjectStore:
 
     def get(self, key: str) -> bytes:
         """The object's bytes; a missing object is KeyError (the message that names it is bad)."""
-        with _unavailable_is_transient():
+        with metrics.timed("s3"), _unavailable_is_transient():
             try:
                 response = self.client.get_object(self.bucket, key)
             except S3Error as error:
@@ -105,7 +113,7 @@ class ObjectStore:
             return None
 
     def list(self, prefix: str) -> list[str]:
-        with _unavailable_is_transient():
+        with metrics.timed("s3"), _unavailable_is_transient():
             return [o.object_name for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)]
 
     def delete(self, keys: list[str]) -> None:
@@ -114,6 +122,23 @@ class ObjectStore:
             for error in self.client.remove_objects(self.bucket, [DeleteObject(k) for k in keys]):
                 # Left in place, it is removed by a later cleanup; nothing reads it meanwhile.
                 log.warning("could not delete an object", extra={"key": error.name, "error": error.code})
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | Exception]:
+        """Every key's bytes, fetched in parallel, in the order asked; a key that failed gives its error
+        (KeyError: missing, Transient: S3 down) so each caller's message can fail alone."""
+        return self.map(self.get, keys)
+
+    def put_many(self, objects: Iterable[tuple[str, bytes, str]]) -> None:
+        """Store (key, data, content type) objects in parallel; raises the first error once all have ended,
+        so nothing is left in flight when the caller retries."""
+        raise_first(self.map(lambda o: self.put(*o), list(objects)))
+
+    def put_json_many(self, values: Mapping[str, Any]) -> None:
+        self.put_many((k, json.dumps(v, sort_keys=True).encode(), "application/json") for k, v in values.items())
+
+    def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R | Exception]:
+        """`fn` over items on the store's pool (each result or its error, in order); one item runs inline."""
+        return parallel_map(self._pool, fn, items)
 
     def presigned_url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
         return self.client.presigned_get_object(self.bucket, key, expires=expires)
@@ -133,3 +158,25 @@ class _unavailable_is_transient:
         if isinstance(error, S3Error) and error.code in {"SlowDown", "ServiceUnavailable", "InternalError"}:
             raise Transient(f"S3 busy: {error.code}") from error
         return False
+
+
+def parallel_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Sequence[T]) -> list[R | Exception]:
+    """Each item's result or the exception it raised, in the items' order; waits for all of them."""
+
+    def guarded(item: T) -> R | Exception:
+        try:
+            return fn(item)
+        except Exception as error:  # noqa: BLE001 - handed back for the caller to sort
+            return error
+
+    if len(items) <= 1:
+        return [guarded(item) for item in items]
+    futures = [metrics.submit(pool, guarded, item) for item in items]
+    return [future.result() for future in futures]
+
+
+def raise_first(results: Iterable[object]) -> None:
+    """Raise the first exception among results (a Transient before anything else: the batch is retried)."""
+    errors = [r for r in results if isinstance(r, Exception)]
+    if errors:
+        raise next((e for e in errors if isinstance(e, Transient)), errors[0])

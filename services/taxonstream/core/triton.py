@@ -10,6 +10,7 @@ import numpy as np
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from taxonstream.core import metrics
 from taxonstream.core.errors import Transient
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ class TritonModel:
             request.append(tensor)
         wanted = [triton.InferRequestedOutput(name) for name in outputs]
         try:
-            result = self.client.infer(self.model, request, model_version=self.version, outputs=wanted)
+            with metrics.timed("model"):  # the round trip: Triton's compute plus (de)serialising the tensors
+                result = self.client.infer(self.model, request, model_version=self.version, outputs=wanted)
         except InferenceServerException as error:
             if _is_unavailable(error):
                 raise Transient(f"Triton {self.model} unavailable: {error.message()}") from error

@@ -4,6 +4,12 @@ At-least-once delivery with exactly-once effect: offsets are committed only afte
 the batch is acknowledged by Kafka, and every effect downstream is idempotent. A message that cannot
 be processed goes to `<topic>.dlq` with its reason (and its record, when it has one, ends failed);
 a dependency that is down makes the worker back off and retry the same messages.
+
+Waits overlap: `in_batches` prepares and finishes a batch's messages concurrently (`stage_concurrency`),
+splits the model's work by decoded pixels, and, with `prefetch`, the next batch is polled and its prepare
+(S3 reads, decoding) started before the current batch's model runs. A prefetched batch is only read
+ahead: its offsets are committed after its own outputs, and when the current batch must be retried it is
+dropped and its partitions rewound, so a partition is still processed and committed in order.
 """
 
 from __future__ import annotations
@@ -13,9 +19,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message
 from kafka import KafkaConsumer, TopicPartition
@@ -24,6 +30,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from taxonstream.core import metrics
+from taxonstream.core.batching import split_by_pixels
 from taxonstream.core.bus import Bus, Emit, decode, send_all
 from taxonstream.core.errors import Failed, Poison, Transient
 from taxonstream.core.outcomes import failed, record_in
@@ -51,7 +58,31 @@ def each(handle: Callable[[M], list[Emit]], threads: int = 1) -> Process[M]:
     if threads <= 1:
         return lambda batch: [run_one(m) for m in batch]
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="handle")
-    return lambda batch: list(pool.map(run_one, batch))
+    return lambda batch: [f.result() for f in [metrics.submit(pool, run_one, m) for m in batch]]
+
+
+class Staged(Generic[M]):
+    """A batch processor in two steps, so the worker can start a batch before the previous one is done.
+
+    `start` must only read (S3 gets, decoding): a started batch may be dropped and read again.
+    """
+
+    def start(self, batch: Sequence[M]) -> Any:
+        raise NotImplementedError
+
+    def complete(self, started: Any) -> list[Result]:
+        raise NotImplementedError
+
+    def __call__(self, batch: Sequence[M]) -> list[Result]:
+        return self.complete(self.start(batch))
+
+
+@dataclass
+class _Polled(Generic[M]):
+    raw: list[ConsumerRecord]
+    decoded: list[M | Poison]
+    good: list[M]
+    started: Any  # what Staged.start gave for `good` (or the error it raised)
 
 
 @dataclass
@@ -72,46 +103,83 @@ class StreamWorker(Generic[M]):
     on_idle: Callable[[], None] | None = None
     max_batch: int = 32
     backoff_max: float = 5.0
+    # Poll the next batch and start it (a Staged process) before the current one's model runs.
+    prefetch: bool = True
     _backoff: float = field(default=0.0, init=False)
 
     def run(self, stop: threading.Event) -> None:
         consumer = self._open()
         producer = self.bus.producer()
         log.info("worker started", extra={"stage": self.stage, "topic": self.source})
+        ahead: _Polled[M] | None = None
         try:
-            while not stop.is_set():
-                polled = consumer.poll(timeout_ms=500, max_records=self.max_batch)
-                batch = [m for part in polled.values() for m in part]
-                if not batch:
-                    if self.on_idle:
-                        self.on_idle()
-                    continue
-                with metrics.BATCH_SECONDS.labels(self.stage).time():
-                    retry = self._handle(consumer, producer, batch)
-                if retry:
-                    self._wait_before_retry(stop)
-                else:
-                    self._backoff = 0.0
+            with metrics.stage(self.stage):
+                while not stop.is_set():
+                    current, ahead = ahead or self._poll(consumer, timeout_ms=500), None
+                    if current is None:
+                        if self.on_idle:
+                            self.on_idle()
+                        continue
+                    if self.prefetch and isinstance(self.process, Staged):
+                        # Only what is already fetched (timeout 0): an idle topic must not delay this batch.
+                        ahead = self._poll(consumer, timeout_ms=0)
+                    with metrics.BATCH_SECONDS.labels(self.stage).time():
+                        retry = self._handle(consumer, producer, current)
+                    if retry and ahead is not None:
+                        self._rewind(consumer, ahead, retry)
+                        ahead = None
+                    if retry:
+                        self._wait_before_retry(stop)
+                    else:
+                        self._backoff = 0.0
         finally:
+            # A prefetched batch was never committed: whoever owns its partitions next reads it again.
             producer.close(timeout=10)
             consumer.close(autocommit=False)
             log.info("worker stopped", extra={"stage": self.stage})
+
+    def _poll(self, consumer: KafkaConsumer, timeout_ms: int) -> _Polled[M] | None:
+        polled = consumer.poll(timeout_ms=timeout_ms, max_records=self.max_batch)
+        batch = [m for part in polled.values() for m in part]
+        if not batch:
+            return None
+        decoded: list[M | Poison] = []
+        with metrics.timed("kafka"):
+            for raw in batch:
+                try:
+                    decoded.append(decode(raw.value, raw.headers, self.message_type))
+                except Poison as poison:
+                    decoded.append(poison)
+        good = [m for m in decoded if not isinstance(m, Poison)]
+        started: Any = good
+        if good and isinstance(self.process, Staged):
+            try:
+                started = self.process.start(good)
+            except Exception as error:  # noqa: BLE001 - applies to each message, sorted in _process
+                started = error
+        return _Polled(batch, decoded, good, started)
+
+    def _rewind(self, consumer: KafkaConsumer, ahead: _Polled[M], retry: dict[TopicPartition, int]) -> None:
+        """Drop a prefetched batch: its partitions go back to its first offsets (a retried one stays at
+        its retry offset, which is earlier), so nothing is skipped and each partition stays in order."""
+        first: dict[TopicPartition, int] = {}
+        for raw in ahead.raw:
+            tp = TopicPartition(raw.topic, raw.partition)
+            first[tp] = min(first.get(tp, raw.offset), raw.offset)
+        for tp, offset in first.items():
+            if tp not in retry:
+                with contextlib.suppress(KafkaError, AssertionError, ValueError):
+                    consumer.seek(tp, offset)
 
     def _open(self) -> KafkaConsumer:
         if self.replica:
             return self.bus.reader([self.source], self.start_offsets)
         return self.bus.group_consumer(self.bus.topics.name(self.stage), [self.source], self.max_batch)
 
-    def _handle(self, consumer: KafkaConsumer, producer, batch: list[ConsumerRecord]) -> bool:
-        """Process one polled batch; returns True when part of it must be retried."""
-        decoded: list[M | Poison] = []
-        for raw in batch:
-            try:
-                decoded.append(decode(raw.value, raw.headers, self.message_type))
-            except Poison as poison:
-                decoded.append(poison)
-        good = [m for m in decoded if not isinstance(m, Poison)]
-        results = iter(self._process(good))
+    def _handle(self, consumer: KafkaConsumer, producer, polled: _Polled[M]) -> dict[TopicPartition, int]:
+        """Process one polled batch; returns the partitions to retry, at the offset to read again."""
+        batch, decoded = polled.raw, polled.decoded
+        results = iter(self._process(polled))
 
         emits: list[Emit] = []
         done: dict[TopicPartition, int] = {}  # next offset to commit
@@ -128,7 +196,8 @@ class StreamWorker(Generic[M]):
             done[tp] = raw.offset + 1
 
         try:
-            send_all(producer, emits)
+            with metrics.timed("kafka"):
+                send_all(producer, emits)
         except KafkaError as error:
             log.warning("producing outputs failed; retrying the batch", extra={"error": str(error)})
             retry_at = {TopicPartition(r.topic, r.partition): r.offset for r in reversed(batch)}
@@ -140,13 +209,19 @@ class StreamWorker(Generic[M]):
             # A partition revoked meanwhile is skipped: its new owner starts from the committed offset.
             with contextlib.suppress(KafkaError, AssertionError, ValueError):
                 consumer.seek(tp, offset)
-        return bool(retry_at)
+        return retry_at
 
-    def _process(self, messages: list[M]) -> list[Result]:
+    def _process(self, polled: _Polled[M]) -> list[Result]:
+        messages = polled.good
         if not messages:
             return []
         try:
-            results = self.process(messages)
+            if isinstance(polled.started, Exception):
+                raise polled.started
+            if isinstance(self.process, Staged):
+                results = self.process.complete(polled.started)
+            else:
+                results = self.process(messages)
         except Exception as error:  # noqa: BLE001 - a whole-batch failure applies to each message
             results = [error] * len(messages)
         if len(results) != len(messages):
@@ -190,7 +265,8 @@ class StreamWorker(Generic[M]):
     def _mark_durable(self, consumer: KafkaConsumer, done: dict[TopicPartition, int]) -> None:
         if not self.replica:
             try:
-                consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in done.items()})
+                with metrics.timed("kafka"):
+                    consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in done.items()})
             except KafkaError as error:
                 # Rebalanced away: the new owner redoes these messages, whose effects are idempotent.
                 log.warning("commit failed", extra={"stage": self.stage, "error": str(error)})
@@ -207,27 +283,100 @@ def in_batches(
     prepare: Callable[[M], P],
     run: Callable[[list[P]], Sequence[R]],
     finish: Callable[[M, R], list[Emit]],
-) -> Process[M]:
-    """A batch processor for model stages: prepare each message, one `run` for all, finish each.
+    *,
+    concurrency: int = 1,
+    pixels: Callable[[M], int] | None = None,
+    pixel_budget: int = 0,
+) -> InBatches[M, P, R]:
+    """A batch processor for model stages: prepare each message, one `run` per sub-batch, finish each.
 
     A message whose prepare or finish fails fails alone; a failing `run` (Triton down) fails the batch.
+    `concurrency` messages are prepared/finished at once; with `pixels` (a message's decoded size, from
+    its metadata) and `pixel_budget`, `run` gets sub-batches of at most that many pixels.
     """
+    return InBatches(prepare, run, finish, concurrency, pixels, pixel_budget)
 
-    def process(batch: Sequence[M]) -> list[Result]:
+
+@dataclass
+class _Started(Generic[M]):
+    batch: Sequence[M]
+    chunks: list[range]
+    first: list[Future]  # the first chunk's prepares, submitted by start
+
+
+class InBatches(Staged[M], Generic[M, P, R]):
+    """See `in_batches`. Decoded pixels alive at once: the chunk being run and finished, the next chunk
+    being prepared, and (worker prefetch) the next batch's first chunk: three budgets at most."""
+
+    def __init__(
+        self,
+        prepare: Callable[[M], P],
+        run: Callable[[list[P]], Sequence[R]],
+        finish: Callable[[M, R], list[Emit]],
+        concurrency: int = 1,
+        pixels: Callable[[M], int] | None = None,
+        pixel_budget: int = 0,
+    ) -> None:
+        self.prepare, self.run, self.finish = prepare, run, finish
+        self.pixels, self.pixel_budget = pixels, pixel_budget
+        # One thread runs everything in order; more run each message's step concurrently.
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="stage")
+
+    def chunks(self, batch: Sequence[M]) -> list[range]:
+        if self.pixels is None or self.pixel_budget < 1:
+            return [range(len(batch))]
+        return split_by_pixels([_safe_size(self.pixels, m) for m in batch], self.pixel_budget)
+
+    def start(self, batch: Sequence[M]) -> _Started[M]:
+        chunks = self.chunks(batch)
+        return _Started(batch, chunks, self._prepare_all(batch, chunks[0]) if chunks else [])
+
+    def complete(self, started: _Started[M]) -> list[Result]:
+        batch = started.batch
         results: list[Result | None] = [None] * len(batch)
-        prepared: list[tuple[int, P]] = []
-        for i, message in enumerate(batch):
-            try:
-                prepared.append((i, prepare(message)))
-            except Exception as error:  # noqa: BLE001 - sorted by the worker
-                results[i] = error
-        if prepared:
-            outputs = run([p for _, p in prepared])
-            for (i, _), output in zip(prepared, outputs, strict=True):
-                try:
-                    results[i] = finish(batch[i], output)
-                except Exception as error:  # noqa: BLE001 - sorted by the worker
-                    results[i] = error
+        pending = started.first
+        for k, chunk in enumerate(started.chunks):
+            prepared: list[tuple[int, P]] = []
+            for i, future in zip(chunk, pending, strict=True):
+                outcome = future.result()
+                if isinstance(outcome, _Error):
+                    results[i] = outcome.error
+                else:
+                    prepared.append((i, outcome))
+            # The next chunk's reads and decoding overlap this chunk's model call and finishing.
+            pending = self._prepare_all(batch, started.chunks[k + 1]) if k + 1 < len(started.chunks) else []
+            if not prepared:
+                continue
+            outputs = self.run([p for _, p in prepared])
+            finishing = [
+                (i, metrics.submit(self.pool, _guarded, self.finish, batch[i], output))
+                for (i, _), output in zip(prepared, outputs, strict=True)
+            ]
+            for i, future in finishing:
+                outcome = future.result()
+                results[i] = outcome.error if isinstance(outcome, _Error) else outcome
         return [r if r is not None else RuntimeError("no result") for r in results]
 
-    return process
+    def _prepare_all(self, batch: Sequence[M], chunk: range) -> list[Future]:
+        return [metrics.submit(self.pool, _guarded, self.prepare, batch[i]) for i in chunk]
+
+
+@dataclass(frozen=True)
+class _Error:
+    """An exception a step raised, told apart from a step that returns an exception as its value."""
+
+    error: Exception
+
+
+def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except Exception as error:  # noqa: BLE001 - sorted by the worker
+        return _Error(error)
+
+
+def _safe_size(pixels: Callable[[M], int], message: M) -> int:
+    try:
+        return int(pixels(message))
+    except Exception:  # noqa: BLE001 - a size is only a hint: an unknown one counts as 0
+        return 0
