@@ -5,7 +5,7 @@ from __future__ import annotations
 from taxonstream.checksummer.servicer import ChecksummerServicer
 from taxonstream.checksummer.worker import STAGE, ChecksummerSettings, ChecksumWorker, ReplicaObserver
 from taxonstream.core.server import Service, connect, registrar, run
-from taxonstream.core.worker import StreamWorker, each
+from taxonstream.core.worker import StreamWorker
 from taxonstream.v1 import checksummer_pb2, checksummer_pb2_grpc
 from taxonstream.v1.messages_pb2 import FetchedImage
 
@@ -20,9 +20,10 @@ def build(settings: ChecksummerSettings) -> Service:
         bus=bus,
         source=bus.topics.fetched,
         message_type=FetchedImage,
-        process=each(work.handle),  # one at a time: claims must not race
+        process=work.process,  # reads and hashes concurrently, then claims in order (they must not race)
         on_idle=work.snapshot,
         max_batch=settings.max_batch,
+        prefetch=settings.prefetch_next_batch,
     )
     servicer = ChecksummerServicer(store, work.registry, work.lock)
     return Service(

@@ -16,17 +16,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Literal
 
 from google.protobuf.message import DecodeError
 from kafka import TopicPartition
 from pydantic import Field
 
+from taxonstream.core import metrics
 from taxonstream.core.bus import Bus, Emit, decode
 from taxonstream.core.errors import Failed, Poison, Transient
+from taxonstream.core.keys import REGISTRY_ENTRIES_PREFIX, registry_key
 from taxonstream.core.outcomes import outcome
 from taxonstream.core.settings import SERVICE_PORTS, CoreSettings
+from taxonstream.core.staging import StagedStore
 from taxonstream.core.store import ObjectStore
+from taxonstream.core.worker import in_batches
 from taxonstream.integrity.buddycheck import ExpectedChecksumError, describe, expected_checksums, verify
 from taxonstream.integrity.checksums import digest_bytes, parse_algorithms
 from taxonstream.integrity.jobs import (
@@ -34,7 +39,7 @@ from taxonstream.integrity.jobs import (
     row_key,
 )
 from taxonstream.integrity.phash import from_hex, phash_bytes, to_hex
-from taxonstream.integrity.registry import DuplicateRegistry
+from taxonstream.integrity.registry import Claim, DuplicateRegistry
 from taxonstream.v1.messages_pb2 import FetchedImage, NearImage, Outcome, VerifiedImage
 
 log = logging.getLogger(__name__)
@@ -65,14 +70,31 @@ def phash_or_none(data: bytes) -> int | None:
         return None  # the fetcher decoded it, so this is rare: the image is still exact-deduplicated
 
 
+@dataclass(frozen=True)
+class Checked:
+    """One original read and hashed, before its claim."""
+
+    fetched: FetchedImage
+    digests: dict[str, str]
+    phash: int | None
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class Claimed:
+    checked: Checked
+    claim: Claim
+
+
 class ChecksumWorker:
     def __init__(self, settings: ChecksummerSettings, bus: Bus, store: ObjectStore) -> None:
         self.bus = bus
-        self.store = store
+        # Claims and rows staged per batch (core/staging.py): ~5 S3 round trips a record become a few a batch.
+        self.store = StagedStore(store)
         names = {n.strip() for n in settings.checksum_algorithms.split(",") if n.strip()} | {"sha256"}
         self.algorithms = parse_algorithms(sorted(names))
         self.registry = DuplicateRegistry(
-            store,
+            self.store,
             settings.near_max_distance,
             settings.near_policy,
             snapshot_keep=settings.registry_snapshot_keep,
@@ -87,25 +109,58 @@ class ChecksumWorker:
         self.replayed = threading.Event()
         self.replayed.set()
         self.replay_wait = settings.registry_replay_wait_seconds
+        # Reads and hashing run concurrently; claims run in order in one call for the batch.
+        self.process = in_batches(self.prepare, self.claim_all, self.finish, concurrency=settings.stage_concurrency)
 
     def handle(self, fetched: FetchedImage) -> list[Emit]:
-        if not self.replayed.wait(self.replay_wait):
-            raise Transient("the duplicate registry is still replaying `verified` since its snapshot")
-        record = fetched.record
+        """One message through the batch path (tests, a one-off): its emits, or its error raised."""
+        (result,) = self.process([fetched])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def prepare(self, fetched: FetchedImage) -> Checked:
+        """Read, hash and pHash one original (messages of a batch do this concurrently)."""
         try:
             data = self.store.get(fetched.object_key)
         except KeyError:
             raise Failed("missing_object", f"original {fetched.object_key} is not in the store") from None
-        digests = digest_bytes(data, self.algorithms)
+        with metrics.timed("hash"):
+            digests = digest_bytes(data, self.algorithms)
         if digests["sha256"] != fetched.sha256:
             raise Failed("checksum_mismatch", f"stored bytes hash to {digests['sha256']}, expected {fetched.sha256}")
         try:
-            mismatches = verify(data, expected_checksums(record.metadata), known=digests)
+            with metrics.timed("hash"):
+                mismatches = verify(data, expected_checksums(fetched.record.metadata), known=digests)
         except ExpectedChecksumError as error:
             raise Failed("bad_expected_checksum", str(error)) from None
         if mismatches:
             raise Failed("checksum_mismatch", describe(mismatches))
-        phash = phash_or_none(data)
+        with metrics.timed("decode"):  # a JPEG is decoded at >= 256 px (libjpeg scaling): phash.py
+            phash = phash_or_none(data)
+        return Checked(fetched, digests, phash, len(data))
+
+    def claim_all(self, checked: list[Checked]) -> list[Claimed | Exception]:
+        """Claims in message order (each sees the ones before it), their S3 reads and writes batched: the
+        registry entries read in parallel first, every write of the batch stored in parallel at the end,
+        registry entries after the provenance, links and rows they stand for. Nothing is produced (and
+        no offset committed) before those writes are stored; a failed write retries the whole batch."""
+        if not self.replayed.wait(self.replay_wait):
+            raise Transient("the duplicate registry is still replaying `verified` since its snapshot")
+        results: list[Claimed | Exception] = []
+        with self.store.staged(last=lambda key: key.startswith(REGISTRY_ENTRIES_PREFIX)):
+            self.store.prefetch(registry_key(c.fetched.sha256) for c in checked)
+            with self.lock:  # in memory from here on: the lock is held for microseconds, not round trips
+                for c in checked:
+                    try:
+                        results.append(self._claim(c))
+                    except Exception as error:  # noqa: BLE001 - this message fails alone, sorted by the worker
+                        results.append(error)
+        return results
+
+    def _claim(self, checked: Checked) -> Claimed:
+        fetched, digests, phash = checked.fetched, checked.digests, checked.phash
+        record = fetched.record
         source = {
             "record_id": record.record_id,
             "job_id": record.job_id,
@@ -113,13 +168,12 @@ class ChecksumWorker:
             "metadata": dict(record.metadata),
             "sha256": fetched.sha256,  # tells exact copies from near duplicates dropped for the image
         }
-        with self.lock:
-            claim = self.registry.claim(fetched.sha256, phash, source)
+        claim = self.registry.claim(fetched.sha256, phash, source)
         row = manifest_row(
             bucket=self.store.bucket,
             object_key=fetched.object_key,
             sha256=fetched.sha256,
-            size_bytes=len(data),
+            size_bytes=checked.size_bytes,
             record={**source, "row": record.row},
             digests=digests,
             image_id=claim.image_id,
@@ -129,8 +183,17 @@ class ChecksumWorker:
         )
         # Before the outcome is produced (and the offset committed): a redelivery writes the same row again.
         self.store.put_json(row_key(record.job_id, record.record_id), row)
+        return Claimed(checked, claim)
+
+    def finish(self, fetched: FetchedImage, claimed: Claimed | Exception) -> list[Emit]:
+        if isinstance(claimed, Exception):
+            raise claimed
+        claim = claimed.claim
         if claim.duplicate_of is not None:
-            return [outcome(self.bus.topics, record, Outcome.DUPLICATE, stage=STAGE, image_id=claim.duplicate_of)]
+            return [
+                outcome(self.bus.topics, fetched.record, Outcome.DUPLICATE, stage=STAGE, image_id=claim.duplicate_of)
+            ]
+        digests, phash = claimed.checked.digests, claimed.checked.phash
         verified = VerifiedImage(
             image_id=claim.image_id,
             fetched=fetched,

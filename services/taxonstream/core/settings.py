@@ -51,6 +51,14 @@ class CoreSettings(BaseSettings):
     topic_replication: int = Field(default=1, ge=1)
     # Messages taken per poll; the batch's work must stay well under the poll interval.
     max_batch: int = Field(default=32, ge=1)
+    # Messages of a batch prepared/finished at once (their S3 round trips and image work overlap). Most of
+    # a message's time is waiting on S3, so 8 keeps 2 cores busy; a pod with more cores can raise it.
+    stage_concurrency: int = Field(default=8, ge=1)
+    # Poll the next batch and start its S3 reads while the model runs on this one (False: one at a time).
+    prefetch_next_batch: bool = True
+    # Decoded pixels per model sub-batch: 32 photos of 100 MP would be ~10 GB of RGB; this keeps a
+    # sub-batch near 100 MB, and at most three of them are in memory at once (running, next, prefetched).
+    batch_pixel_budget: int = Field(default=32_000_000, ge=1)
 
     s3_endpoint: str = "127.0.0.1:27480"
     s3_access_key: str = ""
@@ -58,6 +66,8 @@ class CoreSettings(BaseSettings):
     s3_secure: bool = False
     s3_region: str = "us-east-1"
     s3_bucket: str = "taxonstream"
+    # Parallel S3 requests of one get_many/put_many (and HTTP connections kept): round trips, not CPU.
+    s3_concurrency: int = Field(default=16, ge=1)
 
     triton_url: str = "127.0.0.1:28001"
     detector_addr: str = loopback_address("detector")
