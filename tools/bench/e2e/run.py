@@ -71,6 +71,7 @@ def run_script(plan: images.Plan, threads: int) -> dict:
         "seconds": round(result.seconds, 3),
         "records_per_s": round(result.records / result.seconds, 2),
         "busy_s_per_good_record": {p: round(result.busy[p] / good, 5) for p in PARTS},
+        "cpu_ms_per_good_record_by_part": {p: round(result.cpu[p] * 1e3 / good, 2) for p in PARTS},
         "cpu_ms_per_record": {"script": round(cpu_s * 1e3 / result.records, 2)},
         "load_before": before,
         "load_after": after,
@@ -126,7 +127,9 @@ def print_report(report: dict) -> None:
         print(f"ratio pipeline / script: {report['ratio']:.2f}   counts agree: {report['counts_agree']}")
     if "script" in sides:
         busy = sides["script"]["busy_s_per_good_record"]
-        print("\nscript busy s / good record (summed over threads): " + "  ".join(f"{p} {busy[p]:.4f}" for p in PARTS))
+        used = sides["script"]["cpu_ms_per_good_record_by_part"]
+        print("\nscript per good record, summed over its threads: busy s | CPU ms")
+        print("  ".join(f"{p} {busy[p]:.4f} | {used[p]:.1f}" for p in PARTS))
     if "pipeline" in sides:
         columns = list(pipeline.STAGE_METRICS)
         print("\npipeline busy s / good record, from /metrics")
