@@ -62,10 +62,10 @@ class ThrottlingProvider(http.server.BaseHTTPRequestHandler):
         self.provider_log = log
         super().__init__(*args, **kwargs)
 
-    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
         pass
 
-    def do_GET(self):  # noqa: N802 - the base class's name
+    def do_GET(self) -> None:  # noqa: N802 - the base class's name
         arrived = time.monotonic()
         path = urlsplit(self.path).path
         kind, _, name = path.strip("/").partition("/")
