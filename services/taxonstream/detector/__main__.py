@@ -19,8 +19,16 @@ def build(settings: DetectorSettings) -> Service:
         bus=bus,
         source=bus.topics.verified,
         message_type=VerifiedImage,
-        process=in_batches(work.prepare, work.run, work.finish),
+        process=in_batches(
+            work.prepare,
+            work.run,
+            work.finish,
+            concurrency=settings.stage_concurrency,
+            pixels=work.pixels,
+            pixel_budget=settings.batch_pixel_budget,
+        ),
         max_batch=settings.max_batch,
+        prefetch=settings.prefetch_next_batch,
     )
     servicer = DetectorServicer(settings, detector)
 

@@ -19,16 +19,27 @@ def build(settings: EmbedderSettings) -> Service:
         bus=bus,
         source=bus.topics.cropped,
         message_type=Crop,
-        process=in_batches(work.prepare, work.run, work.finish),
+        process=in_batches(
+            work.prepare,
+            work.run,
+            work.finish,
+            concurrency=settings.stage_concurrency,
+            pixels=work.crop_pixels,
+            pixel_budget=settings.batch_pixel_budget,
+        ),
         max_batch=settings.max_batch,
+        prefetch=settings.prefetch_next_batch,
     )
     backfill = StreamWorker(
         stage=REEMBED_STAGE,
         bus=bus,
         source=bus.topics.reembed,
         message_type=ReembedImage,
-        process=in_batches(work.prepare_backfill, work.run_backfill, work.finish_backfill),
+        process=in_batches(
+            work.prepare_backfill, work.run_backfill, work.finish_backfill, concurrency=settings.stage_concurrency
+        ),
         max_batch=settings.max_batch,
+        prefetch=settings.prefetch_next_batch,
     )
     return Service(
         name=STAGE,

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tritonclient.utils import InferenceServerException
 
+from taxonstream.core import metrics
 from taxonstream.core.bus import Bus, Emit
 from taxonstream.core.errors import Failed
 from taxonstream.core.settings import SERVICE_PORTS, CoreSettings
@@ -157,9 +158,18 @@ class EmbedWorker:
 
     def pixels(self, crop_key: str) -> np.ndarray:
         try:
-            return pixel_values(self.store.get(crop_key))
+            data = self.store.get(crop_key)
         except KeyError:
             raise Failed("missing_object", f"crop {crop_key} is not in the store") from None
+        # Full decode on purpose: BioCLIP parity needs pybioclip's resize of the crop's own pixels, which a
+        # reduced-scale JPEG decode would change; the crop is at most 1024 px on its shorter side anyway.
+        with metrics.timed("decode"):
+            return pixel_values(data)
+
+    @staticmethod
+    def crop_pixels(crop: Crop) -> int:
+        """The crop's decoded size at most (its box in the original; stored crops are never larger)."""
+        return max(0, crop.box.right - crop.box.left) * max(0, crop.box.bottom - crop.box.top)
 
     def prepare(self, crop: Crop) -> np.ndarray:
         return self.pixels(crop.crop_key)
