@@ -9,6 +9,7 @@ from functools import cached_property
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from taxonstream.core import metrics
 from taxonstream.core.bus import Bus, Emit
 from taxonstream.core.errors import Failed
 from taxonstream.core.settings import SERVICE_PORTS, CoreSettings
@@ -50,7 +51,16 @@ def shorter_side(image: Image.Image, side: int) -> Image.Image:
     if scale >= 1.0:
         return image
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return image.resize(size, Image.Resampling.LANCZOS)
+    # reducing_gap: a box-filter `reduce` first, Lanczos over the last factor of 3 (Pillow's documented
+    # "indistinguishable from fair resampling"): a 3000x2000 photo to 256 px is several times cheaper.
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def reduced_for(image: Image.Image, size: int) -> Image.Image:
+    """`image` box-reduced by whole factors while it stays at least 2x `size` on each side: the detector's
+    squash to `size` then filters a small image, not a full-size photo widened to float per channel."""
+    factors = (max(1, image.width // (2 * size)), max(1, image.height // (2 * size)))
+    return image if factors == (1, 1) else image.reduce(factors)
 
 
 def open_image(data: bytes, min_side: int) -> Image.Image:
@@ -83,7 +93,9 @@ class Detector:
 
     def infer(self, images: list[Image.Image]) -> list[tuple[np.ndarray, float]]:
         """Best (cx, cy, w, h) box and score per image."""
-        pixels = np.stack([detector_pixels(image, self.input_size)[0] for image in images])
+        with metrics.timed("decode"):
+            size = self.input_size
+            pixels = np.stack([detector_pixels(reduced_for(image, size), size)[0] for image in images])
         out = self.model.infer({"images": pixels}, ["boxes", "scores"])
         best = out["scores"].argmax(axis=1)
         return [(out["boxes"][i, b], float(out["scores"][i, b])) for i, b in enumerate(best)]
@@ -114,7 +126,13 @@ class DetectWorker:
             data = self.store.get(verified.fetched.object_key)
         except KeyError:
             raise Failed("missing_object", f"original {verified.fetched.object_key} is not in the store") from None
-        return open_image(data, self.settings.detector_min_side)
+        with metrics.timed("decode"):
+            return open_image(data, self.settings.detector_min_side)
+
+    @staticmethod
+    def pixels(verified: VerifiedImage) -> int:
+        """The decoded size of a message's original, from what the fetcher measured (for the pixel budget)."""
+        return verified.fetched.width * verified.fetched.height
 
     def store_derivatives(self, verified: VerifiedImage, image: Image.Image, detection: Detection) -> str:
         """Crop, 256-px derivatives of original and crop, and the lineage record; returns the crop's key."""
