@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import logging
 
+from taxonstream.core import metrics
 from taxonstream.core.bus import Bus, Emit
 from taxonstream.core.errors import Failed
-from taxonstream.core.store import ObjectStore, original_key
+from taxonstream.core.store import ObjectStore, original_key, raise_first
 from taxonstream.core.worker import StreamWorker, each
 from taxonstream.fetcher.jobs import JobTable
 from taxonstream.fetching.download import Downloader
@@ -48,10 +49,20 @@ class FetchWorker:
             self.hosts.obey_robots(record.url)
         data, attempts = self.hosts.download(record.url)
         info = inspect_image(data, self.settings.fetch_max_pixels)
-        sha256 = hashlib.sha256(data).hexdigest()
-        key, _ = self.store.put_original(data, sha256, info.mime)
+        with metrics.timed("hash"):
+            sha256 = hashlib.sha256(data).hexdigest()
         seen = {"sha256": sha256, "size": len(data), "mime": info.mime, "width": info.width, "height": info.height}
-        self.store.put_json(url_key(record.url), seen)
+        # The original and what the URL gave, side by side: `_already_stored` trusts the URL's entry only
+        # when the original exists too, so their order does not matter.
+        stored = self.store.map(
+            lambda put: put(),
+            [
+                lambda: self.store.put_original(data, sha256, info.mime),
+                lambda: self.store.put_json(url_key(record.url), seen),
+            ],
+        )
+        raise_first(stored)
+        key = original_key(sha256)
         fetched = FetchedImage(
             record=record,
             sha256=sha256,
