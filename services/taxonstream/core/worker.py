@@ -9,7 +9,9 @@ Waits overlap: `in_batches` prepares and finishes a batch's messages concurrentl
 splits the model's work by decoded pixels, and, with `prefetch`, the next batch is polled and its prepare
 (S3 reads, decoding) started before the current batch's model runs. A prefetched batch is only read
 ahead: its offsets are committed after its own outputs, and when the current batch must be retried it is
-dropped and its partitions rewound, so a partition is still processed and committed in order.
+dropped and its partitions rewound, so a partition is still processed and committed in order. A rebalance
+during the read-ahead poll can make the current batch's commit fail: its messages are redone by their
+next owner, which the idempotent effects allow (as for any commit lost to a rebalance).
 """
 
 from __future__ import annotations
