@@ -1,7 +1,8 @@
 """How commands reach the running services: addresses, channels, S3, and the index-query flags they share.
 
-Addresses: `TAXONSTREAM_<SERVICE>_ADDR`, else the local stack's port on loopback. S3: `TAXONSTREAM_S3_*`,
-else the keys the local stack wrote to .stack/s3.env.
+Addresses: `TAXONSTREAM_<SERVICE>_ADDR`, else the local stack's port on loopback. Credentials: `--token` or
+TAXONSTREAM_TOKEN, TLS with TAXONSTREAM_TLS_CA. S3: `TAXONSTREAM_S3_*`, else the keys the local stack wrote to
+.stack/s3.env.
 """
 
 from __future__ import annotations
@@ -22,9 +23,28 @@ def address(service: str) -> str:
     return os.environ.get(f"TAXONSTREAM_{service.upper()}_ADDR", loopback_address(service))
 
 
+def token() -> str:
+    """The bearer token the services were started with: `--token`, else TAXONSTREAM_TOKEN, else none."""
+    return os.environ.get("TAXONSTREAM_TOKEN", "")
+
+
+def use_token(value: str) -> None:
+    """`--token`: for this command's calls (and the commands it starts), as if TAXONSTREAM_TOKEN were set."""
+    os.environ["TAXONSTREAM_TOKEN"] = value
+
+
 def channel(service: str) -> grpc.Channel:
+    """A channel to a service with the deployment's credentials: the token, and TLS verified against
+    TAXONSTREAM_TLS_CA when set."""
+    from taxonstream.core.channels import CredentialsError, open_channel
+
     options = [("grpc.max_receive_message_length", MESSAGE_BYTES), ("grpc.max_send_message_length", MESSAGE_BYTES)]
-    return grpc.insecure_channel(address(service), options=options)
+    try:
+        return open_channel(
+            address(service), token=token(), ca_file=os.environ.get("TAXONSTREAM_TLS_CA", ""), options=options
+        )
+    except CredentialsError as error:
+        raise InputError(str(error)) from None
 
 
 def object_store(bucket: str | None = None):

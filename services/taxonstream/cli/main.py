@@ -32,6 +32,11 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="taxonstream", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    top.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="bearer token for calls that change state (default: TAXONSTREAM_TOKEN); TLS: TAXONSTREAM_TLS_CA",
+    )
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser(
@@ -62,7 +67,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from taxonstream.cli.pipeline_cmds import jobs_shorthand
 
-    args = parser().parse_args(jobs_shorthand(argv))
+    # `--token T jobs JOB` is still the shorthand: the global flag comes before the command.
+    lead = 2 if argv[:1] == ["--token"] else 1 if argv[:1] and argv[0].startswith("--token=") else 0
+    args = parser().parse_args([*argv[:lead], *jobs_shorthand(argv[lead:])])
+    if args.token is not None:
+        from taxonstream.cli.clients import use_token
+
+        use_token(args.token)
     try:
         return args.run(args)
     except (InputError, TimeoutError) as error:

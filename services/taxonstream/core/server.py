@@ -7,6 +7,7 @@ committed), in-flight RPCs get `drain_seconds`, and the process exits 0.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import signal
 import sys
@@ -23,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from taxonstream.core import logs, metrics
 from taxonstream.core.bus import Bus
+from taxonstream.core.channels import AUTH_METADATA, CredentialsError, bearer, exposure_refusal, server_credentials
 from taxonstream.core.errors import FailedPrecondition, InvalidArgument, NotFound, Transient
 from taxonstream.core.settings import CoreSettings
 from taxonstream.core.store import ObjectStore
@@ -159,6 +161,76 @@ class CallInterceptor(grpc.ServerInterceptor):
         return handler
 
 
+# The one table of RPCs that change state (submit, cancel, retry, delete, re-embed, serve, retire, and a
+# manifest written to S3): with a token configured, none of them runs without it. Reads need it only under
+# `auth_reads`; health never does (the kubelet's probes carry no token).
+STATE_CHANGING: frozenset[str] = frozenset(
+    f"/taxonstream.v1.{service}/{method}"
+    for service, methods in {
+        "Fetcher": ("SubmitJob", "CancelJob", "RetryJob"),
+        "Indexer": ("Delete", "Reembed", "Serve", "Retire"),
+        "Checksummer": ("JobManifest",),
+    }.items()
+    for method in methods
+)
+ALWAYS_OPEN: frozenset[str] = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
+
+
+def needs_token(method: str, reads_too: bool) -> bool:
+    if method in ALWAYS_OPEN:
+        return False
+    return reads_too or method in STATE_CHANGING
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Refuses, with UNAUTHENTICATED and before the handler runs, a call that needs the token and lacks it."""
+
+    def __init__(self, token: str, reads_too: bool = False) -> None:
+        self.expected = bearer(token).encode() if token else None
+        self.reads_too = reads_too
+
+    def intercept_service(self, continuation, handler_call_details):
+        if self.expected is None or not needs_token(handler_call_details.method, self.reads_too):
+            return continuation(handler_call_details)
+        sent = dict(handler_call_details.invocation_metadata or ()).get(AUTH_METADATA)
+        if isinstance(sent, str) and hmac.compare_digest(sent.encode(), self.expected):
+            return continuation(handler_call_details)
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        return _refusal(handler, handler_call_details.method, "no token" if sent is None else "a wrong token")
+
+
+def _refusal(handler: grpc.RpcMethodHandler, method: str, what: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind that ends the call at once (a request stream is never read)."""
+
+    def refuse(request, context):
+        log.warning("refused a call", extra={"method": method, "reason": what, "peer": context.peer()})
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{method} needs the deployment's token; the call had {what}")
+
+    io = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(refuse, **io)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(refuse, **io)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(refuse, **io)
+    return grpc.stream_stream_rpc_method_handler(refuse, **io)
+
+
+def interceptors(settings: CoreSettings) -> list[grpc.ServerInterceptor]:
+    """Errors mapped and calls timed (a refusal too, as UNAUTHENTICATED), then the token checked."""
+    return [CallInterceptor(), AuthInterceptor(settings.token.get_secret_value(), settings.auth_reads)]
+
+
+def listen(server: grpc.Server, settings: CoreSettings, credentials: grpc.ServerCredentials | None) -> tuple[str, int]:
+    """Binds the server's port, TLS with `credentials`; (address, port bound, 0 on failure)."""
+    address = f"{settings.bind_host}:{settings.grpc_port}"
+    if credentials is None:
+        return address, server.add_insecure_port(address)
+    return address, server.add_secure_port(address, credentials)
+
+
 def registrar(module, service: str, add: Callable[[object, grpc.Server], None], servicer: object):
     """`Service.register` for one generated servicer: adds it and names it for health and reflection."""
 
@@ -187,20 +259,27 @@ def run(name: str, settings_type: type[S], build: Callable[[S], Service]) -> Non
     """Entry point of `python -m taxonstream.<service>`."""
     settings = settings_type()
     logs.configure(name, settings.log_level)
+    # Refused before `build`, which can take minutes (the checksummer loads its registry).
+    if (refusal := exposure_refusal(settings)) is not None:
+        sys.exit(f"{name}: {refusal}")
+    try:
+        credentials = server_credentials(settings)
+    except CredentialsError as error:
+        sys.exit(f"{name}: {error}")
     service = build(settings)
     metrics.serve(settings.bind_host, settings.metrics_port)
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="grpc"),
-        interceptors=[CallInterceptor()],
+        interceptors=interceptors(settings),
         options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
     )
     names = list(service.register(server))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    address = f"{settings.bind_host}:{settings.grpc_port}"
-    if server.add_insecure_port(address) == 0:
+    address, bound = listen(server, settings, credentials)
+    if bound == 0:
         sys.exit(f"{name}: cannot listen on {address}")
     server.start()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,6 +27,10 @@ SERVICE_PORTS: dict[str, Ports] = {
     "embedder": Ports(24064, 9164),
     "indexer": Ports(24065, 9165),
 }
+
+
+# The explorer portal (HTTP, not gRPC): pages, its JSON, /healthz and /metrics all on this one port.
+PORTAL_HTTP_PORT = 24080
 
 
 def loopback_address(service: str) -> str:
@@ -72,3 +76,17 @@ class CoreSettings(BaseSettings):
     triton_url: str = "127.0.0.1:28001"
     detector_addr: str = loopback_address("detector")
     embedder_addr: str = loopback_address("embedder")
+
+    # Who may call (core/server.py AuthInterceptor): the bearer token every state-changing RPC must carry, and
+    # the one this service sends on its own calls; empty = no check, allowed only on a loopback bind (or with
+    # `insecure`).
+    token: SecretStr = SecretStr("")
+    # Require the token for reads too (search, stats, listings); health checks never need it (probes).
+    auth_reads: bool = False
+    # Listen on a non-loopback address without a token: only where something else fences the port.
+    insecure: bool = False
+    # PEM files: this server's certificate and key (TLS on when both are set), and the CA its own calls
+    # to the other services verify them with (TLS on for those calls when set).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""

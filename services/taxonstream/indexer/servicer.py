@@ -11,6 +11,7 @@ import numpy as np
 
 from taxonstream.classify.service import Classifier, ClassifyError, classify_response
 from taxonstream.core.bus import Bus, Emit, send_all
+from taxonstream.core.channels import service_channel
 from taxonstream.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from taxonstream.core.server import Relayed
 from taxonstream.core.store import ObjectStore
@@ -44,8 +45,8 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         self.versions = versions
         self.bus = bus
         self.store = store
-        self.detector = detector_pb2_grpc.DetectorStub(grpc.insecure_channel(settings.detector_addr))
-        self.embedder = embedder_pb2_grpc.EmbedderStub(grpc.insecure_channel(settings.embedder_addr))
+        self.detector = detector_pb2_grpc.DetectorStub(service_channel(settings, settings.detector_addr))
+        self.embedder = embedder_pb2_grpc.EmbedderStub(service_channel(settings, settings.embedder_addr))
         # One classifier per index version, with its label-embedding caches (taxonstream.classify.service).
         self.classifiers: dict[tuple[str, str], Classifier] = {}
 
