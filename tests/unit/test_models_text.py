@@ -92,3 +92,33 @@ def test_text_tower_onnx_matches_torch(tmp_path: Path, tokenizer: ClipTokenizer)
     path = export_onnx(tower, [example], tmp_path / "text.onnx", ["input_ids"], ["embeddings"])
     feeds = {"input_ids": tokenizer(["a photo of Danaus plexippus.", "moth " * 100, "bee", ""])}
     assert max_abs_difference(tower, path, feeds)["embeddings"] < 1e-4
+
+
+OPEN_CLIP_IDS = Path(__file__).parent / "data" / "open_clip_token_ids.json"
+
+
+def test_ids_equal_open_clips_on_its_reference_texts(tokenizer: ClipTokenizer) -> None:
+    # open_clip 3.3.0's SimpleTokenizer ids (how they were made: the fixture's "note"), curly quotes,
+    # ligatures, full-width letters, HTML entities, mojibake and special-token spellings among them.
+    cases = json.loads(OPEN_CLIP_IDS.read_text())["cases"]
+    assert len(cases) >= 30
+    ours = tokenizer([case["text"] for case in cases])
+    differing = [case["text"] for case, row in zip(cases, ours, strict=True) if row.tolist() != case["ids"]]
+    assert differing == []
+
+
+def test_cleaning_is_open_clips(tokenizer: ClipTokenizer) -> None:
+    # ftfy's fixes and HTML unescaping happen before BPE, so these spell the same words.
+    for messy, plain in [
+        ("moth\u2019s wing", "moth's wing"),
+        ("\ufb01nch", "finch"),
+        ("\uff21\uff50\uff49\uff53", "apis"),
+        ("bees &amp;amp; wasps", "bees & wasps"),
+    ]:
+        np.testing.assert_array_equal(tokenizer([messy]), tokenizer([plain]))
+
+
+def test_end_token_spelled_in_a_label_is_text(tokenizer: ClipTokenizer) -> None:
+    ids = tokenizer(["a <|endoftext|> b"])[0]
+    assert int((ids == tokenizer.end_id).sum()) == 1  # only the one open_clip adds at the end
+    assert int(ids.argmax()) == int(np.flatnonzero(ids).max())

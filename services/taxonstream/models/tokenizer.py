@@ -1,6 +1,6 @@
-"""CLIP's BPE tokenizer (open_clip / BioCLIP): 77 token ids per text, through Hugging Face `transformers`.
+"""CLIP's BPE tokenizer (open_clip / BioCLIP): 77 token ids per text, the same ids open_clip 3.x gives.
 
-The tokenizer is transformers' `CLIPTokenizer` (backed by the `tokenizers` library), loaded from a local
+The BPE is the `tokenizers` library's, taken from transformers' `CLIPTokenizer` loaded from a local
 folder; nothing is fetched from a model hub. Its vocabulary is CLIP's `bpe_simple_vocab_16e6.txt.gz`, the
 file open_clip ships inside its PyPI wheel: `ensure_vocab` downloads that one wheel with pip (pinned,
 hash-checked, no dependencies, never installed), takes the file out and writes the `vocab.json` and
@@ -10,16 +10,24 @@ hash-checked, no dependencies, never installed), takes the file out and writes t
 Why not open_clip's own tokenizer: open_clip needs torchvision, which has no CPU build here. Why not a
 hand-written BPE: transformers' is maintained and is what Hugging Face's CLIP checkpoints use.
 
-The ids follow open_clip's layout, which the text tower's pooling relies on: `<|startoftext|>`, the tokens,
-`<|endoftext|>` (id 49407, the largest, where the tower reads the embedding), then zeros up to 77; a text
-longer than that is cut and still ends with `<|endoftext|>`. Normalisation differs from open_clip's only in
-that open_clip also runs `ftfy` (mojibake repair) first; plain text tokenizes identically.
+Text goes through open_clip's own steps (its `SimpleTokenizer`, clean="lower"), not CLIPTokenizer's,
+whose normalisation differs (no ftfy, no HTML unescaping, `<|endoftext|>` in a label read as the special
+token): `ftfy.fix_text` (mojibake, curly quotes, ligatures, full-width letters), `html.unescape` twice,
+whitespace collapsed, lowercase; then open_clip's split into pieces, where the only special tokens are
+open_clip 3.x's own spellings `<start_of_text>` / `<end_of_text>` (ids 49406 / 49407) — `<|endoftext|>`
+typed in a label is text. tests/unit/data/open_clip_token_ids.json holds open_clip 3.3.0's ids for 32
+texts, and tests/unit/test_models_text.py checks ours equal them.
+
+The ids follow open_clip's layout, which the text tower's pooling relies on: start (49406), the tokens,
+end (49407, the largest, where the tower reads the embedding), then zeros up to 77; a text longer than
+that is cut and still ends with the end token.
 """
 
 from __future__ import annotations
 
 import fcntl
 import gzip
+import html
 import json
 import os
 import subprocess
@@ -30,6 +38,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
+import ftfy
 import numpy as np
 
 from .contract import CLIP_CONTEXT_LENGTH, CLIP_VOCAB_SIZE
@@ -39,6 +48,10 @@ OPEN_CLIP_WHEEL_SHA256 = "c549ad5ed6bfc119cc11105033c0a2b9d7a2a4afeb40a58a09aab3
 VOCAB_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
 MERGES = CLIP_VOCAB_SIZE - 256 - 256 - 2  # 48894: the vocabulary is bytes, bytes + "</w>", merges, 2 specials
 START, END = "<|startoftext|>", "<|endoftext|>"
+# open_clip 3.x names its special tokens this way (same ids 49406/49407); in a text only these are special.
+OPEN_CLIP_SPECIALS = ("<start_of_text>", "<end_of_text>")
+# open_clip's split of cleaned text: its specials, English contractions, letter runs, single digits, other runs.
+PIECE_PATTERN = "|".join(OPEN_CLIP_SPECIALS) + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 _MARKER = ".complete"
 
 
@@ -47,7 +60,7 @@ class VocabularyUnavailable(RuntimeError):
 
 
 def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
+    return Path(__file__).resolve().parents[3]  # services/taxonstream/models/tokenizer.py -> the repository
 
 
 def vocab_dir() -> Path:
@@ -131,19 +144,43 @@ def _tokenizer(directory: str):
     return CLIPTokenizer.from_pretrained(directory, model_max_length=1 << 30)
 
 
+def clean(text: str) -> str:
+    """open_clip's "lower" cleaning: ftfy, HTML entities unescaped twice, whitespace collapsed, lowercase."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return " ".join(text.split()).lower()
+
+
 class ClipTokenizer:
-    """texts -> int64 [N, 77] token ids in open_clip's layout."""
+    """texts -> int64 [N, 77] token ids in open_clip's layout, equal to open_clip's SimpleTokenizer."""
 
     def __init__(self, directory: Path | None = None) -> None:
+        from tokenizers import Regex, pre_tokenizers
+
         self.directory = ensure_vocab(directory)
         self.backend = _tokenizer(str(self.directory))
+        self.start_id = int(self.backend.convert_tokens_to_ids(START))
         self.end_id = int(self.backend.convert_tokens_to_ids(END))
+        self._specials = dict(zip(OPEN_CLIP_SPECIALS, (self.start_id, self.end_id), strict=True))
+        self._pieces = pre_tokenizers.Split(Regex(PIECE_PATTERN), behavior="removed", invert=True)
+        self._bytes = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        self._bpe = self.backend.backend_tokenizer.model
+        self._piece_ids = lru_cache(maxsize=65536)(self._encode_piece)  # labels repeat words (genus, "photo")
+
+    def _encode_piece(self, piece: str) -> tuple[int, ...]:
+        if (special := self._specials.get(piece)) is not None:
+            return (special,)
+        ((as_bytes, _),) = self._bytes.pre_tokenize_str(piece)  # UTF-8 bytes as CLIP's byte alphabet
+        return tuple(token.id for token in self._bpe.tokenize(as_bytes))
+
+    def encode(self, text: str) -> list[int]:
+        """The ids of one text, without the start and end tokens."""
+        return [i for piece, _ in self._pieces.pre_tokenize_str(clean(text)) for i in self._piece_ids(piece)]
 
     def __call__(self, texts: Sequence[str], context_length: int = CLIP_CONTEXT_LENGTH) -> np.ndarray:
-        encoded = self.backend(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
         out = np.zeros((len(texts), context_length), dtype=np.int64)
-        for row, ids in enumerate(encoded):
-            if len(ids) > context_length:  # open_clip cuts and keeps <|endoftext|> as the last token
+        for row, text in enumerate(texts):
+            ids = [self.start_id, *self.encode(text), self.end_id]
+            if len(ids) > context_length:  # open_clip cuts and keeps the end token as the last one
                 ids = [*ids[: context_length - 1], self.end_id]
             out[row, : len(ids)] = ids
         return out
