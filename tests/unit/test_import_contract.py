@@ -92,10 +92,10 @@ def test_a_deliberate_violation_breaks_the_contract_that_forbids_it(
 def test_a_new_top_level_package_must_be_placed_in_a_layer(tmp_path: Path):
     # exhaustive = true: a room nobody added to the contract is itself a broken contract.
     source_root = copy_source_tree(tmp_path)
-    (source_root / "taxonstream" / "portal").mkdir()
-    (source_root / "taxonstream" / "portal" / "__init__.py").write_text("")
+    (source_root / "taxonstream" / "unplaced_room").mkdir()
+    (source_root / "taxonstream" / "unplaced_room" / "__init__.py").write_text("")
 
     result = run_lint_imports(tmp_path, source_root)
 
     assert result.returncode != 0, result.stdout
-    assert "taxonstream.portal" in result.stdout, result.stdout
+    assert "taxonstream.unplaced_room" in result.stdout, result.stdout
