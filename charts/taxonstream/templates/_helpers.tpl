@@ -261,3 +261,34 @@ transaction.state.log.min.isr=1
 # First record of a new consumer group without the default 3 s wait.
 group.initial.rebalance.delay.ms=0
 {{- end }}
+
+{{/* Who may call: the token from its Secret (or an explicit insecure run), TLS files from theirs. */}}
+{{- define "taxonstream.authEnv" -}}
+{{- $auth := .Values.auth }}
+{{- if $auth.tokenSecret.name }}
+- name: TAXONSTREAM_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ $auth.tokenSecret.name }}
+      key: {{ $auth.tokenSecret.key }}
+{{- else if not $auth.allowInsecure }}
+{{- fail "auth.tokenSecret.name is required (the services refuse to listen on 0.0.0.0 without a token), or set auth.allowInsecure=true" }}
+{{- end }}
+{{- if $auth.allowInsecure }}
+- {name: TAXONSTREAM_INSECURE, value: "true"}
+{{- end }}
+{{- if $auth.requireForReads }}
+- {name: TAXONSTREAM_AUTH_READS, value: "true"}
+{{- end }}
+{{- if .Values.tls.enabled }}
+- {name: TAXONSTREAM_TLS_CERT, value: /etc/taxonstream/tls/tls.crt}
+- {name: TAXONSTREAM_TLS_KEY, value: /etc/taxonstream/tls/tls.key}
+- {name: TAXONSTREAM_TLS_CA, value: /etc/taxonstream/tls/ca.crt}
+- {name: TAXONSTREAM_HEALTH_PORT, value: {{ .Values.tls.healthPort | quote }}}
+{{- end }}
+{{- end }}
+
+{{/* The port the probes use: the plaintext health-only port under TLS, else the gRPC port. */}}
+{{- define "taxonstream.probePort" -}}
+{{- if .Values.tls.enabled }}{{ .Values.tls.healthPort }}{{ else }}{{ include "taxonstream.grpcPort" . }}{{ end }}
+{{- end }}

@@ -231,6 +231,19 @@ def listen(server: grpc.Server, settings: CoreSettings, credentials: grpc.Server
     return address, server.add_secure_port(address, credentials)
 
 
+def _health_only_server(settings: CoreSettings, servicer: health.HealthServicer) -> grpc.Server | None:
+    """Health alone, in plaintext, on `health_port`: the kubelet's gRPC probes cannot speak TLS."""
+    if not settings.health_port:
+        return None
+    probes = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"))
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, probes)
+    address = f"{settings.bind_host}:{settings.health_port}"
+    if probes.add_insecure_port(address) == 0:
+        sys.exit(f"cannot listen on {address} (health port)")
+    probes.start()
+    return probes
+
+
 def registrar(module, service: str, add: Callable[[object, grpc.Server], None], servicer: object):
     """`Service.register` for one generated servicer: adds it and names it for health and reflection."""
 
@@ -277,6 +290,7 @@ def run(name: str, settings_type: type[S], build: Callable[[S], Service]) -> Non
     names = list(service.register(server))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    probes = _health_only_server(settings, health_servicer)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     address, bound = listen(server, settings, credentials)
     if bound == 0:
@@ -321,5 +335,7 @@ def run(name: str, settings_type: type[S], build: Callable[[S], Service]) -> Non
     if service.on_stop:
         service.on_stop()
     server.stop(grace=max(0.0, deadline - time.monotonic())).wait()
+    if probes is not None:
+        probes.stop(grace=None)
     log.info("stopped")
     sys.exit(1 if crashed else 0)

@@ -90,3 +90,5 @@ class CoreSettings(BaseSettings):
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""
+    # A second, plaintext port serving only the health check (0: none), for probes that cannot speak TLS.
+    health_port: int = Field(default=0, ge=0)
