@@ -142,6 +142,13 @@ def cmd_checksum(args: argparse.Namespace) -> int:
         return _fail(f"output file {output!r}: the extension must be .csv (or .parquet)")
     if output and os.path.exists(output) and not args.force:
         return _fail(f"The output file '{output}' already exists.\nUse the -f/--force flag to overwrite it.")
+    # Options checked before the walk, so a typo is one line, not a traceback from deep inside the hashing.
+    if output and not os.path.isdir(os.path.dirname(output) or "."):
+        return _fail(f"output file {output!r}: the folder {os.path.dirname(output)!r} does not exist")
+    if args.ignore_file and not os.path.isfile(args.ignore_file):
+        return _fail(f"ignore file {args.ignore_file!r}: no such file")
+    if args.jobs is not None and args.jobs < 1:
+        return _fail(f"-j/--jobs {args.jobs}: must be 1 or more")
     try:
         algorithm = Algorithm.parse(args.algorithm, args.length)
         if os.path.isfile(args.input_path) and (args.ignore_file or args.include_hidden):

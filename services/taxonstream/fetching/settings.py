@@ -57,7 +57,10 @@ class FetcherSettings(CoreSettings):
     @classmethod
     def _valid_networks(cls, value: str) -> str:
         for cidr in filter(None, (c.strip() for c in value.split(","))):
-            ipaddress.ip_network(cidr, strict=False)
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:  # one line naming the value, not ipaddress's wording inside pydantic's dump
+                raise ValueError(f"{cidr!r} is not a network; expected a CIDR such as 127.0.0.0/8") from None
         return value
 
     @property
