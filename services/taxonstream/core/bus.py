@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from google.protobuf import unknown_fields
 from google.protobuf.message import DecodeError, Message
@@ -29,6 +29,50 @@ log = logging.getLogger(__name__)
 
 TYPE_HEADER = "ts-type"
 M = TypeVar("M", bound=Message)
+# What a reader does when a position it must start from is gone (retention deleted it, or the topic was
+# recreated): "earliest" reads from the oldest message kept, with a warning naming what was skipped;
+# "refuse" raises OffsetsLost, for a consumer whose state would silently miss those messages (the index).
+# Never kafka-python's default, "latest", which jumps to the end and skips everything in between.
+OnGap = Literal["earliest", "refuse"]
+
+
+class OffsetsLost(RuntimeError):
+    """A reader's start positions are no longer in the topic, and it must not skip what was between."""
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A start position outside what the partition still holds (`earliest` to `end`, end exclusive)."""
+
+    partition: TopicPartition
+    wanted: int
+    earliest: int
+    end: int
+
+    def describe(self) -> str:
+        if self.wanted < self.earliest:
+            lost = f"{self.earliest - self.wanted} messages deleted before offset {self.earliest}"
+        else:
+            lost = f"the partition ends at {self.end} (was the topic recreated?)"
+        return f"{self.partition.topic}[{self.partition.partition}] from {self.wanted}: {lost}"
+
+
+def start_positions(
+    assigned: Sequence[TopicPartition],
+    start: Mapping[TopicPartition, int] | None,
+    earliest: Mapping[TopicPartition, int],
+    end: Mapping[TopicPartition, int],
+) -> tuple[dict[TopicPartition, int | None], list[Gap]]:
+    """Where each partition starts (None: its beginning), and the wanted positions that are gone."""
+    positions: dict[TopicPartition, int | None] = {}
+    gaps: list[Gap] = []
+    for tp in assigned:
+        wanted = (start or {}).get(tp)
+        if wanted is not None and not earliest.get(tp, 0) <= wanted <= end.get(tp, wanted):
+            gaps.append(Gap(tp, wanted, earliest.get(tp, 0), end.get(tp, wanted)))
+            wanted = None
+        positions[tp] = wanted
+    return positions, gaps
 
 
 @dataclass(frozen=True)
@@ -92,16 +136,43 @@ class Bus:
         consumer.watch(topics)
         return consumer
 
-    def reader(self, topics: Sequence[str], start: Mapping[TopicPartition, int] | None = None) -> KafkaConsumer:
-        """A consumer of every partition of `topics`, outside any group, from `start` or the beginning."""
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
-        assigned = [TopicPartition(t, p) for t in topics for p in self.partitions(consumer, t)]
-        consumer.assign(assigned)
-        for tp in assigned:
-            if start and tp in start:
-                consumer.seek(tp, start[tp])
-            else:
+    def reader(
+        self, topics: Sequence[str], start: Mapping[TopicPartition, int] | None = None, on_gap: OnGap = "earliest"
+    ) -> KafkaConsumer:
+        """A consumer of every partition of `topics`, outside any group, from `start` or the beginning.
+
+        A start position retention has deleted is a gap: see `OnGap`. Later in the run, a position that
+        retention overtakes resets to the earliest kept ("earliest") or raises OffsetOutOfRangeError ("refuse").
+        """
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest" if on_gap == "earliest" else "none",
+        )
+        try:
+            assigned = [TopicPartition(t, p) for t in topics for p in self.partitions(consumer, t)]
+            consumer.assign(assigned)
+            bounds = (consumer.beginning_offsets(assigned), consumer.end_offsets(assigned)) if start else ({}, {})
+            positions, gaps = start_positions(assigned, start, *bounds)
+            if gaps and on_gap == "refuse":
+                raise OffsetsLost(
+                    "refusing to start: the positions to resume from are gone, and starting elsewhere would "
+                    "skip messages: " + "; ".join(g.describe() for g in gaps)
+                )
+            if gaps:
+                log.warning(
+                    "start positions gone; reading from the earliest message kept",
+                    extra={"gaps": [g.describe() for g in gaps]},
+                )
+        except BaseException:
+            consumer.close(autocommit=False)
+            raise
+        for tp, position in positions.items():
+            if position is None:
                 consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, position)
         return consumer
 
     def end_offsets(self, topic: str) -> dict[TopicPartition, int]:
