@@ -104,11 +104,11 @@ class FakeEmbedder:
         self.calls = 0
         self.model = model
 
-    def __call__(self, texts: list[str]) -> tuple[np.ndarray, str, str]:
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, str, str, float]:
         self.calls += 1
         vectors = np.stack([_unit(1, 0.01) if "moth" in t else _unit(0.01, 1) for t in texts])
         name, version = self.model.split("/")
-        return vectors, name, version
+        return vectors, name, version, 0.0  # a stand-in: no temperature recorded
 
 
 def test_classifier_zero_shot_caches_label_vectors_per_label_set() -> None:

@@ -3,6 +3,10 @@
 Zero-shot label embeddings (labels x templates through the embedder's EmbedTexts) are cached per label
 set and template set, so a repeated `predict --labels …` costs one image embedding. Banks are read from
 `banks/<name>/` in the object store once per process (a new bank gets a new name).
+
+Probabilities use the model's own temperature, as pybioclip does (softmax(exp(logit_scale) * cos)): the
+embedder answers EmbedTexts with the checkpoint's exp(logit_scale), recorded at `models install`; models
+that record none (the stand-ins) use CLIP's 100.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from taxonstream.classify.zeroshot import (
 from taxonstream.core.keys import bank_keys
 from taxonstream.core.store import ObjectStore
 
-EmbedTexts = Callable[[list[str]], tuple[np.ndarray, str, str]]  # texts -> (vectors, model, version)
+# texts -> (vectors, model, version, exp(logit_scale) or 0.0 when the model records none)
+EmbedTexts = Callable[[list[str]], tuple[np.ndarray, str, str, float]]
 DEFAULT_BANK = "tol"
 MAX_LABELS = 1000
 _PROMPTS_PER_CALL = 512  # texts per EmbedTexts call: keeps each gRPC message well under its size cap
@@ -59,14 +64,14 @@ class Classifier:
         store: ObjectStore | None,
         model: str,
         model_version: str,
-        logit_scale: float = DEFAULT_LOGIT_SCALE,
+        logit_scale: float | None = None,  # None: the embedder's answer says
         cache_size: int = 64,
     ) -> None:
         self.embed_texts = embed_texts
         self.store = store
         self.model = model
         self.model_version = model_version
-        self.logit_scale = logit_scale
+        self._logit_scale = logit_scale
         self._labels: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._banks: dict[str, LabelBank] = {}
         self._cache_size = cache_size
@@ -81,19 +86,31 @@ class Classifier:
         texts = prompts(labels, templates)
         parts = []
         for start in range(0, len(texts), _PROMPTS_PER_CALL):
-            vectors, model, version = self.embed_texts(texts[start : start + _PROMPTS_PER_CALL])
-            if (model, version) != (self.model, self.model_version):
-                raise ClassifyError(
-                    f"the embedder serves {model}/{version}, the index holds "
-                    f"{self.model}/{self.model_version}: text and image vectors would not compare"
-                )
-            parts.append(vectors)
+            parts.append(self._embed(texts[start : start + _PROMPTS_PER_CALL]))
         vectors = label_embeddings(np.concatenate(parts), len(labels))
         with self._lock:
             self._labels[key] = vectors
             while len(self._labels) > self._cache_size:
                 self._labels.popitem(last=False)
         return vectors
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        vectors, model, version, scale = self.embed_texts(texts)
+        if (model, version) != (self.model, self.model_version):
+            raise ClassifyError(
+                f"the embedder serves {model}/{version}, the index holds "
+                f"{self.model}/{self.model_version}: text and image vectors would not compare"
+            )
+        if self._logit_scale is None:
+            self._logit_scale = float(scale) if scale > 0 else DEFAULT_LOGIT_SCALE
+        return vectors
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's exp(logit_scale); asked of the embedder once when no text has been embedded yet."""
+        if self._logit_scale is None:
+            self._embed(["a photo"])  # a bank-only classifier: one short text tells the model's temperature
+        return self._logit_scale or DEFAULT_LOGIT_SCALE
 
     def zero_shot(
         self, image: np.ndarray, labels: Sequence[str], k: int, templates: Sequence[str] = ()
@@ -152,7 +169,7 @@ def classify_response(servicer, request, vector: np.ndarray, model: str, model_v
     classifier = classifiers.get((model, model_version))
     if classifier is None:
 
-        def embed_texts(texts: list[str]) -> tuple[np.ndarray, str, str]:
+        def embed_texts(texts: list[str]) -> tuple[np.ndarray, str, str, float]:
             answer = servicer.embedder.EmbedTexts(
                 embedder_pb2.EmbedTextsRequest(texts=texts, model=model, model_version=model_version), timeout=300
             )
@@ -160,6 +177,7 @@ def classify_response(servicer, request, vector: np.ndarray, model: str, model_v
                 np.asarray([v.values for v in answer.vectors], dtype=np.float32),
                 answer.model,
                 answer.model_version,
+                answer.logit_scale,
             )
 
         classifier = Classifier(embed_texts, servicer.store, model, model_version)

@@ -474,7 +474,14 @@ examples:
     )
     i.add_argument("--name", help="model name in the repository (default: the kind, e.g. bioclip -> bioclip_image)")
     i.add_argument("--version", default="1", help="model version to write (default 1)")
-    i.add_argument("--quick-gelu", action="store_true", help="the checkpoint was trained with QuickGELU (OpenAI)")
+    i.add_argument(
+        "--quick-gelu",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bioclip*: the towers' activation, QuickGELU or not (--no-quick-gelu); default: the open_clip "
+        "config beside the checkpoint (open_clip_config.json or config.json, key quick_gelu: false for BioCLIP "
+        "and BioCLIP 2, true for OpenAI's CLIP), GELU when there is none",
+    )
     i.add_argument(
         "--label",
         action="append",

@@ -22,7 +22,9 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             raise InvalidArgument("no texts given")
         key = self.encoders.key(request.model, request.model_version)
         try:
-            return self._response(key, self.encoders.embed_texts(key, list(request.texts)))
+            answer = self._response(key, self.encoders.embed_texts(key, list(request.texts)))
+            answer.logit_scale = self.encoders.logit_scale(key)  # Classify's temperature (pybioclip's)
+            return answer
         except Failed as failure:
             raise FailedPrecondition(failure.message) from failure
 

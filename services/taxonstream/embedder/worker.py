@@ -6,6 +6,7 @@ import io
 import logging
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -19,6 +20,8 @@ from taxonstream.core.store import ObjectStore
 from taxonstream.core.triton import TritonModel
 from taxonstream.models.preprocess import clip_pixel_values
 from taxonstream.v1.messages_pb2 import Crop, Embedding, ReembedImage
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 STAGE = "embedder"
@@ -69,6 +72,7 @@ class TextEncoder:
         self.batch = batch
         self.model = TritonModel(triton_url, model, version)
         self._tokenizer = None
+        self._logit_scale: float | None = None
 
     @property
     def tokenizer(self):
@@ -77,6 +81,15 @@ class TextEncoder:
 
             self._tokenizer = ClipTokenizer()
         return self._tokenizer
+
+    def logit_scale(self) -> float:
+        """The checkpoint's exp(logit_scale) from the text tower's Triton config (`models install` writes it);
+        0.0 when none is recorded (the stand-ins)."""
+        if self._logit_scale is None:
+            config = self.model.client.get_model_config(self.model.model, self.model.version, as_json=True)
+            value = config.get("config", {}).get("parameters", {}).get("logit_scale", {}).get("string_value", "")
+            self._logit_scale = float(value) if value else 0.0
+        return self._logit_scale
 
     def embed(self, texts: list[str]) -> np.ndarray:
         ids = self.tokenizer(texts)
@@ -138,8 +151,12 @@ class Encoders:
     def embed_texts(self, key: ModelKey, texts: list[str]) -> np.ndarray:
         return _runnable(f"the text tower of {key[0]}/{key[1]}", lambda: self.text(key).embed(texts))
 
+    def logit_scale(self, key: ModelKey) -> float:
+        """The model's CLIP temperature for classification (0.0: none recorded)."""
+        return _runnable(f"the text tower of {key[0]}/{key[1]}", lambda: self.text(key).logit_scale())
 
-def _runnable(model: str, run: Callable[[], np.ndarray]) -> np.ndarray:
+
+def _runnable(model: str, run: Callable[[], T]) -> T:
     """Triton's refusal of a model (unknown, failed to load) as a Failed; unavailability is Transient already."""
     try:
         return run()

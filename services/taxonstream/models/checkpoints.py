@@ -11,6 +11,13 @@ image size, embedding size) is read from the tensors' shapes and checked against
 width / 64 as in open_clip. Each tower is exported to ONNX, checked against torch, and written as
 `<name>_image/<version>` and `<name>_text/<version>` beside the stand-ins, with the same tensor names, so
 the embedder takes them by setting `TAXONSTREAM_EMBED_MODEL=<name>_image` (and `..._TEXT_MODEL`).
+
+Two numbers come from the checkpoint, not from us: its temperature, exp(`logit_scale`), written into both
+towers' config.pbtxt as the parameter `logit_scale` (the embedder hands it to Classify, as pybioclip uses
+it) and into model.json; and its activation — QuickGELU or GELU — read from the open_clip config beside
+the checkpoint (`open_clip_config.json` as the Hugging Face repositories ship it, or `config.json`; key
+`quick_gelu`, false when absent: BioCLIP's and BioCLIP 2's are false, OpenAI's CLIP is true), overridden
+with `--quick-gelu` / `--no-quick-gelu`. Without a config the default is GELU (open_clip's).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from .contract import CLIP_CONTEXT_LENGTH, ModelContract, TensorSpec
 from .triton_config import Target, render_config
 
 PARITY_TOLERANCE = 1e-3  # absolute on raw embeddings; full-size towers sum more terms than the stand-ins
+OPEN_CLIP_CONFIGS = ("open_clip_config.json", "config.json")  # beside the checkpoint, in this order
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,28 @@ def clip_towers(state: dict[str, Any], quick_gelu: bool = False):
     return image_tower.eval(), text_tower.eval(), logit_scale
 
 
+def checkpoint_quick_gelu(checkpoint: Path) -> tuple[bool, str]:
+    """(whether the checkpoint uses QuickGELU, where that was read) from the open_clip config beside it."""
+    for name in OPEN_CLIP_CONFIGS:
+        path = checkpoint.parent / name
+        if not path.is_file():
+            continue
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path}: not a readable JSON config ({error})") from error
+        # open_clip_config.json nests the model under "model_cfg"; open_clip's own model configs do not.
+        model = config.get("model_cfg", config) if isinstance(config, dict) else None
+        if isinstance(model, dict) and ("vision_cfg" in model or "quick_gelu" in model):
+            return bool(model.get("quick_gelu", False)), str(path)
+    return False, "default (no open_clip config beside the checkpoint)"
+
+
+def logit_scale_parameter(logit_scale: float) -> str:
+    """The config.pbtxt parameter that carries the checkpoint's temperature to the embedder."""
+    return f'parameters {{\n  key: "logit_scale"\n  value {{ string_value: "{logit_scale!r}" }}\n}}\n'
+
+
 def install_clip(
     preset_name: str,
     checkpoint: Path,
@@ -110,15 +140,22 @@ def install_clip(
     version: str = "1",
     name: str | None = None,
     check_preset: bool = True,
-    quick_gelu: bool = False,
+    quick_gelu: bool | None = None,
 ) -> list[dict[str, Any]]:
-    """Export the checkpoint's two towers into the repository at `out_dir`; returns their manifest entries."""
+    """Export the checkpoint's two towers into the repository at `out_dir`; returns their manifest entries.
+
+    `quick_gelu`: None reads it from the checkpoint's open_clip config (`checkpoint_quick_gelu`).
+    """
     import numpy as np
     import torch
 
     from .onnx_export import export_onnx, max_abs_difference
 
     preset = PRESETS[preset_name]
+    if quick_gelu is None:
+        quick_gelu, quick_gelu_from = checkpoint_quick_gelu(checkpoint)
+    else:
+        quick_gelu_from = "--quick-gelu" if quick_gelu else "--no-quick-gelu"
     image_tower, text_tower, logit_scale = clip_towers(load_state_dict(checkpoint), quick_gelu)
     vision, text = image_tower.config, text_tower.config
     if check_preset and (vision.width, vision.patch_size, vision.output_dim) != (
@@ -192,7 +229,7 @@ def install_clip(
             raise RuntimeError(f"{contract.name}: onnxruntime differs from torch by {parity:g}")
         if target is Target.LOCAL:
             shutil.copyfile(Path(__file__).with_name("triton_python_model.py"), staging / version / "model.py")
-        (staging / "config.pbtxt").write_text(render_config(contract, target))
+        (staging / "config.pbtxt").write_text(render_config(contract, target) + logit_scale_parameter(logit_scale))
         entry = {
             "name": contract.name,
             "version": version,
@@ -203,6 +240,8 @@ def install_clip(
             "checkpoint": str(checkpoint),
             "parity": parity,
             "logit_scale": logit_scale,
+            "quick_gelu": quick_gelu,
+            "quick_gelu_from": quick_gelu_from,
             "embedding_dim": contract.outputs[0].dims[0],
             "export_seconds": round(export_seconds, 2),
             "parity_seconds": round(parity_seconds, 2),

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtaxonstream/v1/embedder.proto\x12\x0etaxonstream.v1\"H\n\x11\x45mbedTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"J\n\x12\x45mbedImagesRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"^\n\rEmbedResponse\x12\'\n\x07vectors\x18\x01 \x03(\x0b\x32\x16.taxonstream.v1.Vector\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t2\xac\x01\n\x08\x45mbedder\x12P\n\x0b\x45mbedImages\x12\".taxonstream.v1.EmbedImagesRequest\x1a\x1d.taxonstream.v1.EmbedResponse\x12N\n\nEmbedTexts\x12!.taxonstream.v1.EmbedTextsRequest\x1a\x1d.taxonstream.v1.EmbedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtaxonstream/v1/embedder.proto\x12\x0etaxonstream.v1\"H\n\x11\x45mbedTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"J\n\x12\x45mbedImagesRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"s\n\rEmbedResponse\x12\'\n\x07vectors\x18\x01 \x03(\x0b\x32\x16.taxonstream.v1.Vector\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x13\n\x0blogit_scale\x18\x04 \x01(\x02\x32\xac\x01\n\x08\x45mbedder\x12P\n\x0b\x45mbedImages\x12\".taxonstream.v1.EmbedImagesRequest\x1a\x1d.taxonstream.v1.EmbedResponse\x12N\n\nEmbedTexts\x12!.taxonstream.v1.EmbedTextsRequest\x1a\x1d.taxonstream.v1.EmbedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,7 +38,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VECTOR']._serialized_start=199
   _globals['_VECTOR']._serialized_end=223
   _globals['_EMBEDRESPONSE']._serialized_start=225
-  _globals['_EMBEDRESPONSE']._serialized_end=319
-  _globals['_EMBEDDER']._serialized_start=322
-  _globals['_EMBEDDER']._serialized_end=494
+  _globals['_EMBEDRESPONSE']._serialized_end=340
+  _globals['_EMBEDDER']._serialized_start=343
+  _globals['_EMBEDDER']._serialized_end=515
 # @@protoc_insertion_point(module_scope)
