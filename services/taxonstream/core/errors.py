@@ -1,4 +1,4 @@
-"""The three ways a message can fail (and what the worker does with each), and the ways a request can be refused."""
+"""The ways a message can fail or wait (and what the worker does with each), and the ways a request can be refused."""
 
 from __future__ import annotations
 
@@ -23,6 +23,19 @@ class Failed(Exception):
 
 class Transient(Exception):
     """A dependency (S3, Triton, Kafka) is unavailable: nothing is committed and the batch is retried."""
+
+
+class Deferred(Exception):
+    """Not yet: the message may be done at `until` (epoch seconds), e.g. when a throttling host's pause ends.
+
+    Unlike Transient, only the message's partition waits: the worker pauses it there (nothing after it is
+    committed) and resumes it at `until`, while the other partitions keep flowing.
+    """
+
+    def __init__(self, until: float, reason: str) -> None:
+        super().__init__(f"{reason} (until {until:.0f})")
+        self.until = until
+        self.reason = reason
 
 
 # What a request (an RPC) can be refused for; core/server.py's interceptor answers each with its status code.

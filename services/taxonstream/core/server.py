@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from taxonstream.core import logs, metrics
@@ -28,6 +28,7 @@ from taxonstream.core.channels import AUTH_METADATA, CredentialsError, bearer, e
 from taxonstream.core.errors import FailedPrecondition, InvalidArgument, NotFound, Transient
 from taxonstream.core.settings import CoreSettings
 from taxonstream.core.store import ObjectStore
+from taxonstream.core.supervision import Health, LateHandlers, exit_after_drain, supervised, until_available
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +280,9 @@ def run(name: str, settings_type: type[S], build: Callable[[S], Service]) -> Non
         credentials = server_credentials(settings)
     except CredentialsError as error:
         sys.exit(f"{name}: {error}")
-    service = build(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     metrics.serve(settings.bind_host, settings.metrics_port)
 
     server = grpc.server(
@@ -287,55 +290,104 @@ def run(name: str, settings_type: type[S], build: Callable[[S], Service]) -> Non
         interceptors=interceptors(settings),
         options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
     )
-    names = list(service.register(server))
+    # Listening (health NOT_SERVING) before `build`, which waits for Kafka/S3 and can take minutes.
+    late = LateHandlers()
+    server.add_generic_rpc_handlers((late,))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    status = Health(health_servicer)
     probes = _health_only_server(settings, health_servicer)
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     address, bound = listen(server, settings, credentials)
     if bound == 0:
         sys.exit(f"{name}: cannot listen on {address}")
     server.start()
 
-    stop = threading.Event()
+    service = _build_until_available(build, settings, status, stop)
+    if service is None:  # stopped while waiting for a dependency
+        server.stop(grace=0).wait()
+        log.info("stopped before start-up ended")
+        exit_after_drain(0)
+    names = list(service.register(late.collector))
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], late.collector)
+    late.open()
+    status.add_names(names)
     crashed: list[BaseException] = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
 
     def guarded(loop: Loop) -> None:
         try:
             loop(stop)
-        except BaseException as error:  # a dead loop must take the pod down so it is replaced
+        except BaseException as error:  # a bug (outages are waited out by `supervised`): the pod is replaced
             log.exception("background loop died")
             crashed.append(error)
             stop.set()
 
-    threads = [threading.Thread(target=guarded, args=(loop,), name=f"loop-{i}") for i, loop in enumerate(service.loops)]
+    # Daemon threads: a loop hung in a call cannot keep the process alive past its drain.
+    threads = [
+        threading.Thread(target=guarded, args=(supervised(_loop_name(i, loop), loop, status),), name=f"loop-{i}")
+        for i, loop in enumerate(service.loops)
+    ]
     for thread in threads:
+        thread.daemon = True
         thread.start()
 
     def serve_when_ready() -> None:
         while service.ready is not None and not service.ready():
             if stop.wait(0.2):
                 return
-        for service_name in ["", *names]:
-            health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+        status.set_ready()
         log.info("serving", extra={"grpc": address, "metrics_port": settings.metrics_port})
 
-    for service_name in ["", *names]:
-        health_servicer.set(service_name, health_pb2.HealthCheckResponse.NOT_SERVING)
     threading.Thread(target=serve_when_ready, name="readiness", daemon=True).start()
 
     stop.wait()
     log.info("draining")
-    health_servicer.enter_graceful_shutdown()
+    status.drain()
     deadline = time.monotonic() + settings.drain_seconds
     for thread in threads:
         thread.join(timeout=max(0.0, deadline - time.monotonic()))
     if service.on_stop:
-        service.on_stop()
+        _within(deadline, service.on_stop)
     server.stop(grace=max(0.0, deadline - time.monotonic())).wait()
     if probes is not None:
         probes.stop(grace=None)
     log.info("stopped")
-    sys.exit(1 if crashed else 0)
+    exit_after_drain(1 if crashed else 0)
+
+
+def _build_until_available(build: Callable[[S], Service], settings: S, status: Health, stop: threading.Event):
+    """`build` retried while a dependency is out, in a thread so that SIGTERM meanwhile still exits at once."""
+    outcome: list[Service | BaseException | None] = []
+    done = threading.Event()
+
+    def attempt() -> None:
+        try:
+            outcome.append(until_available("start-up", lambda: build(settings), status, stop))
+        except BaseException as error:  # a bug: raised again below, on the main thread
+            outcome.append(error)
+        done.set()
+
+    threading.Thread(target=attempt, name="start-up", daemon=True).start()
+    while not done.wait(0.2):
+        if stop.is_set():
+            return None
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+def _within(deadline: float, step: Callable[[], None]) -> None:
+    """A drain step (a final snapshot) that may neither outlast the drain nor, with S3 away, crash the exit."""
+
+    def guarded() -> None:
+        try:
+            step()
+        except Exception:  # noqa: BLE001 - the last snapshot is an optimisation: replay covers its absence
+            log.exception("drain step failed")
+
+    thread = threading.Thread(target=guarded, name="drain-step", daemon=True)
+    thread.start()
+    thread.join(timeout=max(1.0, deadline - time.monotonic()))
+
+
+def _loop_name(index: int, loop: Loop) -> str:
+    return f"loop-{index} {getattr(loop, '__qualname__', type(loop).__name__)}"

@@ -12,6 +12,12 @@ ahead: its offsets are committed after its own outputs, and when the current bat
 dropped and its partitions rewound, so a partition is still processed and committed in order. A rebalance
 during the read-ahead poll can make the current batch's commit fail: its messages are redone by their
 next owner, which the idempotent effects allow (as for any commit lost to a rebalance).
+
+A message that is not due yet (`Deferred`: a throttling host's pause) holds only its partition: the
+partition is paused and sought back to it, nothing after it is committed, and it is resumed at the time
+the message named; the other partitions keep flowing and the consumer keeps polling, so a long wait never
+outlasts `max_poll_interval` (a rebalance would hand the records to a pod that knows nothing of the wait).
+Outages are reported to health (core/supervision.py); an error escaping `run` is restarted by its supervisor.
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ from kafka.structs import OffsetAndMetadata
 from taxonstream.core import metrics
 from taxonstream.core.batching import split_by_pixels
 from taxonstream.core.bus import Bus, Emit, decode, send_all
-from taxonstream.core.errors import Failed, Poison, Transient
+from taxonstream.core.errors import Deferred, Failed, Poison, Transient
 from taxonstream.core.outcomes import failed, record_in
+from taxonstream.core.supervision import report_ok, report_outage
 from taxonstream.v1.messages_pb2 import DeadLetter
 
 log = logging.getLogger(__name__)
@@ -50,17 +57,24 @@ Process = Callable[[Sequence[M]], list[Result]]
 
 def each(handle: Callable[[M], list[Emit]], threads: int = 1) -> Process[M]:
     """Turn a one-message handler into a batch processor, optionally running messages concurrently."""
+    return _Each(handle, threads)
 
-    def run_one(message: M) -> Result:
+
+class _Each(Generic[M]):
+    def __init__(self, handle: Callable[[M], list[Emit]], threads: int) -> None:
+        self.handle = handle
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="handle") if threads > 1 else None
+
+    def run_one(self, message: M) -> Result:
         try:
-            return handle(message)
+            return self.handle(message)
         except Exception as error:  # noqa: BLE001 - the worker sorts errors into DLQ/failed/retry
             return error
 
-    if threads <= 1:
-        return lambda batch: [run_one(m) for m in batch]
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="handle")
-    return lambda batch: [f.result() for f in [metrics.submit(pool, run_one, m) for m in batch]]
+    def __call__(self, batch: Sequence[M]) -> list[Result]:
+        if self.pool is None:
+            return [self.run_one(m) for m in batch]
+        return [f.result() for f in [metrics.submit(self.pool, self.run_one, m) for m in batch]]
 
 
 class Staged(Generic[M]):
@@ -88,6 +102,18 @@ class _Polled(Generic[M]):
 
 
 @dataclass
+class _Held:
+    """Partitions one batch left unfinished, each at the offset to read again."""
+
+    retry: dict[TopicPartition, int] = field(default_factory=dict)  # a dependency is down: the worker backs off
+    deferred: dict[TopicPartition, int] = field(default_factory=dict)  # paused until their message is due
+    outage: str = ""
+
+    def partitions(self) -> dict[TopicPartition, int]:
+        return {**self.deferred, **self.retry}
+
+
+@dataclass
 class StreamWorker(Generic[M]):
     """Consumes one topic with `process` and keeps going whatever a single message does."""
 
@@ -108,15 +134,21 @@ class StreamWorker(Generic[M]):
     # Poll the next batch and start it (a Staged process) before the current one's model runs.
     prefetch: bool = True
     _backoff: float = field(default=0.0, init=False)
+    _paused: dict[TopicPartition, float] = field(default_factory=dict, init=False)  # resume at (epoch s)
+    # Replica mode: where each partition's durable outputs end, so a restarted `run` goes on from there.
+    _position: dict[TopicPartition, int] = field(default_factory=dict, init=False)
 
     def run(self, stop: threading.Event) -> None:
-        consumer = self._open()
-        producer = self.bus.producer()
-        log.info("worker started", extra={"stage": self.stage, "topic": self.source})
+        consumer = producer = None
+        self._paused = {}  # a fresh consumer starts with nothing paused
         ahead: _Polled[M] | None = None
         try:
+            consumer = self._open()
+            producer = self.bus.producer()
+            log.info("worker started", extra={"stage": self.stage, "topic": self.source})
             with metrics.stage(self.stage):
                 while not stop.is_set():
+                    self._resume_due(consumer)
                     current, ahead = ahead or self._poll(consumer, timeout_ms=500), None
                     if current is None:
                         if self.on_idle:
@@ -126,19 +158,37 @@ class StreamWorker(Generic[M]):
                         # Only what is already fetched (timeout 0): an idle topic must not delay this batch.
                         ahead = self._poll(consumer, timeout_ms=0)
                     with metrics.BATCH_SECONDS.labels(self.stage).time():
-                        retry = self._handle(consumer, producer, current)
-                    if retry and ahead is not None:
-                        self._rewind(consumer, ahead, retry)
+                        held = self._handle(consumer, producer, current)
+                    if held.partitions() and ahead is not None:
+                        self._rewind(consumer, ahead, held.partitions())
                         ahead = None
-                    if retry:
+                    if held.retry:
+                        report_outage(f"{self.stage}: {held.outage}")
                         self._wait_before_retry(stop)
                     else:
                         self._backoff = 0.0
+                        report_ok()
         finally:
             # A prefetched batch was never committed: whoever owns its partitions next reads it again.
-            producer.close(timeout=10)
-            consumer.close(autocommit=False)
+            with contextlib.suppress(Exception):
+                if producer is not None:
+                    producer.close(timeout=5)
+            with contextlib.suppress(Exception):
+                if consumer is not None:
+                    consumer.close(autocommit=False)
+            if stop.is_set():  # the process is ending (not an outage restart): idle pool threads may go
+                _close_pools(self.process)
             log.info("worker stopped", extra={"stage": self.stage})
+
+    def _resume_due(self, consumer: KafkaConsumer) -> None:
+        now = time.time()
+        for tp, until in list(self._paused.items()):
+            if until <= now:
+                del self._paused[tp]
+                # Revoked meanwhile: its new owner starts from the committed offset, unpaused.
+                with contextlib.suppress(KafkaError, AssertionError, ValueError, KeyError):
+                    consumer.resume(tp)
+                log.info("partition resumed", extra={"stage": self.stage, "partition": tp.partition})
 
     def _poll(self, consumer: KafkaConsumer, timeout_ms: int) -> _Polled[M] | None:
         polled = consumer.poll(timeout_ms=timeout_ms, max_records=self.max_batch)
@@ -175,24 +225,27 @@ class StreamWorker(Generic[M]):
 
     def _open(self) -> KafkaConsumer:
         if self.replica:
-            return self.bus.reader([self.source], self.start_offsets)
+            return self.bus.reader([self.source], {**(self.start_offsets or {}), **self._position})
         return self.bus.group_consumer(self.bus.topics.name(self.stage), [self.source], self.max_batch)
 
-    def _handle(self, consumer: KafkaConsumer, producer, polled: _Polled[M]) -> dict[TopicPartition, int]:
-        """Process one polled batch; returns the partitions to retry, at the offset to read again."""
+    def _handle(self, consumer: KafkaConsumer, producer, polled: _Polled[M]) -> _Held:
+        """Process one polled batch; returns the partitions left unfinished, at the offset to read again."""
         batch, decoded = polled.raw, polled.decoded
         results = iter(self._process(polled))
 
         emits: list[Emit] = []
         done: dict[TopicPartition, int] = {}  # next offset to commit
-        retry_at: dict[TopicPartition, int] = {}
+        held, until = _Held(), dict[TopicPartition, float]()
         for raw, item in zip(batch, decoded, strict=True):
             tp = TopicPartition(raw.topic, raw.partition)
             result: Result = item if isinstance(item, Poison) else next(results)
-            if tp in retry_at:
-                continue  # keep the partition's order: nothing after a retried message is committed
+            if tp in held.retry or tp in held.deferred:
+                continue  # keep the partition's order: nothing after a held message is committed
             if isinstance(result, Transient):
-                retry_at[tp] = raw.offset
+                held.retry[tp], held.outage = raw.offset, held.outage or str(result)
+                continue
+            if isinstance(result, Deferred):
+                held.deferred[tp], until[tp] = raw.offset, result.until
                 continue
             emits.extend(self._outputs(raw, item, result))
             done[tp] = raw.offset + 1
@@ -202,16 +255,32 @@ class StreamWorker(Generic[M]):
                 send_all(producer, emits)
         except KafkaError as error:
             log.warning("producing outputs failed; retrying the batch", extra={"error": str(error)})
-            retry_at = {TopicPartition(r.topic, r.partition): r.offset for r in reversed(batch)}
-            done = {}
+            held = _Held(retry={TopicPartition(r.topic, r.partition): r.offset for r in reversed(batch)})
+            held.outage, done = f"producing failed: {error}", {}
         if done:
             self._mark_durable(consumer, done)
-        for tp, offset in retry_at.items():
+        for tp, offset in held.retry.items():
             metrics.RETRIES.labels(self.stage).inc()
-            # A partition revoked meanwhile is skipped: its new owner starts from the committed offset.
-            with contextlib.suppress(KafkaError, AssertionError, ValueError):
-                consumer.seek(tp, offset)
-        return retry_at
+            self._seek(consumer, tp, offset)
+        for tp, offset in held.deferred.items():
+            self._defer(consumer, tp, offset, until[tp])
+        return held
+
+    @staticmethod
+    def _seek(consumer: KafkaConsumer, tp: TopicPartition, offset: int) -> None:
+        # A partition revoked meanwhile is skipped: its new owner starts from the committed offset.
+        with contextlib.suppress(KafkaError, AssertionError, ValueError):
+            consumer.seek(tp, offset)
+
+    def _defer(self, consumer: KafkaConsumer, tp: TopicPartition, offset: int, until: float) -> None:
+        """Hold `tp` at `offset` until `until`; the consumer goes on polling (heartbeats, other partitions)."""
+        metrics.MESSAGES.labels(self.stage, "deferred").inc()
+        self._seek(consumer, tp, offset)
+        with contextlib.suppress(KafkaError, AssertionError, ValueError, KeyError):
+            consumer.pause(tp)
+        self._paused[tp] = max(until, self._paused.get(tp, 0.0))
+        wait = round(until - time.time(), 1)
+        log.info("partition paused", extra={"stage": self.stage, "partition": tp.partition, "in_s": wait})
 
     def _process(self, polled: _Polled[M]) -> list[Result]:
         messages = polled.good
@@ -272,8 +341,10 @@ class StreamWorker(Generic[M]):
             except KafkaError as error:
                 # Rebalanced away: the new owner redoes these messages, whose effects are idempotent.
                 log.warning("commit failed", extra={"stage": self.stage, "error": str(error)})
-        elif self.on_durable:
-            self.on_durable(done)
+        else:
+            self._position.update(done)
+            if self.on_durable:
+                self.on_durable(done)
 
     def _wait_before_retry(self, stop: threading.Event) -> None:
         self._backoff = min(self.backoff_max, max(0.25, self._backoff * 2))
@@ -375,6 +446,13 @@ def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
         return fn(*args)
     except Exception as error:  # noqa: BLE001 - sorted by the worker
         return _Error(error)
+
+
+def _close_pools(process: object) -> None:
+    """Let a processor's idle pool threads end (non-daemon threads would hold up the process's exit)."""
+    pool = getattr(process, "pool", None)
+    if isinstance(pool, ThreadPoolExecutor):
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _safe_size(pixels: Callable[[M], int], message: M) -> int:
