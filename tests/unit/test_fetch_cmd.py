@@ -85,8 +85,13 @@ def fetch(listing: Path, out: Path, *extra: str) -> int:
     return args.run(args)
 
 
+def logs_of(out: Path) -> Path:
+    """The logs live beside the image folder (OUTPUT_logs), so sum-buddy of OUTPUT sees images only."""
+    return out.parent / f"{out.name}_logs"
+
+
 def report(out: Path) -> list[dict]:
-    with open(out / "_fetch" / "report.csv", newline="") as handle:
+    with open(logs_of(out) / "report.csv", newline="") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -105,7 +110,7 @@ def test_files_are_named_and_filed_by_columns_with_checksums_like_sum_buddy(tmp_
     assert (out / "Noctuidae" / "moth-0.jpg").read_bytes() == IMAGES["/img/0"]
     assert (out / "Noctuidae" / "moth-1.jpg").read_bytes() == IMAGES["/img/1"]  # suffix from the bytes
     assert (out / "Apidae" / "bee.png").read_bytes() == IMAGES["/img/p"]
-    with open(out / "_fetch" / "checksums.csv", newline="") as handle:
+    with open(logs_of(out) / "checksums.csv", newline="") as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == ["filepath", "filename", "md5"]
     assert {(Path(r[0]).name, r[1], r[2]) for r in rows[1:]} == {
@@ -113,7 +118,7 @@ def test_files_are_named_and_filed_by_columns_with_checksums_like_sum_buddy(tmp_
         ("moth-1.jpg", "moth-1.jpg", hashlib.md5(IMAGES["/img/1"]).hexdigest()),
         ("bee.png", "bee.png", hashlib.md5(IMAGES["/img/p"]).hexdigest()),
     }
-    success = [json.loads(line) for line in (out / "_fetch" / "success.jsonl").read_text().splitlines()]
+    success = [json.loads(line) for line in (logs_of(out) / "success.jsonl").read_text().splitlines()]
     assert {s["metadata"]["family"] for s in success} == {"Noctuidae", "Apidae"}  # metadata travels
     assert all(s["sha256"] == hashlib.sha256(Path(s["path"]).read_bytes()).hexdigest() for s in success)
 
@@ -133,7 +138,7 @@ def test_a_checksum_mismatch_keeps_no_file_and_the_buddy_check_lists_it(tmp_path
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["a.jpg"]
     reasons = {r["url"].rsplit("/", 1)[-1]: r["reason"] for r in report(out)}
     assert reasons == {"0": "", "1": "checksum_mismatch", "missing": "http_404"}
-    with open(out / "_fetch" / "missing.csv", newline="") as handle:
+    with open(logs_of(out) / "missing.csv", newline="") as handle:
         missing = list(csv.DictReader(handle))
     assert sorted(m["reason"] for m in missing) == ["checksum_mismatch", "http_404"]
     assert "buddy check (sha256): 1 verified, 2 missing" in capsys.readouterr().out
@@ -180,15 +185,16 @@ def test_rows_are_named_by_number_without_a_name_column_and_the_parquet_report_h
     listing = write_list(tmp_path / "list.csv", ["url"], [[f"{base}/img/0"], [f"{base}/img/p"], ["ftp://x/y"]])
     out = tmp_path / "out"
     assert fetch(listing, out) == 1
-    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["00000000.jpg", "00000001.png"]
-    table = pq.read_table(out / "_fetch" / "report.parquet").to_pylist()
+    # Named by the row's line in the list (line 1 is the header).
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["00000002.jpg", "00000003.png"]
+    table = pq.read_table(logs_of(out) / "report.parquet").to_pylist()
     assert sorted((r["row"], r["state"], r["reason"]) for r in table) == [
-        (0, "stored", ""),
-        (1, "stored", ""),
-        (2, "failed", "bad_url"),
+        (2, "stored", ""),
+        (3, "stored", ""),
+        (4, "failed", "bad_url"),
     ]
     assert {r["width"] for r in table if r["state"] == "stored"} == {40, 20}
-    with open(out / "_fetch" / "checksums.csv", newline="") as handle:
+    with open(logs_of(out) / "checksums.csv", newline="") as handle:
         sums = list(csv.reader(handle))
     assert sums[0] == ["filepath", "filename", "sha256"]  # the default: the digest already computed
     assert sums[1][2] == hashlib.sha256(Path(sums[1][0]).read_bytes()).hexdigest()
@@ -208,7 +214,7 @@ def test_an_idigbio_list_uses_the_url_fallbacks(tmp_path, base):
     assert fetch(listing, out, "--name-col", "coreid") == 0
     assert (out / "a.jpg").read_bytes() == IMAGES["/img/0"]
     assert (out / "b.jpg").read_bytes() == IMAGES["/img/2"]
-    success = [json.loads(line) for line in (out / "_fetch" / "success.jsonl").read_text().splitlines()]
+    success = [json.loads(line) for line in (logs_of(out) / "success.jsonl").read_text().splitlines()]
     assert {s["metadata"]["license"] for s in success} == {"CC0", "CC-BY"}
 
 
@@ -235,4 +241,4 @@ def test_several_processes_share_the_hosts_and_give_the_same_result(tmp_path):
     )
     assert all((out / f"a{n}.jpg").read_bytes() == IMAGES[f"/img/{n}"] for n in range(6))
     assert [r["reason"] for r in report(out) if r["state"] == "failed"] == ["bad_url"]
-    assert not (out / "_fetch" / "tmp").exists()
+    assert not (logs_of(out) / "tmp").exists()

@@ -238,7 +238,7 @@ def fetch(tmp_path: Path, rows: list[tuple[str, str]], *extra: str, list_text: s
     out = tmp_path / "out"
     args = parser.parse_args(["fetch", str(listing), "--output", str(out), "--quiet", *extra])
     status = args.run(args)
-    with open(out / "_fetch" / "report.csv", newline="") as handle:
+    with open(out.parent / "out_logs" / "report.csv", newline="") as handle:
         report = list(csv.DictReader(handle))
     return {"status": status, "rows": report, "out": out}
 
@@ -321,7 +321,7 @@ EXPECTED = {
     "control_chars": ("failed", "bad_url"),
     "metadata_direct": ("failed", "blocked_address"),
     "loopback_direct": ("failed", "blocked_address"),
-    "empty_url": ("failed", "bad_url"),
+    "empty_url": ("skipped", "no_url"),  # a row without a URL is skipped and logged, as cautious-robot does
 }
 
 
@@ -410,7 +410,7 @@ def test_every_hostile_row_ends_with_its_reason_and_no_junk_is_kept(tmp_path, tu
     assert junk_in(out, {GOOD, GOOD2, GOOD3}) == []
     kept = sorted(p.name for p in out.iterdir() if p.is_file())
     assert kept == ["429_then_ok.jpg", "503_burst_then_ok.jpg", "ok.jpg", "otherbot_noai.jpg", "to_other_host.jpg"]
-    assert not (out / "_fetch" / "tmp").exists()  # no partial files left behind
+    assert not (out.parent / "out_logs" / "tmp").exists()  # no partial files left behind
     # The retried rows say how many requests they took; the storms stopped at their budget.
     assert got["429_then_ok"]["attempts"] == "3" and got["503_burst_then_ok"]["attempts"] == "3"
     assert Hostile.hits["/429-storm"] == 3 and Hostile.hits["/503-forever"] == 3

@@ -2,14 +2,19 @@
 
   taxonstream fetch media.csv --output images/ --name-col filename --checksum-col md5
 
-Files are named by --name-col (else by row number), optionally in folders by --subdir-col, and appear only
-complete and validated: each is written to a temporary name and renamed into place. Running the same
-command again skips files already present and verified (by the expected checksum, the previous run's
-sha256, or a full decode), so an interrupted or partly failed run is resumed by running it again.
-Logs go to OUTPUT/_fetch/: success.jsonl, errors.jsonl, report.csv and report.parquet (every row),
-checksums.csv (sum-buddy's filepath,filename,<algorithm>) and, with --checksum-col, missing.csv (the
-buddy check: rows whose expected file is absent or did not match).
-Exit status: 0 when every record is stored or present, 1 when some failed (see the report), 2 on bad input.
+The input: CSV, TSV or TXT (delimiter sniffed, or --delimiter), JSONL, Parquet (optionally .gz), or a
+Darwin Core Archive (a GBIF download .zip or its unpacked folder: meta.xml read, the multimedia extension
+joined to its occurrences). Column options are checked, case-insensitively, before anything is fetched.
+Files are named by --name-col (else by the row's line number), optionally in folders by --subdir-col, and
+appear only complete and validated: each is written to a temporary name and renamed into place. Running
+the same command again keeps files that are the ones logged (same sha256) or that match the expected
+checksum, and fetches again any that differ, so an interrupted or partly failed run is resumed by running
+it again. Logs go beside the images, to OUTPUT_logs/ (or --log-dir): success.jsonl, errors.jsonl,
+report.csv and report.parquet (every input row, by its line), skipped.csv (not a still image, no URL),
+checksums.csv (the image folder as sum-buddy writes it) and, with --checksum-col, missing.csv (the buddy
+check: the source rows whose expected file is absent or did not match).
+Exit status: 0 when everything fetchable was stored or present (skipped rows do not count against it),
+1 when some failed (see the report), 2 on bad input (one line, nothing written).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from taxonstream.fetching.folder import MANY_ROWS, FolderOptions, FolderSummary, fetch_into_folder
@@ -33,7 +39,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("input", help="CSV, TSV, JSONL or Parquet (optionally .gz); iDigBio and GBIF columns recognised")
+    p.add_argument(
+        "input",
+        help="CSV, TSV, TXT, JSONL or Parquet (optionally .gz), or a Darwin Core Archive (.zip or folder); "
+        "iDigBio, Audubon Core and GBIF columns recognised",
+    )
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder for the images (created)")
     p.add_argument("--url-col", help=f"column holding the URL (default: the first of {', '.join(URL_COLUMNS)})")
     p.add_argument(
@@ -74,7 +84,24 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--robots", action="store_true", help="fetch and obey each host's robots.txt")
     p.add_argument("--user-agent", help="User-Agent to send (default: taxonstream/… with the project's address)")
     p.add_argument("--contact", help="an e-mail or URL added to the User-Agent so providers can reach you")
-    p.add_argument("--limit", type=int, help="only the first N rows")
+    p.add_argument("--limit", type=int, help="only the first N input rows (skipped ones included)")
+    p.add_argument("--log-dir", metavar="DIR", help="folder for the logs (default: OUTPUT_logs beside OUTPUT)")
+    p.add_argument("--delimiter", help="field delimiter of a text list, e.g. ',' or '\\t' (default: sniffed)")
+    p.add_argument("--encoding", help="text encoding (default: UTF-8, or UTF-16 with a BOM), e.g. latin-1")
+    p.add_argument(
+        "--resize", type=int, metavar="N", help="also write a downsized copy of each image to OUTPUT_downsized/"
+    )
+    p.add_argument(
+        "--resize-mode",
+        choices=("square", "shorter"),
+        default="square",
+        help="square: N x N, as cautious-robot (default); shorter: the shorter side N, aspect kept",
+    )
+    p.add_argument(
+        "--fix-extensions",
+        action="store_true",
+        help="a name whose suffix disagrees with the image's type is renamed (default: refused)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -106,8 +133,9 @@ def settings_from(args: argparse.Namespace) -> FetcherSettings:
         overrides["fetch_min_width"], overrides["fetch_min_height"] = width, height
     try:
         return FetcherSettings(**overrides)
-    except ValueError as error:
-        raise InputError(f"bad option: {error}") from error
+    except ValidationError as error:  # one line per bad value, not pydantic's dump
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in error.errors())
+        raise InputError(f"bad option: {problems}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,7 +150,16 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         processes=args.processes,
         limit=args.limit,
+        log_dir=Path(args.log_dir) if args.log_dir else None,
+        delimiter=args.delimiter,
+        encoding=args.encoding,
+        resize=args.resize or 0,
+        resize_mode=args.resize_mode,
+        fix_extensions=args.fix_extensions,
     )
+    for value, option in ((args.limit, "--limit"), (args.resize, "--resize"), (args.processes, "--processes")):
+        if value is not None and value < 1:
+            raise InputError(f"{option} {value}: must be 1 or more")
     listing = Path(args.input)
     bars: list[tqdm] = []  # opened at the first row's end, so bad input prints its one line and no bar
 
@@ -153,15 +190,15 @@ def run(args: argparse.Namespace) -> int:
 
 def print_summary(summary: FolderSummary) -> None:
     counts, stats, seconds = summary.counts, summary.stats, summary.seconds
-    done = counts["stored"] + counts["present"] + counts["failed"]
+    done = counts["stored"] + counts["present"] + counts["failed"] + counts["skipped"]
     rate = counts["stored"] / seconds if seconds > 0 else 0.0
     print(
-        f"{done} records ({stats.kind or 'plain'} list) in {seconds:.1f} s: {counts['stored']} stored, "
-        f"{counts['present']} already present, {counts['failed']} failed — {rate:.1f} images/s"
+        f"{done} rows ({stats.kind or 'plain'} list) in {seconds:.1f} s: {counts['stored']} stored, "
+        f"{counts['present']} already present, {counts['skipped']} skipped, {counts['failed']} failed — "
+        f"{rate:.1f} images/s"
     )
-    skipped = stats.not_images + stats.no_url
-    if skipped:
-        print(f"  left out {stats.not_images} rows that are not still images and {stats.no_url} without a URL")
+    for reason, count in stats.skipped.most_common():
+        print(f"  skipped {count:>6}  {reason} (skipped.csv)")
     for reason, count in summary.reasons.most_common():
         print(f"  failed {count:>7}  {reason}")
     busiest = sorted(summary.hosts, key=lambda h: -h.requests)[:10]
@@ -172,4 +209,6 @@ def print_summary(summary: FolderSummary) -> None:
             print(
                 f"  {host.host[:32]:<32} {host.requests:>9} {host.codes.get('429', 0):>6} {fives:>6} {host.rate:>8.1f}"
             )
-    print(f"  logs: {summary.logs}/ (success.jsonl, errors.jsonl, report.csv, report.parquet, checksums.csv)")
+    print(
+        f"  logs: {summary.logs}/ (success.jsonl, errors.jsonl, report.csv, report.parquet, skipped.csv, checksums.csv)"
+    )

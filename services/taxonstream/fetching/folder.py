@@ -3,15 +3,17 @@
     summary = fetch_into_folder(Path("media.csv"), FolderOptions(output=Path("images")), settings, progress)
 
 Each row ends once — `stored` (fetched, validated, written), `present` (a verified file from an earlier
-run, so running the same command again resumes) or `failed` with a reason — and is logged in
-OUTPUT/_fetch/ (`folder_logs.py`); where files go and how they are verified is `folder_files.py`. Lists
+run, verified against the log's sha256, so running the same command again resumes), `skipped` (not a
+still image, no URL) or `failed` with a reason — and is logged, by the line it starts on, in the logs
+folder beside the images (OUTPUT_logs/ unless told; `folder_logs.py`), so sum-buddy and `taxonstream
+checksum` of OUTPUT see images only; where files go and how they are verified is `folder_files.py`. Lists
 of MANY_ROWS rows or more are fetched by one process per core, each owning a share of the hosts.
 The caller hears of progress through one hook, called as rows end; everything else is in the summary.
 """
 
 from __future__ import annotations
 
-import gzip
+import itertools
 import os
 import threading
 import time
@@ -22,11 +24,20 @@ from pathlib import Path
 
 from taxonstream.core.errors import Failed
 from taxonstream.fetching.engine import FetchEngine, HostReport, Result, Task
-from taxonstream.fetching.folder_files import LOG_DIR, Storer, Targets, choose_algorithm
+from taxonstream.fetching.folder_files import Storer, Targets, choose_algorithm, downsize
 from taxonstream.fetching.folder_logs import FolderLogs
-from taxonstream.fetching.inputs import INPUT_ERROR, InputError, InputStats, read_records
+from taxonstream.fetching.inputs import (
+    INPUT_ERROR,
+    LINE,
+    NO_URL,
+    InputError,
+    InputStats,
+    find_column,
+    read_records,
+)
 from taxonstream.fetching.settings import FetcherSettings
 from taxonstream.fetching.shards import ShardedEngine
+from taxonstream.fetching.tables import TableError, count_lines
 
 # From this many rows a list is fetched by one process per core (below it, starting them costs more).
 MANY_ROWS = 2000
@@ -40,18 +51,28 @@ Progress = Callable[[int, Counter, int | None], None]
 class FolderOptions:
     output: Path
     url_col: str | None = None
-    name_col: str | None = None  # default: the row number
+    name_col: str | None = None  # default: the row's line number
     subdir_col: str | None = None
     checksum_col: str | None = None  # the buddy check: files that differ are not kept
     checksum_algo: str = ""  # default: from the first expected value's length, else sha256
     force: bool = False  # download again even when a verified file is present
     processes: int | None = None  # default: one per core for lists of MANY_ROWS+ rows, else 1
-    limit: int | None = None  # only the first N rows
+    limit: int | None = None  # only the first N input rows
+    log_dir: Path | None = None  # default: OUTPUT_logs beside OUTPUT
+    delimiter: str | None = None  # default: sniffed (tab for .tsv)
+    encoding: str | None = None  # default: UTF-8 / UTF-16 by BOM; others only when named
+    resize: int = 0  # also write a downsized copy to OUTPUT_downsized (cautious-robot's -l)
+    resize_mode: str = "square"  # "square" (N x N, as cautious-robot) or "shorter" (shorter side N)
+    fix_extensions: bool = False  # a name whose suffix disagrees with the bytes: rename, not refuse
+
+    @property
+    def logs(self) -> Path:
+        return self.log_dir or self.output.parent / f"{self.output.name}_logs"
 
 
 @dataclass
 class FolderSummary:
-    counts: Counter  # rows by state: stored, present, failed
+    counts: Counter  # rows by state: stored, present, skipped, failed
     reasons: Counter  # failed rows by reason
     stats: InputStats
     hosts: list[HostReport]
@@ -62,20 +83,25 @@ class FolderSummary:
     interrupted: bool = False
 
 
-def expected_rows(listing: Path, limit: int | None = None) -> int | None:
-    """Rows in the list, for a progress bar's ETA (None when it would cost too much to know)."""
+def expected_rows(listing: Path, limit: int | None = None, encoding: str | None = None) -> int | None:
+    """Rows in the list, for a progress bar's ETA (None when it would cost too much to know).
+
+    Text is decoded on the way, so an undecodable byte is refused (InputError) before anything is written.
+    """
+    if listing.is_dir() or listing.suffix.lower() == ".zip":
+        return None
     try:
         if listing.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
 
             total = pq.ParquetFile(listing).metadata.num_rows
         else:
-            opener = gzip.open if listing.suffix.lower() == ".gz" else open
-            with opener(listing, "rb") as handle:
-                lines = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+            lines = count_lines(listing, encoding)
             jsonl = any(s.lower() in (".jsonl", ".json") for s in listing.suffixes)
             total = lines if jsonl else max(0, lines - 1)
-    except OSError:
+    except TableError as error:
+        raise InputError(str(error)) from None
+    except Exception:  # noqa: BLE001 - a broken file is reported by the reader, in its own words
         return None
     return min(total, limit) if limit is not None else total
 
@@ -84,7 +110,7 @@ def fetch_into_folder(
     listing: Path, options: FolderOptions, settings: FetcherSettings, progress: Progress | None = None
 ) -> FolderSummary:
     """Fetch every row of `listing` into `options.output`. Raises InputError for a list or options it cannot use."""
-    if not listing.is_file():
+    if not (listing.is_file() or listing.is_dir()):
         raise InputError(f"{listing}: no such file")
     return _FolderRun(listing, options, settings, progress).run()
 
@@ -93,32 +119,69 @@ class _FolderRun:
     def __init__(self, listing: Path, options: FolderOptions, settings: FetcherSettings, progress: Progress | None):
         self.listing, self.options, self.settings = listing, options, settings
         self.progress = progress
-        algo = choose_algorithm(listing, options.checksum_algo, options.checksum_col, options.url_col)
+        self.stats = InputStats()
+        self.total = expected_rows(listing, options.limit, options.encoding)  # first: refuses bad encodings
+        self._early_skips: list[tuple[int, str, dict[str, str]]] = []  # skips seen before the logs open
+        self._logs_open = False
+        self.records = read_records(
+            listing,
+            options.url_col,
+            self.stats,
+            delimiter=options.delimiter,
+            encoding=options.encoding,
+            limit=options.limit,
+            on_skip=self._skip,
+            skip_empty_urls=True,
+        )
+        # The first record before anything is written: an empty list or a mistyped column is one line.
+        self.first = next(self.records, None)
+        columns = self.stats.columns
+        name_col, subdir_col, checksum_col = (
+            find_column(columns, wanted, option) if wanted else None
+            for wanted, option in (
+                (options.name_col, "--name-col"),
+                (options.subdir_col, "--subdir-col"),
+                (options.checksum_col, "--checksum-col"),
+            )
+        )
+        self.checksum_col = checksum_col
+        algo = choose_algorithm(self.first, options.checksum_algo, checksum_col)
         self.targets = Targets(
             options.output,
             algo,
-            options.name_col,
-            options.subdir_col,
-            options.checksum_col,
+            name_col,
+            subdir_col,
+            checksum_col,
             options.force,
             settings.fetch_max_pixels,
             settings.fetch_fast_decode,
+            options.logs,
+            options.fix_extensions,
         )
-        self.logs = FolderLogs(options.output / LOG_DIR, algo)
-        self.stats = InputStats()
-        self.total: int | None = None
+        self.logs = FolderLogs(options.logs, algo, columns, self.stats.url_column, bool(checksum_col))
         self._progress_lock = threading.Lock()
+
+    def _skip(self, line: int, reason: str, row: dict[str, str]) -> None:
+        if not self._logs_open:
+            self._early_skips.append((line, reason, row))
+            return
+        self._tell(1, self.logs.skip(line, reason, row))
 
     def run(self) -> FolderSummary:
         options, logs = self.options, self.logs
-        self.total = total = expected_rows(self.listing, options.limit)
+        total = self.total
         processes = options.processes or ((os.cpu_count() or 1) if total is None or total >= MANY_ROWS else 1)
-        storer = Storer(logs.tmp, logs.algo)
+        storer = Storer(
+            logs.tmp, logs.algo, options.fix_extensions, options.resize, options.resize_mode, options.output
+        )
         if processes > 1:
             engine = ShardedEngine(self.settings, processes, store=storer, on_result=self._on_result)
         else:
             engine = FetchEngine(self.settings, store=storer, on_result=self._on_result)
         logs.open()
+        self._logs_open = True
+        for skipped in self._early_skips:
+            self._skip(*skipped)
         started = time.monotonic()
         interrupted = False
         try:
@@ -132,8 +195,9 @@ class _FolderRun:
             engine.close()
             logs.close()
         logs.write_parquet()
+        logs.write_checksums(options.output)
         seconds = time.monotonic() - started
-        buddy = logs.buddy_check() if options.checksum_col else None
+        buddy = logs.buddy_check() if self.checksum_col else None
         return FolderSummary(
             logs.counts, logs.reasons, self.stats, summary.hosts, seconds, logs.logs, logs.algo, buddy, interrupted
         )
@@ -178,21 +242,15 @@ class _FolderRun:
             )
 
     def _tasks(self) -> Iterator[Task]:
-        options, stats = self.options, self.stats
-        filtered = 0
-        for row, record in enumerate(read_records(self.listing, options.url_col, stats)):
-            if options.limit is not None and row >= options.limit:
-                return
-            skipped = stats.not_images + stats.no_url  # rows the reader left out still move the progress on
-            if skipped > filtered:
-                self._tell(skipped - filtered, Counter(self.logs.counts))
-                filtered = skipped
+        records = self.records if self.first is None else itertools.chain([self.first], self.records)
+        for record in records:
             metadata = dict(record.metadata)
+            row = int(metadata.get(LINE, "0"))
             if INPUT_ERROR in metadata:
                 self._record(row, "", "failed", metadata, reason="bad_row", message=metadata[INPUT_ERROR])
                 continue
-            if not record.url:
-                self._record(row, "", "failed", metadata, reason="bad_url", message="the row has no URL")
+            if not record.url:  # skipped by the reader (skip_empty_urls); kept here for safety
+                self._tell(1, self.logs.skip(row, NO_URL, metadata))
                 continue
             try:
                 target = self.targets.target(row, record.url, metadata)
@@ -204,6 +262,8 @@ class _FolderRun:
                 self._record(row, record.url, "failed", metadata, reason="store_error", message=str(error))
                 continue
             if found is not None:
+                if self.options.resize:
+                    downsize(Path(found["path"]), self.options.output, self.options.resize, self.options.resize_mode)
                 self._record(row, record.url, "present", metadata, **found)
                 continue
             yield Task(str(row), record.url, target)

@@ -2,14 +2,19 @@
 
 Names come from a column (or the row number), folders from another; anything that could leave the output
 folder, hidden names and duplicates fail instead of overwriting. Files are written to a temporary name and
-renamed into place, so they appear whole or not at all.
+renamed into place, so they appear whole or not at all. A name whose suffix disagrees with the bytes (a PNG
+served for x.jpg) is refused as `extension_mismatch`, or renamed with fix_extensions (cautious-robot's
+choices). A file found from an earlier run is kept only if it is the one the log recorded (same sha256),
+so a file swapped since is fetched again; with `resize`, a downsized copy goes to OUTPUT_downsized/.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -17,10 +22,10 @@ from pathlib import Path
 
 from taxonstream.core.errors import Failed
 from taxonstream.fetching.engine import Result
-from taxonstream.fetching.inputs import InputError, read_records
 from taxonstream.fetching.validate import inspect_image
+from taxonstream.integrity.checksums import Algorithm, ChecksumError
+from taxonstream.v1.messages_pb2 import SourceRecord
 
-LOG_DIR = "_fetch"
 EXTENSIONS = {
     "image/jpeg": ".jpg",
     "image/png": ".png",
@@ -29,6 +34,16 @@ EXTENSIONS = {
     "image/tiff": ".tif",
     "image/bmp": ".bmp",
     "image/jp2": ".jp2",
+}
+# Suffixes that agree with each type (the first is the one fix_extensions renames to).
+SUFFIXES_BY_MIME = {
+    "image/jpeg": (".jpg", ".jpeg", ".jpe", ".jfif"),
+    "image/png": (".png",),
+    "image/gif": (".gif",),
+    "image/webp": (".webp",),
+    "image/tiff": (".tif", ".tiff"),
+    "image/bmp": (".bmp",),
+    "image/jp2": (".jp2", ".j2k", ".jpf"),
 }
 KNOWN_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".jp2", ".j2k"}
 DIGEST_BY_LENGTH = {32: "md5", 40: "sha1", 64: "sha256", 128: "sha512"}
@@ -62,25 +77,50 @@ def safe_parts(value: str, what: str, nested: bool) -> list[str]:
     return parts
 
 
-def choose_algorithm(listing: Path, algo: str, checksum_col: str | None, url_col: str | None) -> str:
+def choose_algorithm(first: SourceRecord | None, algo: str, checksum_col: str | None) -> str:
     """`algo`, else what the first expected checksum's length says, else sha256.
 
     sha256 rather than sum-buddy's md5 by default: every image's sha256 is computed anyway (it is the
-    content address), so checksums.csv costs nothing more. `--checksum-algo md5` matches sum-buddy.
+    content address). `--checksum-algo md5` gives sum-buddy's default. Raises ValueError (an InputError
+    for the CLI) for an algorithm sum-buddy would not accept.
     """
     algo = algo.lower()
-    if not algo and checksum_col:
-        for record in read_records(listing, url_col):
-            value = record.metadata.get(checksum_col, "").strip()
-            if value:
-                algo = DIGEST_BY_LENGTH.get(len(value), "md5")
-                break
+    if not algo and checksum_col and first is not None:
+        value = first.metadata.get(checksum_col, "").strip()
+        algo = DIGEST_BY_LENGTH.get(len(value), "md5") if value else ""
     algo = algo or "sha256"
     try:
-        hashlib.new(algo)
-    except ValueError as error:
-        raise InputError(f"unknown checksum algorithm {algo!r}") from error
+        Algorithm.parse(algo)
+    except ChecksumError as error:
+        from taxonstream.fetching.inputs import InputError
+
+        raise InputError(f"--checksum-algo: {error}") from None
     return algo
+
+
+def downsized_path(path: Path, output: Path) -> Path:
+    return output.parent / f"{output.name}_downsized" / path.relative_to(output)
+
+
+def downsize(path: Path, output: Path, size: int, mode: str) -> None:
+    """A copy of `path` at `size` px (square: N x N as cautious-robot; shorter: the shorter side N, never up)."""
+    from PIL import Image
+
+    target = downsized_path(path, output)
+    if target.is_file():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(path) as image:
+        if mode == "square":
+            small = image.resize((size, size))
+        else:
+            scale = size / min(image.size)
+            small = (
+                image.copy() if scale >= 1 else image.resize((round(image.width * scale), round(image.height * scale)))
+            )
+        temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
+        small.save(temp, format=image.format)
+    os.replace(temp, target)
 
 
 @dataclass(frozen=True)
@@ -92,6 +132,10 @@ class Storer:
 
     tmp: Path
     algo: str
+    fix_extensions: bool = False
+    resize: int = 0
+    resize_mode: str = "square"
+    output: Path | None = None
 
     def __call__(self, result: Result) -> dict:
         target: Target = result.task.payload
@@ -99,17 +143,37 @@ class Storer:
         checksum = result.sha256 if self.algo == "sha256" else hashlib.new(self.algo, data).hexdigest()
         if target.expected and checksum != target.expected:
             raise Failed("checksum_mismatch", f"{self.algo} {checksum} differs from the expected {target.expected}")
-        path = target.path(result.mime)
+        path = checked_suffix(target.path(result.mime), result.mime, self.fix_extensions)
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = self.tmp / f"{uuid.uuid4().hex}.part"
         try:
             with open(temp, "wb") as handle:
                 handle.write(data)
-            os.replace(temp, path)  # same file system: the file appears whole or not at all
+            try:
+                os.replace(temp, path)  # same file system: the file appears whole or not at all
+            except OSError as error:
+                if error.errno != errno.EXDEV:
+                    raise
+                beside = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")  # logs on another disk
+                shutil.move(temp, beside)
+                os.replace(beside, path)
         except OSError:
             temp.unlink(missing_ok=True)
             raise
+        if self.resize and self.output is not None:
+            downsize(path, self.output, self.resize, self.resize_mode)
         return {"path": str(path), "checksum": checksum}
+
+
+def checked_suffix(path: Path, mime: str, fix: bool) -> Path:
+    """`path`, or with the suffix the bytes call for (fix), or Failed("extension_mismatch")."""
+    agreeing = SUFFIXES_BY_MIME.get(mime)
+    suffix = path.suffix.lower()
+    if not agreeing or suffix in agreeing or suffix not in KNOWN_SUFFIXES:
+        return path
+    if fix:
+        return path.with_suffix(agreeing[0])
+    raise Failed("extension_mismatch", f"the name says {suffix} but the bytes are {mime} (--fix-extensions renames)")
 
 
 class Targets:
@@ -125,6 +189,8 @@ class Targets:
         force: bool,
         max_pixels: int,
         fast_decode: bool,
+        logs: Path,
+        fix_extensions: bool = False,
     ) -> None:
         self.output = output
         self.algo = algo
@@ -133,7 +199,8 @@ class Targets:
         self.max_pixels, self.fast_decode = max_pixels, fast_decode
         self.lock = threading.Lock()
         self.claimed: dict[str, int] = {}
-        self.previous = previous_successes(output / LOG_DIR / "success.jsonl")
+        self.fix_extensions = fix_extensions
+        self.previous = previous_successes(logs / "success.jsonl")
 
     def target(self, row: int, url: str, metadata: dict[str, str]) -> Target:
         folder = self.output
@@ -144,8 +211,6 @@ class Targets:
             decided = Path(name).suffix.lower() in KNOWN_SUFFIXES
         else:
             name, decided = f"{row:08d}", False
-        if folder == self.output and name == LOG_DIR:
-            raise Failed("bad_name", f"file name {name!r} is reserved for the logs")
         expected = metadata.get(self.checksum_col, "").strip().lower() if self.checksum_col else ""
         key = str(folder / name)
         with self.lock:
@@ -158,11 +223,13 @@ class Targets:
         """A verified file from an earlier run, or None (absent, or not the right one)."""
         if self.force:
             return None
-        candidates = (
-            [target.path()]
-            if target.decided_suffix
-            else [target.folder / (target.name + suffix) for suffix in sorted(set(EXTENSIONS.values()) | {".img"})]
-        )
+        suffixes = sorted(set(EXTENSIONS.values()) | {".img"})
+        if not target.decided_suffix:
+            candidates = [target.folder / (target.name + suffix) for suffix in suffixes]
+        elif self.fix_extensions:  # an earlier run may have renamed it
+            candidates = [target.path()] + [target.path().with_suffix(s) for s in suffixes]
+        else:
+            candidates = [target.path()]
         before = self.previous.get(target.url)
         for path in candidates:
             if not path.is_file():
@@ -172,7 +239,10 @@ class Targets:
             if target.expected:
                 if self.digest(data) != target.expected:
                     continue
-            elif before is None or before.get("sha256") != sha256 or before.get("path") != str(path):
+            elif before is not None and before.get("path") == str(path):
+                if before.get("sha256") != sha256:
+                    continue  # not the file the log recorded (swapped or damaged since): fetch it again
+            else:
                 try:  # no record of this file: accept it only if it is a complete image
                     inspect_image(data, self.max_pixels, fast=self.fast_decode)
                 except Failed:

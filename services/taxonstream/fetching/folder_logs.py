@@ -1,7 +1,10 @@
-"""The logs of `fetch_into_folder`, in OUTPUT/_fetch/: one line per row, written under one lock.
+"""The logs of `fetch_into_folder`, in their own folder beside the images: one line per input row, written
+under one lock.
 
-success.jsonl and errors.jsonl (with each row's metadata), report.csv and report.parquet (every row),
-checksums.csv in sum-buddy's layout (filepath,filename,<algorithm>) and, for the buddy check, missing.csv.
+success.jsonl and errors.jsonl (with each row's metadata), report.csv and report.parquet (every row, by the
+line it starts on), skipped.csv (rows left out, with their reason and columns), checksums.csv (the images
+folder as sum-buddy writes it: the same writer as `taxonstream checksum`, byte for byte) and, for the buddy
+check, missing.csv (the source row's columns, then why it is missing).
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import threading
 from collections import Counter
 from pathlib import Path
 from typing import IO
+
+from taxonstream.integrity.checksums import ChecksumError
+from taxonstream.integrity.sumbuddy import checksum_to_csv
 
 REPORT_FIELDS = [
     "row",
@@ -36,8 +42,13 @@ REPORT_FIELDS = [
 class FolderLogs:
     """Open for the whole run; `record` is called from the engine's threads and the input reader alike."""
 
-    def __init__(self, logs: Path, algo: str) -> None:
+    def __init__(
+        self, logs: Path, algo: str, columns: list[str] | None = None, url_column: str = "url", buddy: bool = False
+    ) -> None:
         self.logs = logs
+        self.columns = [c for c in columns or [] if c != url_column]
+        self.url_column = url_column
+        self.buddy = buddy
         self.tmp = logs / "tmp"
         self.algo = algo
         self.lock = threading.Lock()
@@ -53,8 +64,16 @@ class FolderLogs:
         self.errors = self._log("errors.jsonl")
         self.report = csv.DictWriter(self._log("report.csv"), fieldnames=REPORT_FIELDS)
         self.report.writeheader()
-        self.checksums = csv.writer(self._log("checksums.csv"))
-        self.checksums.writerow(["filepath", "filename", self.algo])  # sum-buddy's layout
+        self.skipped = csv.DictWriter(
+            self._log("skipped.csv"),
+            fieldnames=["line", "reason", self.url_column, *self.columns],
+            extrasaction="ignore",
+        )
+        self.skipped.writeheader()
+        if self.buddy:
+            fields = [self.url_column, *self.columns, "line", "state", "reason", "message"]
+            self.missing = csv.DictWriter(self._log("missing.csv"), fieldnames=fields, extrasaction="ignore")
+            self.missing.writeheader()
 
     def _log(self, name: str) -> IO[str]:
         # Open for the whole run, closed by close() (hence no `with` here).
@@ -72,29 +91,39 @@ class FolderLogs:
             if state == "failed":
                 self.reasons[str(fields.get("reason", ""))] += 1
                 self.errors.write(json.dumps({**entry, "metadata": metadata}) + "\n")
+                self._missing(row, url, state, metadata, fields)
             else:
                 self.success.write(json.dumps({**entry, "metadata": metadata}) + "\n")
-                path = Path(str(fields["path"]))
-                self.checksums.writerow([str(path), path.name, fields.get("checksum", "")])
             self.report.writerow({k: entry.get(k, "") for k in REPORT_FIELDS})
             return Counter(self.counts)
 
+    def skip(self, line: int, reason: str, row: dict[str, str]) -> Counter:
+        """Log a row the reader left out (not a still image, no URL); returns the counts so far."""
+        with self.lock:
+            self.counts["skipped"] += 1
+            self.skipped.writerow({**row, "line": line, "reason": reason})
+            self.report.writerow({"row": line, "url": "", "state": "skipped", "reason": reason})
+            self._missing(line, "", "skipped", row, {"reason": reason})
+            return Counter(self.counts)
+
+    def _missing(self, line: int, url: str, state: str, row: dict[str, str], fields: dict[str, object]) -> None:
+        if self.buddy:
+            extra = {"line": line, "state": state, "reason": fields.get("reason", ""), "message": fields.get("message")}
+            self.missing.writerow({**row, self.url_column: url or row.get(self.url_column, ""), **extra})
+
     def buddy_check(self) -> tuple[int, int]:
-        """Rows with an expected checksum and no verified file, to missing.csv. Returns (verified, missing)."""
-        verified = missing = 0
-        with (
-            open(self.logs / "report.csv", newline="") as handle,
-            open(self.logs / "missing.csv", "w", newline="") as out,
-        ):
-            writer = csv.writer(out)
-            writer.writerow(["row", "url", "state", "reason", "message"])
-            for entry in csv.DictReader(handle):
-                if entry["state"] in ("stored", "present"):
-                    verified += 1
-                else:
-                    missing += 1
-                    writer.writerow([entry["row"], entry["url"], entry["state"], entry["reason"], entry["message"]])
-        return verified, missing
+        """(verified, missing or mismatched) rows of a list with expected checksums (missing.csv lists the latter)."""
+        verified = self.counts["stored"] + self.counts["present"]
+        return verified, self.counts["failed"] + self.counts["skipped"]
+
+    def write_checksums(self, images: Path) -> None:
+        """checksums.csv: the images folder exactly as `sum-buddy IMAGES -a ALGO` (hidden files skipped) writes it."""
+        target = self.logs / "checksums.csv"
+        try:
+            checksum_to_csv(str(images), str(target), algorithm=self.algo, backend="thread")
+        except ChecksumError:  # nothing stored (sum-buddy refuses an empty folder): the header alone
+            with open(target, "w", newline="") as handle:
+                csv.writer(handle).writerow(["filepath", "filename", self.algo])
 
     def write_parquet(self) -> None:
         import pyarrow as pa
