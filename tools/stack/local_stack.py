@@ -24,6 +24,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from taxonstream.core.local_stack import REPO, model_repository, s3_env, stack_dir
 from taxonstream.core.settings import SERVICE_PORTS
 
+try:
+    from tools.stack import supervisor
+except ImportError:  # run as a script: tools/stack is sys.path[0]
+    import supervisor  # type: ignore[no-redef]
+
 SCRIPTS = REPO / "tools" / "stack"
 COMPONENTS = ("kafka", "s3", "triton")
 
@@ -57,19 +62,20 @@ def _pid_file(name: str) -> Path:
 
 def service_pid(name: str) -> int | None:
     """The pid of a service this stack started, if that process still runs."""
-    try:
-        pid = int(_pid_file(name).read_text().split()[0])
-    except (FileNotFoundError, ValueError, IndexError):
-        return None
-    return pid if _alive(pid) else None
+    return supervisor.read_pid(_pid_file(name))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state not in {"Z", "X"}  # a zombie has exited; the init process reaps it late
+_alive = supervisor.alive
+SUPERVISOR = "supervisor"
+
+
+def supervisor_pid() -> int | None:
+    """The pid of the running supervisor (`stack up` starts it), if any."""
+    return service_pid(SUPERVISOR)
+
+
+def _state_file() -> Path:
+    return stack_dir() / "supervisor.json"
 
 
 def healthy(port: int, timeout: float = 2.0) -> bool:
@@ -81,46 +87,60 @@ def healthy(port: int, timeout: float = 2.0) -> bool:
     return answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def child_spec(spec: ServiceSpec, allow_networks: Iterable[str] = ()) -> supervisor.ChildSpec:
+    """How one service is started: its command, environment (this process's), log and pid file."""
+    env = {
+        **os.environ,
+        **s3_env(),
+        "TAXONSTREAM_GRPC_PORT": str(spec.grpc_port),
+        "TAXONSTREAM_METRICS_PORT": str(spec.metrics_port),
+        "PYTHONUNBUFFERED": "1",
+    }
+    if spec.name == "fetcher":
+        env["TAXONSTREAM_FETCH_ALLOW_NETWORKS"] = ",".join(allow_networks)
+    return supervisor.ChildSpec(
+        spec.name,
+        [sys.executable, "-m", f"taxonstream.{spec.name}"],
+        env,
+        stack_dir() / "logs" / f"{spec.name}.log",
+        _pid_file(spec.name),
+        cwd=REPO,
+    )
+
+
 def start_service(spec: ServiceSpec, allow_networks: Iterable[str] = (), timeout: float = 120.0) -> int:
-    """Start one service unless it runs; waits until its health check says SERVING."""
-    pid = service_pid(spec.name)
-    if pid is None:
-        logs = stack_dir() / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        _pid_file(spec.name).parent.mkdir(parents=True, exist_ok=True)
-        env = {
-            **os.environ,
-            **s3_env(),
-            "TAXONSTREAM_GRPC_PORT": str(spec.grpc_port),
-            "TAXONSTREAM_METRICS_PORT": str(spec.metrics_port),
-            "PYTHONUNBUFFERED": "1",
-        }
-        if spec.name == "fetcher":
-            env["TAXONSTREAM_FETCH_ALLOW_NETWORKS"] = ",".join(allow_networks)
-        with open(logs / f"{spec.name}.log", "ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", f"taxonstream.{spec.name}"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # outlives the CLI; stopped later by its pid
-                cwd=REPO,
-            )
-        pid = process.pid
-        _pid_file(spec.name).write_text(f"{pid}\n")
+    """Start one service unless it runs; waits until its health check says SERVING.
+
+    With the supervisor running, a service that was not stopped on purpose (a crashed or killed one) is
+    the supervisor's to start: this only waits for it, whichever of the two starts the process.
+    """
+    pid_file = _pid_file(spec.name)
+    with supervisor.start_lock(pid_file):
+        held = supervisor.hold_marker(pid_file)
+        if service_pid(spec.name) is None and (held.exists() or supervisor_pid() is None):
+            supervisor.launch(child_spec(spec, allow_networks))
+        held.unlink(missing_ok=True)
     deadline = time.monotonic() + timeout
     while not healthy(spec.grpc_port):
-        if not _alive(pid):
+        if service_pid(spec.name) is None and supervisor_pid() is None:
             raise StackError(f"{spec.name} exited during start; its log ends:\n{_tail(spec.name)}")
         if time.monotonic() > deadline:
             raise StackError(f"{spec.name} not healthy after {timeout:.0f} s; its log ends:\n{_tail(spec.name)}")
         time.sleep(0.3)
+    pid = service_pid(spec.name)
+    if pid is None:
+        raise StackError(f"{spec.name} answered health but has no live pid file ({pid_file})")
     return pid
 
 
-def stop_service(name: str, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0) -> None:
-    """Stop a service this stack started (by its pid file only); SIGKILL if it outstays `timeout`."""
+def stop_service(name: str, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0, hold: bool = True) -> None:
+    """Stop a service this stack started (by its pid file only); SIGKILL if it outstays `timeout`.
+
+    `hold`: the supervisor leaves it stopped until `start_service` (a kill without hold is a crash: restarted).
+    """
+    if hold:
+        _pid_file(name).parent.mkdir(parents=True, exist_ok=True)
+        supervisor.hold_marker(_pid_file(name)).touch()
     pid = service_pid(name)
     if pid is not None:
         os.kill(pid, sig)
@@ -135,8 +155,8 @@ def stop_service(name: str, sig: signal.Signals = signal.SIGTERM, timeout: float
 
 
 def kill_service(name: str) -> None:
-    """SIGKILL, no drain: what a crashed pod looks like (used by the crash tests)."""
-    stop_service(name, signal.SIGKILL, timeout=10)
+    """SIGKILL, no drain: what a crashed pod looks like (used by the crash tests); the supervisor restarts it."""
+    stop_service(name, signal.SIGKILL, timeout=10, hold=False)
 
 
 def _tail(name: str, lines: int = 30) -> str:
@@ -185,12 +205,44 @@ def up(allow_networks: Iterable[str] = (), services: bool = True, echo=print) ->
         reload_triton_models()
     if services:
         allow = list(allow_networks)
+        start_supervisor(allow, echo)
         for spec in SERVICES:
             echo(f"starting {spec.name} …")
             start_service(spec, allow)
 
 
+def start_supervisor(allow_networks: list[str], echo=print) -> None:
+    """The process that keeps the services running (this script's `supervise`); the services' holds cleared."""
+    for spec in SERVICES:
+        supervisor.hold_marker(_pid_file(spec.name)).unlink(missing_ok=True)
+    if supervisor_pid() is not None:
+        return
+    echo("starting the supervisor …")
+    flags = [arg for cidr in allow_networks for arg in ("--allow-network", cidr)]
+    command = [sys.executable, str(Path(__file__).resolve()), "supervise", *flags]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    logs = stack_dir() / "logs" / f"{SUPERVISOR}.log"
+    supervisor.launch(supervisor.ChildSpec(SUPERVISOR, command, env, logs, _pid_file(SUPERVISOR), cwd=REPO))
+
+
+def supervise(allow_networks: list[str]) -> int:
+    """Runs in the supervisor process until SIGTERM; the services it started keep running after it."""
+    import logging
+    import threading
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    specs = [child_spec(spec, allow_networks) for spec in SERVICES]
+    supervisor.Supervisor(specs, _state_file()).run(stop)
+    return 0
+
+
 def down(echo=print) -> None:
+    if supervisor_pid() is not None:  # first, or it would start again what is stopped next
+        echo("stopping the supervisor …")
+        stop_service(SUPERVISOR, hold=False)
     for spec in reversed(SERVICES):
         if service_pid(spec.name) is not None:
             echo(f"stopping {spec.name} …")
@@ -206,19 +258,41 @@ def status() -> tuple[list[str], bool]:
         result = _script(component, "status")
         lines.extend(line for line in result.stdout.splitlines() if line.strip())
         ok &= result.returncode == 0
+    watching = supervisor_pid()
+    lines.append(
+        (f"{SUPERVISOR:<12}{'up' if watching else 'down':<6}" + (f"pid {watching}" if watching else "")).rstrip()
+    )
+    supervised = supervisor.read_state(_state_file())
     for spec in SERVICES:
         up_now = service_pid(spec.name) is not None and healthy(spec.grpc_port)
         ok &= up_now
         state = "up" if up_now else "down"
-        lines.append(f"{spec.name:<12}{state:<6}127.0.0.1:{spec.grpc_port} (metrics :{spec.metrics_port})")
+        line = f"{spec.name:<12}{state:<6}127.0.0.1:{spec.grpc_port} (metrics :{spec.metrics_port})"
+        lines.append(line + _supervision_note(supervised.get(spec.name, {})))
     return lines, ok
+
+
+def _supervision_note(state: dict) -> str:
+    """Restarts and the last exit, as the supervisor recorded them."""
+    if not state.get("restarts") and not state.get("last_exit"):
+        return ""
+    note = f"  restarts {state.get('restarts', 0)}"
+    if state.get("last_exit"):
+        at = time.strftime("%H:%M:%S", time.localtime(state["last_exit_at"])) if state.get("last_exit_at") else "?"
+        note += f", last exit {at}: {state['last_exit']}"
+        if state.get("last_log_line"):
+            note += f" — {state['last_log_line'][:160]}"
+    if state.get("held"):
+        note += " (stopped on purpose)"
+    return note
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="taxonstream stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("action", choices=["up", "down", "status"])
+    # `supervise` is the supervisor process itself, started by `up`.
+    p.add_argument("action", choices=["up", "down", "status", "supervise"])
     p.add_argument(
         "--allow-network",
         action="append",
@@ -234,6 +308,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.action == "supervise":
+            return supervise(args.allow_network)
         if args.action == "up":
             up(args.allow_network, services=not args.no_services)
             print("stack is up")
