@@ -31,6 +31,7 @@ from taxonstream.core.outcomes import outcome
 from taxonstream.core.settings import SERVICE_PORTS, CoreSettings
 from taxonstream.core.staging import StagedStore
 from taxonstream.core.store import ObjectStore
+from taxonstream.core.supervision import report_ok
 from taxonstream.core.worker import in_batches
 from taxonstream.integrity.buddycheck import ExpectedChecksumError, describe, expected_checksums, verify
 from taxonstream.integrity.checksums import digest_bytes, parse_algorithms
@@ -271,6 +272,7 @@ class ReplicaObserver:
                             with self.work.lock:
                                 self.work.registry.advance(*at)
                         replayed += 1
+                report_ok()
                 if not self.work.replayed.is_set() and self._caught_up(consumer):
                     self.work.replayed.set()
                     took = round(time.monotonic() - began, 3)

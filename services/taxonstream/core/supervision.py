@@ -131,17 +131,19 @@ class Health:
 class _Watch:
     """What one supervised loop reported, from its own thread."""
 
-    def __init__(self, health: Health, who: str) -> None:
+    def __init__(self, health: Health | None, who: str) -> None:
         self.health, self.who = health, who
         self.reported = False
 
     def down(self, reason: str) -> None:
         self.reported = True
-        self.health.down(self.who, reason)
+        if self.health is not None:
+            self.health.down(self.who, reason)
 
     def ok(self) -> None:
         self.reported = True
-        self.health.up(self.who)
+        if self.health is not None:
+            self.health.up(self.who)
 
 
 _current = threading.local()
@@ -161,7 +163,15 @@ def report_ok() -> None:
         watch.ok()
 
 
-def supervised(who: str, loop: Loop, health: Health, settle_s: float = SETTLE_S, cap: float = BACKOFF_CAP_S) -> Loop:
+def current_health() -> Health | None:
+    """The health a supervised loop running on this thread reports to (for the loops it starts itself)."""
+    watch: _Watch | None = getattr(_current, "watch", None)
+    return None if watch is None else watch.health
+
+
+def supervised(
+    who: str, loop: Loop, health: Health | None, settle_s: float = SETTLE_S, cap: float = BACKOFF_CAP_S
+) -> Loop:
     """`loop` restarted with backoff whenever it raises an outage (health NOT_SERVING meanwhile).
 
     Anything else it raises is a bug and propagates: the process ends and is replaced.
@@ -198,7 +208,7 @@ def _settle_timer(watch: _Watch, settle_s: float) -> threading.Timer:
 
     def settle() -> None:
         if not watch.reported:
-            watch.health.up(watch.who)
+            watch.ok()
 
     timer = threading.Timer(settle_s, settle)
     timer.daemon = True

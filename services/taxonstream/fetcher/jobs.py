@@ -36,6 +36,7 @@ from taxonstream.core.bus import Bus, decode
 from taxonstream.core.errors import Poison, Transient
 from taxonstream.core.keys import job_progress_snapshot_key
 from taxonstream.core.store import ObjectStore
+from taxonstream.core.supervision import report_ok
 from taxonstream.v1.fetcher_pb2 import JobStatus
 from taxonstream.v1.messages_pb2 import Job, Outcome
 
@@ -369,6 +370,7 @@ class JobFollower:
         self.store = store
         self.table = table
         self.replay_to: dict[TopicPartition, int] | None = None
+        self._restored = False  # a `run` restarted after an outage goes on from the table's positions
 
     def caught_up(self) -> bool:
         """True once the table holds what both topics held when following began (snapshot + replay)."""
@@ -378,7 +380,8 @@ class JobFollower:
 
     def run(self, stop: threading.Event) -> None:
         topics = self.bus.topics
-        if self.store is not None:
+        if self.store is not None and not self._restored:
+            self._restored = True
             try:
                 restored = restore(self.store, self.bus)
             except Transient as error:  # S3 down at start: a full replay is slower, never wrong
@@ -395,6 +398,7 @@ class JobFollower:
                     for raw in part:
                         self._apply(raw)
                     self.table.advance(tp, part[-1].offset + 1)
+                report_ok()
                 if time.monotonic() - last_snapshot >= SNAPSHOT_SECONDS:
                     self.snapshot()
                     last_snapshot = time.monotonic()

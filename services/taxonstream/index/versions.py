@@ -18,6 +18,7 @@ from kafka import TopicPartition
 
 from taxonstream.core.keys import index_versions_key
 from taxonstream.core.store import ObjectStore
+from taxonstream.core.supervision import Health, current_health, supervised
 
 log = logging.getLogger(__name__)
 REFRESH_SECONDS = 5.0
@@ -95,6 +96,7 @@ class Versions(Generic[W]):
         self._stops: dict[VersionKey, threading.Event] = {}  # per version, so one can be retired alone
         self._stop: threading.Event | None = None
         self._crashed: list[BaseException] = []
+        self._health: Health | None = None  # the pod's, taken from the supervised loop that runs `run`
         self.serving, versions = registry.read()
         for key, offsets in versions.items():
             self._add(key, offsets)
@@ -108,7 +110,8 @@ class Versions(Generic[W]):
 
     def _start(self, key: VersionKey, worker: W) -> None:
         assert self._stop is not None
-        stop, loop = threading.Event(), self._loop(worker)
+        # Outages (Kafka, S3 away) restart the version's loop with backoff, reported to the pod's health.
+        stop, loop = threading.Event(), supervised(f"index {key}", self._loop(worker), self._health)
         self._stops[key] = stop
 
         def guarded() -> None:
@@ -192,6 +195,7 @@ class Versions(Generic[W]):
         """Runs every version's worker until `stop`, adding versions other replicas register."""
         with self._lock:
             self._stop = stop
+            self._health = current_health()
             for key, worker in self._workers.items():
                 self._start(key, worker)
         while not stop.wait(REFRESH_SECONDS):
