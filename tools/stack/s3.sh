@@ -74,7 +74,23 @@ log to stderr = true
 err to stderr = true
 mon cluster log to file = false
 # RocksDB prints its whole option set at every open
-debug rocksdb = 1/5
+debug rocksdb = 0/0
+# Debug output gathered in memory costs CPU on every request even when nothing is printed: at the default
+# levels (1/5) a 7 KB PUT cost 2.7 ms of Ceph CPU on this machine.
+debug rgw = 0/0
+debug osd = 0/0
+debug bluestore = 0/0
+debug bluefs = 0/0
+debug bdev = 0/0
+debug ms = 0/0
+debug objecter = 0/0
+debug rados = 0/0
+debug auth = 0/0
+debug monc = 0/0
+debug filestore = 0/0
+debug journal = 0/0
+debug mon = 0/0
+debug paxos = 0/0
 # one OSD: single replicas, place copies across OSDs not hosts, few placement groups
 osd pool default size = 1
 osd pool default min size = 1
