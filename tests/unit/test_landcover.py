@@ -45,8 +45,8 @@ def write_raster(path: Path, data: np.ndarray, nodata: float | None = 0, crs: st
 
 
 def lat_lon(x: np.ndarray, y: np.ndarray) -> tuple[list[float], list[float]]:
-    lon, lat = TO_WGS84.transform(x, y)
-    return list(np.atleast_1d(lat)), list(np.atleast_1d(lon))
+    lon, lat = zip(*(TO_WGS84.transform(float(a), float(b)) for a, b in zip(x, y, strict=True)), strict=True)
+    return list(lat), list(lon)
 
 
 def brute_force(data: np.ndarray, x: float, y: float, side_miles: float, nodata: int | None = 0) -> np.ndarray:

@@ -2,8 +2,11 @@
 
 One Milvus collection holds an image per row: `image_id` (primary key), `vector` (inner product), one
 VARCHAR column per filterable facet (`f_genus`, `f_provider`, … — empty when unknown) and the whole
-metadata as JSON. Filters become a boolean expression on the facet columns, which Milvus evaluates
-inside the vector search (a bitset over each segment), so a non-matching row is never a candidate.
+metadata as JSON, and `numbers`: a JSON object of the metadata values that read as numbers, as numbers
+(what numeric filters such as `F_small>=0.5` compare). Filters become a boolean expression on those
+columns, which Milvus evaluates inside the vector search (a bitset over each segment), so a non-matching
+row is never a candidate. A collection made before `numbers` existed answers numeric filters with an
+error that says to re-index it.
 
 Durability is Milvus's own: a cluster writes its log and segments to its message queue and object
 storage (MinIO/S3), so the indexer's "snapshot" here is a flush plus a small manifest; restoring is
@@ -23,12 +26,14 @@ from typing import Any
 import numpy as np
 
 from taxonstream.index import filters as flt
+from taxonstream.index.comparisons import Numeric, number
 from taxonstream.index.types import Hit, IndexStats, MilvusConfig
 
 FORMAT = "taxonstream-milvus/1"
 _FACET = {field: f"f_{field}" for field in flt.FIELDS}
 _MAX_ID = 512
 _MAX_FACET = 1024
+NUMBERS = "numbers"  # the JSON column of the metadata values that read as numbers
 
 
 def literal(value: str) -> str:
@@ -37,12 +42,34 @@ def literal(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def expression(filters: Mapping[str, frozenset[str]]) -> str:
-    """`f_genus in ["Danaus", "Papilio"] and f_provider in ["iDigBio"]` for normalised filters."""
+def expression(filters: flt.Wanted) -> str:
+    """`f_genus in ["Danaus", "Papilio"] and numbers["F_small"] >= 0.5` for normalised filters."""
+    facet, numeric = flt.split(filters)
     clauses = []
-    for field_, values in sorted(filters.items()):
+    for field_, values in sorted(facet.items()):
         clauses.append(f"{_FACET[field_]} in [{', '.join(literal(v) for v in sorted(values))}]")
+    for column, rule in sorted(numeric.items()):
+        clauses.extend(numeric_clauses(column, rule))
     return " and ".join(clauses)
+
+
+def numeric_clauses(column: str, rule: Numeric) -> list[str]:
+    key = f"{NUMBERS}[{literal(column)}]"
+    out = []
+    for op, value in rule.clauses():
+        if isinstance(value, tuple):
+            # Milvus Lite takes `in [...]` only on a field, not a JSON path: one `==` per number.
+            either = " or ".join(f"{key} == {v!r}" for v in value) or f"({key} > 1 and {key} < 0)"
+            out.append(f"({either})")
+        else:
+            out.append(f"{key} {'==' if op == '=' else op} {value!r}")
+    return out
+
+
+
+def numbers(metadata: Mapping[str, str]) -> dict[str, float]:
+    """The metadata values that read as finite numbers, as numbers."""
+    return {str(k): found for k, v in metadata.items() if (found := number(v)) is not None}
 
 
 class MilvusIndex:
@@ -60,9 +87,12 @@ class MilvusIndex:
         self.client = MilvusClient(**kwargs)
         self.name = self.config.collection
         self.dim: int | None = None
+        self.has_numbers = True  # a new collection gets the column; an old one may lack it
         if self.client.has_collection(self.name):
-            vector = next(f for f in self.client.describe_collection(self.name)["fields"] if f["name"] == "vector")
+            fields = self.client.describe_collection(self.name)["fields"]
+            vector = next(f for f in fields if f["name"] == "vector")
             self.dim = int(vector["params"]["dim"])
+            self.has_numbers = any(f["name"] == NUMBERS for f in fields)
             self.client.load_collection(self.name)
 
     def _create(self, dim: int) -> None:
@@ -74,6 +104,7 @@ class MilvusIndex:
         for column in _FACET.values():
             schema.add_field(column, DataType.VARCHAR, max_length=_MAX_FACET)
         schema.add_field("metadata", DataType.JSON)
+        schema.add_field(NUMBERS, DataType.JSON)
         index = self.client.prepare_index_params()
         index.add_index(
             field_name="vector",
@@ -117,6 +148,7 @@ class MilvusIndex:
                     "vector": vectors[n].tolist(),
                     **{column: item.get(field_, "")[:_MAX_FACET] for field_, column in _FACET.items()},
                     "metadata": {str(k): str(v) for k, v in metadata[n].items()},
+                    **({NUMBERS: numbers(metadata[n])} if self.has_numbers else {}),
                 }
             )
         self.client.upsert(self.name, rows)
@@ -144,9 +176,9 @@ class MilvusIndex:
             return [[] for _ in queries]
         if queries.shape[1] != self.dim:
             raise ValueError(f"query of {queries.shape[1]} dimensions for an index of {self.dim}")
-        if any(not values for values in wanted.values()):
+        if any(isinstance(values, frozenset) and not values for values in wanted.values()):
             return [[] for _ in queries]  # a field allowed no value at all: nothing can match
-        expr = expression(wanted)
+        expr = self._expression(wanted)
         if wanted and (count := self._count(expr)) <= self.config.exact_below:
             return self._exact(queries, k, expr, count)
         params = dict(self.config.search_params)
@@ -201,7 +233,7 @@ class MilvusIndex:
         if self.dim is None:
             return
         wanted = flt.normalise(filters)
-        expr = expression(wanted) if wanted else ""
+        expr = self._expression(wanted) if wanted else ""
         iterator = self.client.query_iterator(
             self.name, batch_size=10_000, filter=expr, output_fields=["image_id", "metadata"]
         )
@@ -212,12 +244,25 @@ class MilvusIndex:
         finally:
             iterator.close()
 
-    def stats(self) -> IndexStats:
+    def _expression(self, wanted: flt.Wanted) -> str:
+        if not self.has_numbers and flt.split(wanted)[1]:
+            raise ValueError(
+                f"Milvus collection {self.name!r} predates numeric filters (no {NUMBERS!r} column): re-index it"
+            )
+        return expression(wanted)
+
+    def stats(self, filters: flt.Filters | None = None) -> IndexStats:
         """Counts by facet value, read with an iterator: O(rows), fine for a stats page, not for a hot path."""
         counts = {field_: Counter[str]() for field_ in flt.FIELDS}
         images = 0
+        wanted = flt.normalise(filters)
         if self.dim is not None:
-            iterator = self.client.query_iterator(self.name, batch_size=10_000, output_fields=list(_FACET.values()))
+            iterator = self.client.query_iterator(
+                self.name,
+                batch_size=10_000,
+                filter=self._expression(wanted) if wanted else "",
+                output_fields=list(_FACET.values()),
+            )
             try:
                 while batch := iterator.next():
                     images += len(batch)

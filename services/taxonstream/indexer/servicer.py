@@ -15,7 +15,7 @@ from taxonstream.core.channels import service_channel
 from taxonstream.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from taxonstream.core.server import Relayed
 from taxonstream.core.store import ObjectStore
-from taxonstream.index.filters import field_name
+from taxonstream.index.filters import Wanted, from_request
 from taxonstream.index.versions import VersionKey, Versions
 from taxonstream.indexer.reembed import start_reembed
 from taxonstream.indexer.worker import IndexerSettings, IndexWorker
@@ -92,9 +92,9 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         raise InvalidArgument("give an image, an image_id or a text to search by")
 
     @staticmethod
-    def _filters(request) -> dict[str, frozenset[str]]:
+    def _filters(request) -> Wanted:
         try:
-            return {field_name(f.field): frozenset(f.values) for f in request.filters}
+            return from_request((f.field, f.op, f.values) for f in request.filters)
         except ValueError as error:
             raise InvalidArgument(str(error)) from error
 
@@ -120,8 +120,9 @@ class IndexerServicer(indexer_pb2_grpc.IndexerServicer):
         )
 
     def Stats(self, request, context) -> indexer_pb2.StatsResponse:
+        filters = self._filters(request)
         work = self._version(request)
-        stats = work.index.stats()
+        stats = work.index.stats(filters or None)
         return indexer_pb2.StatsResponse(
             images=stats.images,
             model=work.key.model,

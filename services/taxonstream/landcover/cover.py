@@ -132,6 +132,9 @@ class RasterCover:
 
     def project(self, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Longitude/latitude (WGS 84) to the raster's x/y; NaN stays NaN, unprojectable becomes inf."""
+        if len(lon) == 1:  # pyproj takes its scalar path for one-element arrays (NumPy deprecates the cast)
+            x, y = self._to_raster.transform(float(lon[0]), float(lat[0]))
+            return np.array([x], dtype=np.float64), np.array([y], dtype=np.float64)
         x, y = self._to_raster.transform(lon, lat)
         return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
 

@@ -25,12 +25,14 @@ class SearchRequest(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., image_id: _Optional[str] = ..., text: _Optional[str] = ..., k: _Optional[int] = ..., filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class Filter(_message.Message):
-    __slots__ = ("field", "values")
+    __slots__ = ("field", "values", "op")
     FIELD_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
     field: str
     values: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, field: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ...) -> None: ...
+    op: str
+    def __init__(self, field: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ..., op: _Optional[str] = ...) -> None: ...
 
 class Hit(_message.Message):
     __slots__ = ("image_id", "score", "metadata", "thumbnail_url", "vector")
@@ -64,12 +66,14 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
-    __slots__ = ("model", "model_version")
+    __slots__ = ("model", "model_version", "filters")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_version: str
-    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+    filters: _containers.RepeatedCompositeFieldContainer[Filter]
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
     __slots__ = ("images", "model", "model_version", "offsets", "kind", "by_field", "versions")

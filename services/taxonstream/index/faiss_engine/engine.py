@@ -39,7 +39,10 @@ bitmap over all slots when the filter is common). Few matches (at most `exact_be
 `ann_min_share` of the index) are scored exactly — faster and better than a graph walk through mostly
 excluded nodes; otherwise the ANN search runs with the bitmap as its `IDSelector` (IVF's nprobe widened
 by the inverse of the filter's share), and any query still short of k hits is answered exactly over the
-matching slots. Either way a non-matching item is never a candidate.
+matching slots. Either way a non-matching item is never a candidate. Numeric filters (`F_small>=0.5`,
+index/comparisons.py) read a float column per metadata column named, filled from the metadata the first
+time one is asked for and kept by every write after: they narrow the facet selection (few slots) or
+its bitmap like any other filter.
 """
 
 from __future__ import annotations
@@ -150,8 +153,11 @@ class FaissIndex(Migrations, Searching):
             self._slot[image_id] = slot
             self._postings.add(slot, self.metadata[image_id])
 
-    def _selection(self, wanted: dict[str, frozenset[str]]) -> Selection | None:
-        return self._postings.select(wanted, self._live[: self._n], self.config.exact_below)
+    def _selection(self, wanted: flt.Wanted) -> Selection | None:
+        return self._postings.select(wanted, self._live[: self._n], self.config.exact_below, self._live_metadata)
+
+    def _live_metadata(self, slot: int) -> Mapping[str, str] | None:
+        return self.metadata.get(self._ids[slot]) if self._live[slot] else None
 
     # ---- writes ----------------------------------------------------------------------------------
 
@@ -243,13 +249,18 @@ class FaissIndex(Migrations, Searching):
         with self._rw.read():
             items = [(k, dict(v)) for k, v in self.metadata.items()]
         for image_id, metadata in items:
-            if not wanted or flt.matches(flt.facets(metadata), wanted):
+            if not wanted or flt.accepts(metadata, wanted):
                 yield image_id, metadata
 
-    def stats(self) -> IndexStats:
+    def stats(self, filters: flt.Filters | None = None) -> IndexStats:
+        """Live images (matching `filters`, if any) and their counts by facet value."""
+        wanted = flt.normalise(filters)
         with self._rw.read():
-            by_field = self._postings.counts(self._live[: self._n])
-            return IndexStats(images=len(self._slot), kind=self._kind, by_field=by_field)
+            live = self._live[: self._n]
+            selection = self._selection(wanted) if wanted else None
+            mask = live if selection is None else selection.mask
+            images = len(self._slot) if selection is None else selection.count
+            return IndexStats(images=images, kind=self._kind, by_field=self._postings.counts(mask))
 
     # ---- snapshots -------------------------------------------------------------------------------
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from array import array
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import faiss
 import numpy as np
 
 from taxonstream.index import filters as flt
+from taxonstream.index.comparisons import number
+
+# The metadata of a live slot (None for a tombstone): how a numeric column is first filled.
+MetadataOf = Callable[[int], Mapping[str, str] | None]
 
 
 class Selection:
@@ -25,6 +29,13 @@ class Selection:
         if self._slots is None:
             self._slots = np.flatnonzero(self._mask)
         return self._slots
+
+    @property
+    def mask(self) -> np.ndarray:
+        if self._mask is None:
+            self._mask = np.zeros(self.n, dtype=bool)
+            self._mask[self._slots] = True
+        return self._mask
 
     @property
     def selector(self) -> faiss.IDSelector:
@@ -45,6 +56,10 @@ class Postings:
         # on the other fields, and what a common filter's bitmap is read from.
         self.values: dict[str, dict[str, int]] = {f: {} for f in flt.FIELDS}
         self.codes: dict[str, np.ndarray] = {f: np.zeros(capacity, dtype=np.int32) for f in flt.FIELDS}
+        # A float column (NaN: not a number there) for each metadata column a numeric filter has named,
+        # filled from the metadata the first time and kept up to date from then on: 8 bytes a slot each.
+        self.numbers: dict[str, np.ndarray] = {}
+        self.capacity = capacity
 
     def grow(self, capacity: int, used: int) -> None:
         """Room for `capacity` slots, keeping the first `used`."""
@@ -52,12 +67,20 @@ class Postings:
             codes = np.zeros(capacity, dtype=np.int32)
             codes[:used] = old[:used]
             self.codes[field_] = codes
+        for column, old_numbers in self.numbers.items():
+            numbers = np.full(capacity, np.nan)
+            numbers[:used] = old_numbers[:used]
+            self.numbers[column] = numbers
+        self.capacity = capacity
 
     def add(self, slot: int, metadata: Mapping[str, str]) -> None:
         for field_, value in flt.facets(metadata).items():
             self.lists.setdefault((field_, value), array("q")).append(slot)
             values = self.values[field_]
             self.codes[field_][slot] = values.setdefault(value, len(values) + 1)
+        for column, numbers in self.numbers.items():
+            found = number(metadata.get(column, ""))
+            numbers[slot] = np.nan if found is None else found
 
     def renumber(self, source: np.ndarray, renumber: np.ndarray, capacity: int) -> None:
         """After a rebuild: new slot i was old slot `source[i]`; `renumber` maps old → new (-1: dropped)."""
@@ -66,21 +89,61 @@ class Postings:
             codes = np.zeros(capacity, dtype=np.int32)
             codes[:count] = old[source]
             self.codes[field_] = codes
+        for column, old_numbers in self.numbers.items():
+            numbers = np.full(capacity, np.nan)
+            numbers[:count] = old_numbers[source]
+            self.numbers[column] = numbers
+        self.capacity = capacity
         for key, old_slots in self.lists.items():
             moved = renumber[np.frombuffer(old_slots, dtype=np.int64)]
             self.lists[key] = array("q", moved[moved >= 0].tobytes())
 
     def counts(self, live: np.ndarray) -> dict[str, dict[str, int]]:
-        """Field → value → live slots with it (`live` is the mask over the used slots)."""
+        """Field → value → live slots with it (`live` is the mask over the used slots, or over those
+        matching a filter)."""
         by_field: dict[str, dict[str, int]] = {}
         for field_, values in self.values.items():
             counts = np.bincount(self.codes[field_][: len(live)][live], minlength=len(values) + 1)
             by_field[field_] = {value: int(counts[code]) for value, code in values.items() if counts[code]}
         return by_field
 
-    def select(self, wanted: dict[str, frozenset[str]], live: np.ndarray, exact_below: int) -> Selection | None:
+    def number_column(self, column: str, n: int, metadata_of: MetadataOf) -> np.ndarray:
+        """The float column of a metadata column over the first `n` slots, filled on first use."""
+        numbers = self.numbers.get(column)
+        if numbers is None:
+            numbers = np.full(self.capacity, np.nan)
+            for slot in range(n):
+                metadata = metadata_of(slot)
+                found = None if metadata is None else number(metadata.get(column, ""))
+                if found is not None:
+                    numbers[slot] = found
+            self.numbers[column] = numbers  # one assignment: a concurrent reader sees none or all of it
+        return numbers[:n]
+
+    def select(
+        self, wanted: flt.Wanted, live: np.ndarray, exact_below: int, metadata_of: MetadataOf | None = None
+    ) -> Selection | None:
         """Live slots matching the filters; None when that is every slot (no filter, no tombstones).
-        `live` is the mask over the used slots."""
+        `live` is the mask over the used slots; `metadata_of` fills a numeric filter's column."""
+        facet, numeric = flt.split(wanted)
+        selection = self._select_facets(facet, live, exact_below)
+        if not numeric:
+            return selection
+        assert metadata_of is not None, "numeric filters need the slots' metadata"
+        n = len(live)
+        columns = {column: self.number_column(column, n, metadata_of) for column in numeric}
+        if selection is not None and selection.count <= exact_below:
+            slots = selection.slots
+            keep = np.ones(len(slots), dtype=bool)
+            for column, rule in numeric.items():
+                keep &= rule.mask(columns[column][slots])
+            return Selection(n, slots=slots[keep])
+        mask = live.copy() if selection is None else selection.mask.copy()
+        for column, rule in numeric.items():
+            mask &= rule.mask(columns[column])
+        return Selection(n, mask=mask)
+
+    def _select_facets(self, wanted: dict[str, frozenset[str]], live: np.ndarray, exact_below: int) -> Selection | None:
         n = len(live)
         if not wanted:
             return None if live.all() else Selection(n, mask=live.copy())

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import faiss
 import numpy as np
 
+from taxonstream.index import filters as flt
 from taxonstream.index.faiss_engine.postings import Selection
 from taxonstream.index.types import FaissConfig
 
@@ -39,7 +40,7 @@ class Searching:
 
         def _vectors(self, slots: np.ndarray) -> np.ndarray: ...
 
-        def _selection(self, wanted: dict[str, frozenset[str]]) -> Selection | None: ...
+        def _selection(self, wanted: flt.Wanted) -> Selection | None: ...
 
     def _exact(self, queries: np.ndarray, k: int, selection: Selection | None) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k over the selected slots (all slots when None)."""
@@ -91,7 +92,7 @@ class Searching:
             slots[row, : len(order)] = found[order]
         return scores, slots
 
-    def _search(self, queries: np.ndarray, k: int, wanted: dict[str, frozenset[str]]) -> tuple[np.ndarray, np.ndarray]:
+    def _search(self, queries: np.ndarray, k: int, wanted: flt.Wanted) -> tuple[np.ndarray, np.ndarray]:
         selection = self._selection(wanted)
         count = self._n if selection is None else selection.count
         k = min(k, count)
