@@ -1,0 +1,135 @@
+"""The Dashboard (distributions, samples, a map) and the Embedding map (a 2-D projection of the vectors)."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from taxonstream.index.filters import FIELDS, facets
+from taxonstream.v1 import indexer_pb2
+
+from .backends import ServiceError
+from .insights import NO_VALUE, colours, columns, distribution, map_points, project, samples, umap_available
+from .views import card, column_value
+from .web import backends, json_error, render
+
+router = APIRouter()
+# Points drawn on the embedding map: beyond this an even sample (SVG with 5,000 circles stays responsive).
+MAP_POINTS = 5000
+
+
+@router.get("/dashboard", response_class=HTMLResponse)
+def dashboard(request: Request) -> HTMLResponse:
+    portal = backends(request)
+    params = request.query_params
+    by = params.get("by") or "family"
+    colour_by = params.get("colour") or ""
+    map_colour = params.get("map_colour") or colour_by or "family"
+    value = params.get("value") or ""
+    where_column, where_value = params.get("where") or "", params.get("where_value") or ""
+    context = {
+        "by": by,
+        "colour_by": colour_by,
+        "map_colour": map_colour,
+        "value": value,
+        "where_column": where_column,
+        "where_value": where_value,
+        "error": "",
+        "stats": None,
+    }
+    try:
+        stats = portal.call("indexer", portal.indexer.Stats, indexer_pb2.StatsRequest(), timeout=60)
+        hits = portal.list_images()
+    except ServiceError as error:
+        context["error"] = str(error)
+        return render(request, "dashboard.html", error.status, columns=list(FIELDS), **context)
+    found = distribution(stats, hits, by, colour_by)
+    where = (where_column, where_value) if where_column and where_value else None
+    shown = [card(h, scored=False) for h in samples(hits, by, value, where)] if value else []
+    points, map_legend, unplaced = map_points(hits, map_colour)
+    where_values = sorted({column_value(h.metadata, where_column) or NO_VALUE for h in hits}) if where_column else []
+    context.update(
+        stats=stats,
+        columns=columns(hits),
+        distribution=found,
+        samples=shown,
+        points=points,
+        map_legend=map_legend,
+        unplaced=unplaced,
+        listed=len(hits),
+        where_values=where_values[:500],
+        truncated=len(hits) >= portal.settings.listing_limit,
+    )
+    return render(request, "dashboard.html", **context)
+
+
+@router.get("/embeddings", response_class=HTMLResponse)
+def embeddings_page(request: Request) -> HTMLResponse:
+    params = request.query_params
+    return render(
+        request,
+        "embeddings.html",
+        colour=params.get("colour") or "family",
+        method=params.get("method") or "pca",
+        fields=FIELDS,
+        umap=umap_available(),
+        error="",
+    )
+
+
+@router.get("/api/embeddings")
+def embeddings(request: Request) -> JSONResponse:
+    """Every (sampled) image's 2-D position, colour value, thumbnail and taxonomy, as the map draws them."""
+    portal = backends(request)
+    colour_by = request.query_params.get("colour") or "family"
+    method = request.query_params.get("method") or "pca"
+    try:
+        hits = portal.list_images(with_vectors=True)
+    except ServiceError as error:
+        return json_error(error.status, str(error))
+    if len(hits) > MAP_POINTS:
+        hits = [hits[i] for i in np.linspace(0, len(hits) - 1, MAP_POINTS).astype(int)]
+    if not hits:
+        return JSONResponse({"points": [], "legend": {}, "method": method, "explained": [], "total": 0})
+    vectors = np.asarray([h.vector for h in hits], dtype=np.float32)
+    coords, used, explained = project(vectors, method)
+    rows = []
+    for hit, (x, y) in zip(hits, coords.tolist(), strict=True):
+        found = facets(hit.metadata)
+        rows.append(
+            {
+                "id": hit.image_id,
+                "x": round(x, 5),
+                "y": round(y, 5),
+                "value": column_value(hit.metadata, colour_by, found) or NO_VALUE,
+                "thumb": hit.thumbnail_url,
+                "name": hit.metadata.get("scientificName") or found.get("species") or found.get("genus") or "",
+                "taxonomy": " › ".join(found[r] for r in FIELDS[:7] if r in found),
+                "licence": found.get("licence", ""),
+                "url": hit.metadata.get("url", ""),
+            }
+        )
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["value"]] = counts.get(row["value"], 0) + 1
+    legend = colours(sorted(counts, key=lambda v: -counts[v]))
+    return JSONResponse(
+        {"points": rows, "legend": legend, "counts": counts, "method": used, "explained": explained, "total": len(rows)}
+    )
+
+
+@router.get("/api/facets")
+def facet_values(request: Request) -> JSONResponse:
+    """The most common values of each index field (Stats), for the filter fields' suggestions."""
+    portal = backends(request)
+    try:
+        stats = portal.call("indexer", portal.indexer.Stats, indexer_pb2.StatsRequest(), timeout=30)
+    except ServiceError as error:
+        return json_error(error.status, str(error))
+    return JSONResponse(
+        {
+            name: [v for v, _ in sorted(counts.counts.items(), key=lambda kv: -kv[1])[:200]]
+            for name, counts in stats.by_field.items()
+        }
+    )
