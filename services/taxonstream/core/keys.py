@@ -13,8 +13,9 @@ change here strands what is already in the bucket, so each function returns exac
   registry/snapshot/snapshots/<generation>.<part>       checksummer      one generation's objects
   provenance/<image_id>/<record_id>.json                checksummer      one source record of an image
   links/<image_id>/<other_id>.json                      checksummer      a near-duplicate link (both directions)
-  derivatives/<image_id>/<model>/<version>/<name>       detector         crop.jpg, crop_256.jpg, original_256.jpg,
-                                                                         detection.json
+  derivatives/<image_id>/<model>/<version>/<name>       detector         detection.json; crop.jpg, crop_256.jpg,
+                                                                         original_256.jpg where they earn their
+                                                                         bytes (detection.json's "stored")
   index/<backend>/versions.json                         indexer          index versions and the serving one
   index/<model>/<version>/<backend>/latest.json         indexer          pointer to the newest index generation
   index/<model>/<version>/<backend>/snapshots/<gen>.*   indexer          .bin (index), .tombstones.json, .json
@@ -111,6 +112,48 @@ def derivative_keys(image_id: str, model: str, version: str) -> dict[str, str]:
     """Where the detector stores what it derives from one image: under the image id and the model version."""
     prefix = derivative_prefix(image_id, model, version)
     return {kind: prefix + name for kind, name in DERIVATIVE_NAMES.items()}
+
+
+# The 256-px copies are stored only for an original over this many pixels on its shorter side (2 x 256):
+# a smaller original is its own small copy, and a re-encoded copy of most of its pixels would cost about
+# as many bytes as the original (a 400x300 demo JPEG: ~0.5x each).
+SMALL_COPIES_MIN_SIDE = 512
+
+
+def small_copies_stored(original_size: tuple[int, int]) -> bool:
+    """Whether the detector stores a 256-px copy of an original of this (width, height)."""
+    return min(original_size) > SMALL_COPIES_MIN_SIDE
+
+
+def thumbnail_key(
+    image_id: str, model: str, version: str, crop_key: str, original_key: str, original_size: tuple[int, int]
+) -> str:
+    """The search thumbnail: the 256-px crop where a crop was stored (`crop_key` is not the original's),
+    else the 256-px original where one was stored, else the original itself (at most 512 px on a side)."""
+    keys = derivative_keys(image_id, model, version)
+    if crop_key and crop_key != original_key:
+        return keys["crop_small"]
+    return keys["original_small"] if small_copies_stored(original_size) else original_key
+
+
+def small_original_key(image_id: str, thumbnail: str, original_key: str) -> str | None:
+    """The whole image at 256 px, from the thumbnail's key: beside a derivative thumbnail (every layout
+    stores original_256.jpg with crop_256.jpg), the original itself where it is its own thumbnail; None for
+    any other key."""
+    if thumbnail and thumbnail == original_key:
+        return original_key
+    parsed = parse_derivative_key(thumbnail)
+    return None if parsed is None else derivative_keys(image_id, parsed[1], parsed[2])["original_small"]
+
+
+def derivative_to_read(lineage: dict, kind: str) -> str:
+    """The key a reader of a detection.json reads for `kind` ("crop", "crop_small", "original_small").
+
+    Its "keys" name what serves each kind: a stored derivative, or the original (for "crop": cut the
+    lineage's "box" out of it). A lineage from before "stored" was recorded named all four derivatives,
+    all stored; one without "keys" falls back to the derivative layout of its image id and model."""
+    keys = lineage.get("keys") or derivative_keys(lineage["image_id"], lineage["model"], lineage["model_version"])
+    return keys[kind]
 
 
 def parse_derivative_key(key: str) -> tuple[str, str, str] | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -13,9 +12,11 @@ from PIL import Image, UnidentifiedImageError
 from taxonstream.core import metrics
 from taxonstream.core.bus import Bus, Emit
 from taxonstream.core.errors import Failed
+from taxonstream.core.keys import small_copies_stored, thumbnail_key
 from taxonstream.core.settings import SERVICE_PORTS, CoreSettings
 from taxonstream.core.store import ObjectStore, derivative_keys
 from taxonstream.core.triton import TritonModel
+from taxonstream.models.derivatives import CROP_MAX_SIDE, crop_worth_storing, encode_derivative, shorter_side
 from taxonstream.models.preprocess import crop_box, detector_pixels, upright_rgb
 from taxonstream.v1.messages_pb2 import Box, Crop, VerifiedImage
 
@@ -45,18 +46,6 @@ class Detection:
     crop: Image.Image | None = None
 
 
-def shorter_side(image: Image.Image, side: int) -> Image.Image:
-    """`image` scaled so its shorter side is `side` px (aspect kept); a smaller image is left as it is."""
-    width, height = image.size
-    scale = side / min(width, height)
-    if scale >= 1.0:
-        return image
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    # reducing_gap: a box-filter `reduce` first, Lanczos over the last factor of 3 (Pillow's documented
-    # "indistinguishable from fair resampling"): a 3000x2000 photo to 256 px is several times cheaper.
-    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-
-
 def reduced_for(image: Image.Image, size: int) -> Image.Image:
     """`image` box-reduced by whole factors while it stays at least 2x `size` on each side: the detector's
     squash to `size` then filters a small image, not a full-size photo widened to float per channel."""
@@ -73,32 +62,6 @@ def open_image(data: bytes, min_side: int) -> Image.Image:
     if min(image.size) < min_side:
         raise Failed("image_too_small", f"{image.size[0]}x{image.size[1]} is under {min_side} px on a side")
     return upright_rgb(image)
-
-
-# The stored crop is what the embedder (224 x 224 input), reembed and `export --content crop` read: at most
-# this many pixels on its shorter side, 4.5x the encoder's input.
-CROP_MAX_SIDE = 1024
-
-
-def encode_derivative(image: Image.Image, kind: Literal["crop", "small"]) -> bytes:
-    """The JPEG bytes stored for a derivative; fixed settings, so the same pixels always give the same bytes
-    (search-by-image and the stored crop embed identically).
-
-    Measured with the stand-in encoder and detector (boxes padded 1.4x: about 75 % of the image), bytes
-    stored for crop + both 256-px copies per original byte, and the cosine to the old q95 4:4:4 crop:
-      old (everything q95 4:4:4, full-size crop):   3000x2000 1.8 MB photos 1.56x; 320x240 5 kB demo 3.78x
-      crop <=1024 px q85 4:4:4, 256-px q80 4:2:0:   photos 0.25x (cos >= 0.99994); demo 2.00x (cos >= 0.99881)
-      the same with the crop at 4:2:0:              photos 0.17x but cos 0.99927, demo cos down to 0.969
-    so the crop keeps full chroma (saturated colours move the embedding) and the 256-px copies, which no
-    model reads, halve chroma. A demo-sized original is smaller than any re-encoded copy of most of its
-    pixels: meeting 0.5x there needs consumers that read the original plus the box instead of a crop.
-    """
-    out = io.BytesIO()
-    if kind == "crop":
-        shorter_side(image, CROP_MAX_SIDE).save(out, format="JPEG", quality=85, subsampling=0, optimize=True)
-    else:
-        image.save(out, format="JPEG", quality=80, subsampling=2, optimize=True)
-    return out.getvalue()
 
 
 class Detector:
@@ -154,13 +117,31 @@ class DetectWorker:
         return verified.fetched.width * verified.fetched.height
 
     def store_derivatives(self, verified: VerifiedImage, image: Image.Image, detection: Detection) -> str:
-        """Crop, 256-px derivatives of original and crop, and the lineage record; returns the crop's key."""
+        """The derivatives that earn their bytes (models/derivatives.py, core/keys.py) and the lineage record;
+        returns the key consumers read the crop from: the stored crop, or the original (cut by the box).
+
+        Stored bytes per original byte (original + derivatives + lineage; budget 1.5x), stand-in detector's
+        ~70 % box, max: 3000x2000 1.2-1.9 MB photos 1.29x (crop + both 256-px copies, as before); 400x300
+        e2e JPEGs 1.24x and 320x240 demo JPEGs 1.35x (lineage only; storing everything made them 3.15x and
+        3.31x). Full table: models/derivatives.py.
+        """
         s = self.settings
         keys = derivative_keys(verified.image_id, s.detector_model, s.detector_model_version)
+        original_key = verified.fetched.object_key
         side = s.detector_derivative_side
-        self.store.put(keys["original_small"], encode_derivative(shorter_side(image, side), "small"), "image/jpeg")
-        small_crop = encode_derivative(shorter_side(detection.crop or image, side), "small")
-        self.store.put(keys["crop_small"], small_crop, "image/jpeg")
+        crop = detection.crop or image
+        stored: list[str] = []
+        if small_copies_stored(image.size):
+            self.store.put(keys["original_small"], encode_derivative(shorter_side(image, side), "small"), "image/jpeg")
+            stored.append("original_small")
+        with_crop = crop_worth_storing(image.size, detection.box)
+        if with_crop:
+            self.store.put(keys["crop_small"], encode_derivative(shorter_side(crop, side), "small"), "image/jpeg")
+            stored.append("crop_small")
+        crop_key = keys["crop"] if with_crop else original_key
+        thumbnail = thumbnail_key(
+            verified.image_id, s.detector_model, s.detector_model_version, crop_key, original_key, image.size
+        )
         self.store.put_json(
             keys["lineage"],
             {
@@ -175,12 +156,21 @@ class DetectWorker:
                 "model_version": s.detector_model_version,
                 "derivative_side": side,
                 "crop_max_side": CROP_MAX_SIDE,  # crop.jpg is the box's pixels scaled down to this, if larger
-                "keys": keys,
+                "stored": [*stored, "crop"] if with_crop else stored,
+                # What serves each kind (core/keys.py derivative_to_read): the original where nothing was
+                # stored; for "crop" that means the box cut out of it.
+                "keys": {
+                    "crop": crop_key,
+                    "crop_small": thumbnail,
+                    "original_small": keys["original_small"] if "original_small" in stored else original_key,
+                    "lineage": keys["lineage"],
+                },
             },
         )
         # The crop last: the message that names it goes out only after every derivative is stored.
-        self.store.put(keys["crop"], detection.crop_jpeg, "image/jpeg")
-        return keys["crop"]
+        if with_crop:
+            self.store.put(keys["crop"], detection.crop_jpeg, "image/jpeg")
+        return crop_key
 
     def run(self, images: list[Image.Image]) -> list[tuple[Image.Image, tuple[np.ndarray, float]]]:
         return list(zip(images, self.detector.infer(images), strict=True))

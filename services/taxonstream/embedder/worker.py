@@ -18,6 +18,7 @@ from taxonstream.core.errors import Failed
 from taxonstream.core.settings import SERVICE_PORTS, CoreSettings
 from taxonstream.core.store import ObjectStore
 from taxonstream.core.triton import TritonModel
+from taxonstream.models.derivatives import PixelBox, parse_box, read_crop
 from taxonstream.models.preprocess import clip_pixel_values
 from taxonstream.v1.messages_pb2 import Crop, Embedding, ReembedImage
 
@@ -173,23 +174,28 @@ class EmbedWorker:
         self.store = store
         self.encoders = encoders
 
-    def pixels(self, crop_key: str) -> np.ndarray:
-        try:
-            data = self.store.get(crop_key)
-        except KeyError:
-            raise Failed("missing_object", f"crop {crop_key} is not in the store") from None
+    def pixels(self, crop_key: str, original_key: str, box: PixelBox | None) -> np.ndarray:
+        """The encoder input of a crop: the stored one, or the box cut from the original where no crop was
+        stored (`crop_key` is the original's key; models/derivatives.py)."""
         # Full decode on purpose: BioCLIP parity needs pybioclip's resize of the crop's own pixels, which a
-        # reduced-scale JPEG decode would change; the crop is at most 1024 px on its shorter side anyway.
+        # reduced-scale JPEG decode would change; a stored crop is at most 1024 px on its shorter side, an
+        # original read instead at most about a megapixel (or its crop would have been stored).
         with metrics.timed("decode"):
-            return pixel_values(data)
+            try:
+                return clip_pixel_values(read_crop(self.store.get, crop_key, original_key, box))
+            except KeyError:
+                raise Failed("missing_object", f"crop {crop_key} is not in the store") from None
 
     @staticmethod
     def crop_pixels(crop: Crop) -> int:
-        """The crop's decoded size at most (its box in the original; stored crops are never larger)."""
+        """The decoded size at most: the original's where it is read in place of a crop, else the box's."""
+        if crop.crop_key == crop.image.fetched.object_key:
+            return crop.image.fetched.width * crop.image.fetched.height
         return max(0, crop.box.right - crop.box.left) * max(0, crop.box.bottom - crop.box.top)
 
     def prepare(self, crop: Crop) -> np.ndarray:
-        return self.pixels(crop.crop_key)
+        box = crop.box
+        return self.pixels(crop.crop_key, crop.image.fetched.object_key, (box.left, box.top, box.right, box.bottom))
 
     def run(self, pixels: list[np.ndarray]) -> np.ndarray:
         return self.encoders.embed(self.encoders.default, pixels)
@@ -206,7 +212,9 @@ class EmbedWorker:
     def prepare_backfill(self, request: ReembedImage) -> tuple[ModelKey, np.ndarray]:
         if not request.model:
             raise Failed("no_model", "the reembed request names no model")
-        return (request.model, request.model_version or "1"), self.pixels(request.crop_key)
+        original_key = request.lineage.get("original_key", "")
+        box = parse_box(request.lineage.get("box", "")) if request.crop_key == original_key else None
+        return (request.model, request.model_version or "1"), self.pixels(request.crop_key, original_key, box)
 
     def run_backfill(self, prepared: list[tuple[ModelKey, np.ndarray]]) -> list[np.ndarray | Failed]:
         """One Triton call per model in the batch; a model Triton cannot run fails only its own messages."""

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from taxonstream.core.keys import derivative_keys, parse_derivative_key
+from taxonstream.core.keys import small_original_key
+from taxonstream.models.derivatives import PixelBox, crop_from_original, decode, encode_derivative, parse_box
 
-# original: the fetched bytes as stored; crop: the detector's padded specimen crop;
-# small: the 256-px crop (the search thumbnail); small-original: the whole image at 256 px.
+# original: the fetched bytes as stored; crop: the detector's padded specimen crop (cut from the original
+# and encoded as the detector encodes a stored crop, where it stored none); small: the 256-px crop (the
+# search thumbnail); small-original: the whole image at 256 px. For an original of at most 512 px on its
+# shorter side the detector stores no 256-px copies: the original serves as both (core/keys.py).
 CONTENTS = ("original", "crop", "small", "small-original")
 
 
@@ -23,17 +26,28 @@ def content_key(content: str, image_id: str, metadata: Mapping[str, str]) -> str
     elif content in {"small", "small-original"}:
         key = metadata.get("thumbnail_key", "")
         if key and content == "small-original":
-            # The thumbnail lives under derivatives/<image_id>/<detector model>/<version>/: the same
-            # detector run stored the 256-px original beside it.
-            parsed = parse_derivative_key(key)
-            if parsed is None:
-                raise MissingContent(f"unexpected thumbnail key {key!r}")
-            key = derivative_keys(image_id, parsed[1], parsed[2])["original_small"]
+            thumbnail, key = key, small_original_key(image_id, key, metadata.get("original_key", ""))
+            if key is None:
+                raise MissingContent(f"unexpected thumbnail key {thumbnail!r}")
     else:
         raise ValueError(f"content must be one of {', '.join(CONTENTS)}, not {content!r}")
     if not key:
         raise MissingContent(f"no {content} object recorded for this image")
     return key
+
+
+def box_to_cut(content: str, metadata: Mapping[str, str]) -> PixelBox | None:
+    """The box to cut from the object `content_key` names: set for a crop the detector did not store
+    (its `crop_key` is the original's key), None where the object is the content as it is."""
+    crop_key = metadata.get("crop_key", "")
+    if content != "crop" or not crop_key or crop_key != metadata.get("original_key"):
+        return None
+    return parse_box(metadata.get("box", ""))
+
+
+def cut_crop(original: bytes, box: PixelBox) -> bytes:
+    """The crop's JPEG bytes from the original's: the same bytes the detector would have stored."""
+    return encode_derivative(crop_from_original(decode(original, "original"), box), "crop")
 
 
 _MAGIC: tuple[tuple[bytes, int, str], ...] = (

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from taxonstream.core.errors import Transient
-from taxonstream.export.content import MissingContent, content_key, extension
+from taxonstream.core.errors import Failed, Transient
+from taxonstream.export.content import MissingContent, box_to_cut, content_key, cut_crop, extension
 from taxonstream.export.select import Item, Selection
 from taxonstream.export.split import assign, stratum
 from taxonstream.export.writers import Sample, ShardedWriter
@@ -72,10 +72,12 @@ def _fetch(store: Store, item: Item, content: str, retries: int) -> tuple[str, b
     """(key, bytes, '') or (key, None, reason)."""
     try:
         key = content_key(content, item.image_id, item.metadata)
-    except MissingContent as error:
+        box = box_to_cut(content, item.metadata)
+    except (MissingContent, Failed) as error:
         return "", None, f"no_object: {error}"
     try:
-        return key, _read(store, key, retries), ""
+        data = _read(store, key, retries)
+        return key, data if box is None else cut_crop(data, box), ""
     except KeyError:
         return key, None, "missing: the object is not in S3"
     except Transient as error:

@@ -10,9 +10,10 @@ from kafka import TopicPartition
 from pydantic import Field
 
 from taxonstream.core.bus import Bus, Emit
+from taxonstream.core.keys import thumbnail_key
 from taxonstream.core.outcomes import outcome
 from taxonstream.core.settings import SERVICE_PORTS
-from taxonstream.core.store import ObjectStore, derivative_keys
+from taxonstream.core.store import ObjectStore
 from taxonstream.core.worker import StreamWorker, each
 from taxonstream.index.config import IndexSettings
 from taxonstream.index.snapshots import Snapshots, SnapshotTrigger, version_config
@@ -53,7 +54,15 @@ def lineage(embedding: Embedding) -> dict[str, str]:
         "box": f"{box.left},{box.top},{box.right},{box.bottom}",
         "size": f"{fetched.width}x{fetched.height}",
         "model": f"{embedding.model}/{embedding.model_version}",
-        "thumbnail_key": derivative_keys(embedding.image_id, crop.model, crop.model_version)["crop_small"],
+        # The 256-px crop, or what stands in for it where the detector stored none (core/keys.py).
+        "thumbnail_key": thumbnail_key(
+            embedding.image_id,
+            crop.model,
+            crop.model_version,
+            crop.crop_key,
+            fetched.object_key,
+            (fetched.width, fetched.height),
+        ),
     }
 
 
