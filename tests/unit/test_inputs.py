@@ -189,3 +189,97 @@ def test_model_flags_name_an_index_version():
     assert index_version("bioclip2_image/3") == {"model": "bioclip2_image", "model_version": "3"}
     with pytest.raises(InputError, match="--model"):
         index_version("a/b/c")
+
+
+# Issue 14: delimiters by content, encodings, broken files, line numbers, case-insensitive columns.
+
+
+def test_a_tab_separated_txt_is_sniffed_and_the_delimiter_can_be_named(tmp_path):
+    path = tmp_path / "multimedia.txt"  # GBIF ships tab-separated .txt files
+    path.write_text("gbifID\ttype\tformat\tidentifier\n1\tStillImage\timage/jpeg\thttp://g.example/1.jpg\n")
+    assert [r.url for r in read_records(path)] == ["http://g.example/1.jpg"]
+    semi = tmp_path / "list.csv"
+    semi.write_text("url;genus\nhttp://a.example/1.jpg;Apis\n")
+    assert [(r.url, r.metadata["genus"]) for r in read_records(semi)] == [("http://a.example/1.jpg", "Apis")]
+    (record,) = read_records(semi, "url;genus", delimiter="|")  # the named delimiter wins over the sniffed one
+    assert record.url == "http://a.example/1.jpg;Apis"
+
+
+def test_encodings_are_detected_or_refused_with_the_line_and_byte(tmp_path):
+    text = "url,genus\nhttp://a.example/1.jpg,Ménétriés\n"
+    for name, data in {
+        "bom.csv": b"\xef\xbb\xbf" + text.encode(),
+        "utf16.csv": text.encode("utf-16"),
+    }.items():
+        (tmp_path / name).write_bytes(data)
+        (record,) = read_records(tmp_path / name)
+        assert (record.url, record.metadata["genus"]) == ("http://a.example/1.jpg", "Ménétriés")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(("url,genus\nhttp://a.example/0.jpg,Apis\n" + text.split("\n", 1)[1]).encode("latin-1"))
+    with pytest.raises(InputError, match=r"line 3, byte \d+: 0xe9 is not valid utf-8.*--encoding latin-1"):
+        list(read_records(latin))
+    records = list(read_records(latin, encoding="latin-1"))
+    assert records[1].metadata["genus"] == "Ménétriés"
+
+
+def test_empty_header_only_and_zero_row_inputs_are_refused(tmp_path):
+    cases = {"empty.csv": "", "header.csv": "url,genus\n", "blank.jsonl": "\n\n"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(InputError, match="no data rows|empty file"):
+            list(read_records(tmp_path / name))
+    zero = tmp_path / "zero.parquet"
+    pq.write_table(pa.table({"url": pa.array([], pa.string())}), zero)
+    with pytest.raises(InputError, match="no data rows"):
+        list(read_records(zero))
+
+
+def test_broken_parquet_and_fake_gzip_are_one_clear_error(tmp_path):
+    for name, data in {"empty.parquet": b"", "garbage.parquet": b"PAR1 but not really"}.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(InputError, match="not a readable Parquet file"):
+            list(read_records(tmp_path / name))
+    fake = tmp_path / "list.csv.gz"
+    fake.write_text("url\nhttp://a.example/1.jpg\n")
+    with pytest.raises(InputError, match="not gzip-compressed"):
+        list(read_records(fake))
+
+
+def test_an_unterminated_quote_costs_its_line_not_the_next_row(tmp_path):
+    path = tmp_path / "list.csv"
+    path.write_text(
+        'url,genus\nhttp://a.example/1.jpg,Apis\nhttp://a.example/2.jpg,"Vespa\nhttp://a.example/3.jpg,Bombus\n'
+        'http://a.example/4.jpg,"multi\nline"\n'
+    )
+    records = list(read_records(path))
+    assert [(r.url, r.metadata["source_line"]) for r in records] == [
+        ("http://a.example/1.jpg", "2"),
+        ("", "3"),
+        ("http://a.example/3.jpg", "4"),
+        ("http://a.example/4.jpg", "5"),  # a quoted line break that closes properly is still one field
+    ]
+    assert records[1].metadata["_input_error"].startswith("line 3:")
+    assert records[3].metadata["genus"] == "multi\nline"
+
+
+def test_rows_are_numbered_by_line_and_limit_counts_input_rows(tmp_path):
+    path = tmp_path / "multimedia.txt"
+    path.write_text(
+        "gbifID\ttype\tformat\tidentifier\n"
+        "1\tSound\taudio/mpeg\thttp://g.example/1.mp3\n"
+        "2\tStillImage\timage/jpeg\thttp://g.example/2.jpg\n"
+        "3\tStillImage\timage/jpeg\thttp://g.example/3.jpg\n"
+    )
+    records = list(read_records(path, limit=2))
+    assert [(r.url, r.metadata["source_line"]) for r in records] == [("http://g.example/2.jpg", "3")]
+
+
+def test_column_names_are_matched_case_insensitively(tmp_path):
+    path = tmp_path / "list.csv"
+    path.write_text("Image_URL,genus\nhttp://a.example/1.jpg,Apis\n")
+    assert [r.url for r in read_records(path, "image_url")] == ["http://a.example/1.jpg"]
+    from taxonstream.fetching.inputs import find_column
+
+    assert find_column(["FileName", "md5"], "filename", "--name-col") == "FileName"
+    with pytest.raises(InputError, match="--checksum-col: no column 'md55'"):
+        find_column(["FileName", "md5"], "md55", "--checksum-col")

@@ -12,18 +12,28 @@ from pathlib import Path
 from tqdm import tqdm
 
 from taxonstream.cli import clients
-from taxonstream.fetching.inputs import URL_COLUMNS, InputError, read_records
+from taxonstream.fetching.inputs import URL_COLUMNS, InputError, InputStats, read_records
+from taxonstream.fetching.tables import TableError, count_lines
 from taxonstream.v1 import fetcher_pb2, fetcher_pb2_grpc, indexer_pb2, indexer_pb2_grpc
 from taxonstream.v1.messages_pb2 import Outcome
 
 
 def _submit(
-    stub: fetcher_pb2_grpc.FetcherStub, path: Path, url_col: str | None, job_id: str, force: bool = False
+    stub: fetcher_pb2_grpc.FetcherStub,
+    path: Path,
+    url_col: str | None,
+    job_id: str,
+    force: bool = False,
+    reading: dict | None = None,
+    stats: InputStats | None = None,
 ) -> fetcher_pb2.JobStatus:
-    records = read_records(path, url_col)
+    """`reading`: read_records' keyword options (delimiter, encoding, limit, on_skip)."""
+    if path.is_file() and path.suffix.lower() not in (".zip", ".parquet"):
+        count_lines(path, (reading or {}).get("encoding"))  # an undecodable byte refuses the file before a row goes
+    records = read_records(path, url_col, stats, skip_empty_urls=True, **(reading or {}))
     first = next(records, None)  # read one row before opening the stream: a bad file fails fast
     if first is None:
-        raise InputError(f"{path}: no rows")
+        raise InputError(f"{path}: no rows with a URL to submit")
 
     def requests() -> Iterator[fetcher_pb2.SubmitJobRequest]:
         spec = fetcher_pb2.JobSpec(job_id=job_id, source=path.name, force=force)
@@ -90,8 +100,28 @@ def _write_report(stub: fetcher_pb2_grpc.FetcherStub, job_id: str, path: Path) -
 def cmd_ingest(args: argparse.Namespace) -> int:
     with clients.channel("fetcher") as channel:
         stub = fetcher_pb2_grpc.FetcherStub(channel)
-        status = _submit(stub, Path(args.file), args.url_col, args.job_id or "", args.force)
+        stats = InputStats()
+        skipped: list[dict[str, str]] = []
+        reading = {
+            "delimiter": args.delimiter,
+            "encoding": args.encoding,
+            "limit": args.limit,
+            "on_skip": lambda line, reason, row: skipped.append({"line": str(line), "reason": reason, **row}),
+        }
+        try:
+            status = _submit(stub, Path(args.file), args.url_col, args.job_id or "", args.force, reading, stats)
+        except TableError as error:
+            raise InputError(str(error)) from None
         print(f"submitted job {status.job_id}: {status.total} records", file=sys.stderr)
+        for reason, count in stats.skipped.most_common():  # rows not submitted, so the job never hears of them
+            print(f"  skipped {count:>6}  {reason}", file=sys.stderr)
+        if args.skipped and skipped:
+            fields = list(dict.fromkeys(k for row in skipped for k in row))
+            with open(args.skipped, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(skipped)
+            print(f"  skipped rows written to {args.skipped}", file=sys.stderr)
         if args.no_wait:
             print(status.job_id)
             return 0
@@ -194,7 +224,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("ingest", help="submit a URL list and follow it until every record has ended")
-    p.add_argument("file", help="CSV, TSV, JSONL or Parquet (optionally .gz); other columns travel as metadata")
+    p.add_argument(
+        "file",
+        help="CSV, TSV, TXT, JSONL or Parquet (optionally .gz), or a Darwin Core Archive (.zip or folder); "
+        "other columns travel as metadata",
+    )
+    p.add_argument("--delimiter", help="field delimiter of a text list, e.g. ',' or '\\t' (default: sniffed)")
+    p.add_argument("--encoding", help="text encoding (default: UTF-8, or UTF-16 with a BOM), e.g. latin-1")
+    p.add_argument("--limit", type=int, help="only the first N input rows")
+    p.add_argument("--skipped", metavar="FILE", help="write the rows left out (not a still image, no URL) to FILE.csv")
     p.add_argument("--url-col", help=f"column holding the URL (default: the first of {', '.join(URL_COLUMNS)})")
     p.add_argument("--job-id", help="name the job (default: generated); re-submitting a name re-runs its rows")
     p.add_argument("--no-wait", action="store_true", help="print the job id and return at once")

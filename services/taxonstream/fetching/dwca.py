@@ -218,18 +218,20 @@ def media_rows(path: Path, encoding: str | None = None) -> Iterator[tuple[int, d
     try:
         media = archive.media_file()
         core_by_id: dict[str, dict[str, str]] = {}
-        if media is not archive.core:
+        joined = media is not archive.core and media.id_index is not None
+        media_id = media.columns.get(media.id_index or 0, "coreid")
+        if joined:
             wanted = set()
             for _line, row in archive.rows(media, encoding):  # pass 1: the occurrences the media point at
                 if isinstance(row, dict):
-                    wanted.add(row.get("coreid", ""))
-            id_name = archive.core.columns.get(archive.core.id_index or 0, "id")
+                    wanted.add(row.get(media_id, ""))
+            core_id = archive.core.columns.get(archive.core.id_index or 0, "id")
             for _line, row in archive.rows(archive.core, encoding):  # pass 2: only their CORE_FIELDS
-                if isinstance(row, dict) and row.get(id_name, "") in wanted:
-                    core_by_id[row[id_name]] = {k: row[k] for k in CORE_FIELDS if row.get(k, "")}
+                if isinstance(row, dict) and row.get(core_id, "") in wanted:
+                    core_by_id[row[core_id]] = {k: row[k] for k in CORE_FIELDS if row.get(k, "")}
         for line, row in archive.rows(media, encoding):
-            if isinstance(row, dict) and media is not archive.core:
-                occurrence = core_by_id.get(row.get("coreid", ""), {})
+            if isinstance(row, dict) and joined:
+                occurrence = core_by_id.get(row.get(media_id, ""), {})
                 row = {**row, **{k: v for k, v in occurrence.items() if not row.get(k, "")}}
             yield line, row
     finally:
