@@ -47,7 +47,8 @@ class FetchWorker:
             return [Emit(self.bus.topics.fetched, known.sha256, known)]
         if self.settings.fetch_robots_txt:
             self.hosts.obey_robots(record.url)
-        data, attempts = self.hosts.download(record.url)
+        # Keyed by the record: a long pause of its host defers it (Deferred) instead of holding the batch.
+        data, attempts = self.hosts.download(record.url, key=f"{record.record_id}\n{record.url}")
         info = inspect_image(data, self.settings.fetch_max_pixels)
         with metrics.timed("hash"):
             sha256 = hashlib.sha256(data).hexdigest()

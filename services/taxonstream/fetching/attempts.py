@@ -12,6 +12,9 @@ same way and give up at the same count. Everything here is pure: no clock, no I/
 - Retry-After (delta-seconds or HTTP-date) is honoured up to `max_retry_after` (300 s); without one,
   repeated failures wait an exponential backoff with "equal jitter" (tenacity's `wait_exponential` for
   the step: 0.5 s x 2^(n-1) up to 60 s, then half of it random so that waits still grow).
+- A pause longer than `defer_after` (30 s) is not waited for inside the service's Kafka batch: the record
+  is deferred (its partition paused) and tried again when the pause ends; a record whose waits would
+  pass `wait_budget` (30 min from its first deferral) fails as `provider_throttled`, retryable with `jobs retry`.
 - robots.txt: a disallowed URL, or a host whose robots.txt stayed unreadable (5xx, unreachable) after
   the error budget, ends without a request — final, never retried in this run (RFC 9309 2.3.1.4).
 """
@@ -123,6 +126,8 @@ class AttemptPolicy:
     backoff_base: float = 0.5
     backoff_max: float = 60.0
     max_retry_after: float = 300.0
+    defer_after: float = 30.0  # longer waits leave the Kafka batch (max_poll_interval is 600 s)
+    wait_budget: float = 1800.0  # seconds a record may spend deferred in all
 
     @classmethod
     def from_settings(cls, settings) -> AttemptPolicy:  # FetcherSettings; untyped to avoid an import cycle
@@ -132,6 +137,8 @@ class AttemptPolicy:
             backoff_base=settings.fetch_backoff_base,
             backoff_max=settings.fetch_backoff_max,
             max_retry_after=settings.fetch_max_retry_after,
+            defer_after=settings.fetch_defer_after,
+            wait_budget=settings.fetch_wait_budget,
         )
 
     # -- giving up --------------------------------------------------------------------------------
@@ -148,6 +155,15 @@ class AttemptPolicy:
         return Failed(retry.failure.reason, f"{retry.failure.message} (after {tally.sent} attempts)")
 
     # -- waiting ----------------------------------------------------------------------------------
+    def out_of_wait_budget(self, waited: float, asked: float, host: str) -> Failed | None:
+        """The final failure when `asked` more seconds, after `waited` deferred already, pass the wait budget."""
+        if waited + asked <= self.wait_budget:
+            return None
+        return Failed(
+            "provider_throttled",
+            f"{host} asked for {asked:.0f} s more after {waited:.0f} s waited (budget {self.wait_budget:.0f} s)",
+        )
+
     def asked_pause(self, retry_after: float) -> float:
         """Retry-After as asked, capped: a host asking for a day is asked again after `max_retry_after`."""
         return min(max(0.0, retry_after), self.max_retry_after)

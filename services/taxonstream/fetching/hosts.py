@@ -5,7 +5,9 @@ one pacing that host; gates live as long as the pod, so what a host taught us ca
 Each record's attempts run here, one after another on the caller's thread: wait for the host's gate, fetch,
 tell the gate how it went, and retry or give up as the attempt policy (`attempts.py`) says — the same
 policy the standalone engine's scheduler follows. No sleeping between attempts: the gate's pause
-(Retry-After, backoff) is the wait.
+(Retry-After, backoff) is the wait. A record downloaded under a key does not wait out a pause longer than
+the policy's `defer_after`: it raises Deferred (the worker pauses its partition and asks again when the
+pause ends), its attempts so far kept under the key until it ends, within the policy's wait budget.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
-from taxonstream.core.errors import Failed
+from taxonstream.core.errors import Deferred, Failed
 from taxonstream.fetching import metrics
 from taxonstream.fetching.attempts import NOT_SENT, AttemptPolicy, RetryLater, Tally, robots_refusal
 from taxonstream.fetching.download import Downloader
@@ -25,6 +28,14 @@ from taxonstream.fetching.safety import host_of
 from taxonstream.fetching.settings import FetcherSettings
 
 T = TypeVar("T")
+
+
+@dataclass
+class _Deferred:
+    """A record's attempts across its deferrals, and since when (epoch seconds: its first attempt) it waits."""
+
+    tally: Tally = field(default_factory=Tally)
+    since: float = field(default_factory=time.time)
 
 
 class HostGates:
@@ -38,6 +49,9 @@ class HostGates:
         self._waiting: dict[str, int] = {}  # requests of each host waiting in `acquire`
         self._robots: dict[str, Robots] = {}
         self._robots_locks: dict[str, threading.Lock] = {}
+        # Records deferred and not ended yet, by key. A record whose partition moves to another pod stays
+        # here (a few dozen bytes) until this pod's life ends; the new owner starts its budget afresh.
+        self._deferred: dict[str, _Deferred] = {}
 
     @classmethod
     def from_settings(cls, settings: FetcherSettings, downloader: Downloader) -> HostGates:
@@ -45,9 +59,13 @@ class HostGates:
         return cls(downloader, rates, attempts, settings.robots_agent)
 
     # -- what a record's handler calls ------------------------------------------------------------
-    def download(self, url: str) -> tuple[bytes, int]:
-        """The body of `url` and the attempts it took; raises Failed when it is final."""
-        got, sent = self._attempt(host_of(url), lambda: self.downloader.fetch(url), "200", lambda got: len(got.data))
+    def download(self, url: str, key: str | None = None) -> tuple[bytes, int]:
+        """The body of `url` and the attempts it took; raises Failed when it is final.
+
+        With `key` (the record's identity), a long pause of the host raises Deferred instead of waiting.
+        """
+        fetch = lambda: self.downloader.fetch(url)  # noqa: E731 - one line, named for the call below
+        got, sent = self._attempt(host_of(url), fetch, "200", lambda got: len(got.data), key=key)
         return got.data, sent
 
     def obey_robots(self, url: str) -> None:
@@ -93,14 +111,50 @@ class HostGates:
         code: str,
         size: Callable[[T], int] | None = None,
         once: bool = False,
+        key: str | None = None,
     ) -> tuple[T, int]:
         """`request` under the host's gate until it succeeds or the policy gives up: (its result, attempts).
 
         `once`: a retryable failure is raised as it is (the caller keeps its own count), after the gate heard of it.
+        `key`: a pause longer than the policy's `defer_after` raises Deferred; the attempts are kept for later.
         """
-        tally = Tally()
+        if key is None:
+            return self._attempts(host, request, code, size, once, Tally(), None)
+        with self._cond:
+            held = self._deferred.get(key) or _Deferred()
+        try:
+            result = self._attempts(host, request, code, size, once, held.tally, key)
+        except Deferred as deferred:
+            now = time.time()
+            if (failure := self.attempts.out_of_wait_budget(now - held.since, deferred.until - now, host)) is None:
+                with self._cond:
+                    self._deferred[key] = held
+                raise
+            self._forget(key)
+            raise failure from None
+        except BaseException:
+            self._forget(key)
+            raise
+        self._forget(key)
+        return result
+
+    def _forget(self, key: str) -> None:
+        with self._cond:
+            self._deferred.pop(key, None)
+
+    def _attempts(
+        self,
+        host: str,
+        request: Callable[[], T],
+        code: str,
+        size: Callable[[T], int] | None,
+        once: bool,
+        tally: Tally,
+        key: str | None,
+    ) -> tuple[T, int]:
+        defer_after = self.attempts.defer_after if key is not None else None
         while True:
-            sent_at = self.acquire(host)
+            sent_at = self.acquire(host, defer_after)
             tally.sent += 1
             started = time.monotonic()
             try:
@@ -129,13 +183,18 @@ class HostGates:
             gate = self._gates[host] = HostGate(self.rates, self.attempts)
         return gate
 
-    def acquire(self, host: str) -> float:
-        """Wait until `host` may be sent a request (its pace, pause and connection cap); returns the send time."""
+    def acquire(self, host: str, defer_after: float | None = None) -> float:
+        """Wait until `host` may be sent a request (its pace, pause and connection cap); returns the send time.
+
+        With `defer_after`, raises Deferred instead when the host's gate opens later than that from now.
+        """
         with self._cond:
             gate = self._gate(host)
             self._waiting[host] = self._waiting.get(host, 0) + 1
             try:
                 while not gate.can_send(now := time.monotonic()):
+                    if defer_after is not None and (wait := gate.ready_at() - now) > defer_after:
+                        raise Deferred(time.time() + wait, f"{host} paused for {wait:.0f} s")
                     self._cond.wait(timeout=max(0.005, min(1.0, gate.ready_at() - now)))
             finally:
                 self._waiting[host] -= 1

@@ -45,6 +45,10 @@ class FetcherSettings(CoreSettings):
     fetch_backoff_max: float = Field(default=60.0, gt=0)
     # The longest Retry-After honoured as asked; longer requests are cut to this.
     fetch_max_retry_after: float = Field(default=300.0, gt=0)
+    # The service: a host's pause longer than this defers the record (its partition paused, the batch goes
+    # on) instead of waiting inside the batch; a record deferred longer than the budget ends provider_throttled.
+    fetch_defer_after: float = Field(default=30.0, ge=0)
+    fetch_wait_budget: float = Field(default=1800.0, gt=0)
     # robots.txt: fetched once per host and obeyed (Disallow, Crawl-delay) when true.
     fetch_robots_txt: bool = False
     # X-Robots-Tag directives that opt an image out (read from the headers before the body).
