@@ -42,8 +42,13 @@ class Detection:
     box: tuple[int, int, int, int]
     score: float
     size: tuple[int, int]
-    crop_jpeg: bytes
-    crop: Image.Image | None = None
+    crop: Image.Image
+
+    @cached_property
+    def crop_jpeg(self) -> bytes:
+        """The crop's stored encoding, made only when asked: most originals store no crop (a 1600x1200
+        one would spend ~10 ms encoding a crop nobody keeps)."""
+        return encode_derivative(self.crop, "crop")
 
 
 def reduced_for(image: Image.Image, size: int) -> Image.Image:
@@ -90,7 +95,7 @@ class Detector:
             crop = image.crop(pixels)
         else:  # nothing confident: keep the whole image, and say so in the lineage
             pixels, crop = (0, 0, *image.size), image
-        return Detection(detected, pixels, score, image.size, encode_derivative(crop, "crop"), crop)
+        return Detection(detected, pixels, score, image.size, crop)
 
     def detect(self, image: Image.Image) -> Detection:
         return self.finish(image, self.infer([image])[0])
@@ -129,7 +134,7 @@ class DetectWorker:
         keys = derivative_keys(verified.image_id, s.detector_model, s.detector_model_version)
         original_key = verified.fetched.object_key
         side = s.detector_derivative_side
-        crop = detection.crop or image
+        crop = detection.crop
         stored: list[str] = []
         if small_copies_stored(image.size):
             self.store.put(keys["original_small"], encode_derivative(shorter_side(image, side), "small"), "image/jpeg")
