@@ -205,3 +205,36 @@ def test_milvus_numeric_filters_match_brute_force(tmp_path) -> None:
             assert index.stats(wanted).images == len(expected), expr
     finally:
         index.close()
+
+
+def test_cli_flags_become_request_filters_with_their_comparison() -> None:
+    from taxonstream.cli.clients import index_filters
+    from taxonstream.fetching.inputs import InputError
+
+    parsed_flags = index_filters(["genus=Apis,Bombus", "F_small>=0.5", "A_big = 0.25,0.75", "W_big<0.1"])
+    as_tuples = [(f.field, f.op, list(f.values)) for f in parsed_flags]
+    assert as_tuples == [
+        ("genus", "", ["Apis", "Bombus"]),
+        ("F_small", ">=", ["0.5"]),
+        ("A_big", "=", ["0.25", "0.75"]),
+        ("W_big", "<", ["0.1"]),
+    ]
+    wanted = flt.from_request((f.field, f.op, f.values) for f in parsed_flags)
+    assert wanted["A_big"] == Numeric(equals=frozenset({0.25, 0.75}))
+    for bad in ["F_small>=x", "F_small<1,2"]:
+        with pytest.raises(InputError, match="--filter"):
+            index_filters([bad])
+
+
+def test_export_query_carries_numeric_filters() -> None:
+    from taxonstream.cli.export_cmd import _query
+    from taxonstream.cli.main import parser
+
+    args = parser().parse_args(["export", "--filter", "genus=Apis", "--filter", "F_small>=0.5", "--out", "o"])
+    query = _query(args)
+    assert query.filters == {"genus": ("Apis",)} and query.comparisons == (("F_small", ">=", "0.5"),)
+    assert [(f.field, f.op, list(f.values)) for f in query.proto_filters()] == [
+        ("genus", "", ["Apis"]),
+        ("F_small", ">=", ["0.5"]),
+    ]
+    assert query.describe()["comparisons"] == ["F_small>=0.5"]

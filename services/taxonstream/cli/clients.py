@@ -60,15 +60,30 @@ def object_store(bucket: str | None = None):
 
 
 def index_filters(expressions: list[str]) -> list:
-    """`--filter genus=Apis,Bombus` flags as indexer Filters: values of one flag OR, flags AND."""
+    """`--filter genus=Apis,Bombus` / `--filter F_small>=0.5` flags as indexer Filters: values of one flag
+    OR, flags AND. `=` on a facet (kingdom … species, provider, licence) lists values; on any other
+    metadata column, and `>`, `>=`, `<`, `<=`, it compares numbers (index/comparisons.py)."""
+    from taxonstream.index.comparisons import Numeric, split_expression
+    from taxonstream.index.filters import is_facet
     from taxonstream.v1 import indexer_pb2
 
     found = []
     for expression in expressions:
-        field, sep, values = expression.partition("=")
-        if not sep or not field.strip() or not values.strip():
-            raise InputError(f"--filter wants FIELD=VALUE[,VALUE…], not {expression!r}")
-        found.append(indexer_pb2.Filter(field=field.strip(), values=[v.strip() for v in values.split(",")]))
+        try:
+            field, op, text = split_expression(expression)
+        except ValueError:
+            raise InputError(
+                f"--filter wants FIELD=VALUE[,VALUE…] or COLUMN>=NUMBER (> >= < <= =), not {expression!r}"
+            ) from None
+        values = [v.strip() for v in text.split(",")]
+        if op == "=" and is_facet(field):
+            found.append(indexer_pb2.Filter(field=field, values=values))
+            continue
+        try:
+            Numeric.of(op, values)
+        except ValueError as error:
+            raise InputError(f"--filter {expression!r}: {error}") from None
+        found.append(indexer_pb2.Filter(field=field, values=values, op=op))
     return found
 
 

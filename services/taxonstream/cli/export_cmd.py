@@ -45,8 +45,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="FIELD=VALUE[,VALUE…]",
-        help="only images whose FIELD (kingdom … species, provider, licence) is one of the values (repeatable); "
-        "alone: every matching image",
+        help="only images whose FIELD (kingdom … species, provider, licence) is one of the values, or whose "
+        "numeric metadata column compares so (F_small>=0.5; > >= < <= =) (repeatable); alone: every matching image",
     )
     p.add_argument("-k", type=int, default=1000, help="with --text/--image: how many images (default 1000)")
     p.add_argument("--format", choices=FORMATS, default="webdataset", help="shard format (default webdataset)")
@@ -75,10 +75,11 @@ def _query(args: argparse.Namespace):
     if args.job and (args.text or args.image):
         raise InputError("export either a JOB or a query (--text / --image), not both")
     try:
-        filters = {f: tuple(sorted(v)) for f, v in parse(_split_values(args.filter)).items()}
+        by_value, comparisons = _comparisons(args.filter)
+        filters = {f: tuple(sorted(v)) for f, v in parse(_split_values(by_value)).items()}
     except ValueError as error:
         raise InputError(str(error)) from None
-    if not (args.job or args.text or args.image or filters):
+    if not (args.job or args.text or args.image or filters or comparisons):
         raise InputError("say what to export: a JOB, --text TEXT, --image FILE or --filter FIELD=VALUE")
     if args.k < 1:
         raise InputError("-k must be at least 1")
@@ -94,9 +95,31 @@ def _query(args: argparse.Namespace):
         image=image,
         image_name=args.image or "",
         filters=filters,
+        comparisons=comparisons,
         k=args.k,
         **clients.index_version(args.model),
     )
+
+
+def _comparisons(expressions: list[str]) -> tuple[list[str], tuple[tuple[str, str, str], ...]]:
+    """The facet filters (left for `parse`) and the numeric ones as (column, op, numbers), checked here."""
+    from taxonstream.index.comparisons import Numeric, number, split_expression
+    from taxonstream.index.filters import is_facet
+
+    by_value, numeric = [], []
+    for expression in expressions:
+        try:
+            name, op, value = split_expression(expression)
+        except ValueError:
+            by_value.append(expression)  # parse() says what is wrong with it
+            continue
+        numbers = value.split(",")
+        if op == "=" and (is_facet(name) or number(numbers[0]) is None):
+            by_value.append(expression)
+            continue
+        Numeric.of(op, numbers)
+        numeric.append((name, op, value))
+    return by_value, tuple(numeric)
 
 
 def _split_values(expressions: list[str]) -> list[str]:

@@ -204,9 +204,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     with clients.channel("indexer") as channel:
-        request = indexer_pb2.StatsRequest(**clients.index_version(args.model))
+        filters = clients.index_filters(args.filter)
+        request = indexer_pb2.StatsRequest(filters=filters, **clients.index_version(args.model))
         stats = indexer_pb2_grpc.IndexerStub(channel).Stats(request, timeout=60)
-    print(f"{stats.images} images indexed ({stats.kind} index, model {stats.model}/{stats.model_version})")
+    matching = f" matching {' and '.join(args.filter)}" if args.filter else ""
+    print(f"{stats.images} images indexed{matching} ({stats.kind} index, model {stats.model}/{stats.model_version})")
     if len(stats.versions) > 1:
         print(
             "  versions  "
@@ -286,8 +288,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="FIELD=VALUE[,VALUE…]",
-        help="only images whose FIELD (kingdom … species, provider, licence) is one of the values; "
-        "repeat to require several fields; applied inside the search, so k hits still come back",
+        help="only images whose FIELD (kingdom … species, provider, licence) is one of the values, or whose "
+        "numeric metadata column compares so (F_small>=0.5; > >= < <= =); repeat to require several; "
+        "applied inside the search, so k hits still come back",
     )
     p.add_argument("--thumbnails", action="store_true", help="print a presigned URL of each hit's 256-px crop")
     p.add_argument("--model", metavar="MODEL[/VERSION]", help="search this index version (default: the serving one)")
@@ -295,5 +298,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("stats", help="how many images, and how they spread over ranks, providers, licences")
     p.add_argument("--top", type=int, default=8, help="values to show per field (default 8)")
+    p.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE | COLUMN>=NUMBER",
+        help="count only the images matching (as search --filter), e.g. --filter F_small>=0.5 (repeatable)",
+    )
     p.add_argument("--model", metavar="MODEL[/VERSION]", help="this index version (default: the serving one)")
     p.set_defaults(run=cmd_stats)

@@ -28,6 +28,8 @@ class Query:
     image: bytes = b""
     image_name: str = ""  # for the manifest; the bytes are not recorded
     filters: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Numeric filters on metadata columns: (column, op, number[s]), e.g. ("F_small", ">=", "0.5").
+    comparisons: tuple[tuple[str, str, str], ...] = ()
     k: int = 1000
     model: str = ""  # index version (taxonstream reembed); empty: the serving one
     model_version: str = ""
@@ -38,6 +40,8 @@ class Query:
 
     def describe(self) -> dict[str, Any]:
         described: dict[str, Any] = {"kind": self.kind, "filters": {f: list(v) for f, v in self.filters.items()}}
+        if self.comparisons:
+            described["comparisons"] = [f"{column}{op}{value}" for column, op, value in self.comparisons]
         if self.job_id:
             described["job_id"] = self.job_id
         if self.text:
@@ -53,7 +57,9 @@ class Query:
         return {"model": self.model, "model_version": self.model_version or "1"} if self.model else {}
 
     def proto_filters(self) -> list[indexer_pb2.Filter]:
-        return [indexer_pb2.Filter(field=f, values=list(v)) for f, v in self.filters.items()]
+        facets = [indexer_pb2.Filter(field=f, values=list(v)) for f, v in self.filters.items()]
+        numeric = [indexer_pb2.Filter(field=c, values=v.split(","), op=op) for c, op, v in self.comparisons]
+        return facets + numeric
 
 
 @dataclass
