@@ -242,3 +242,150 @@ def test_several_processes_share_the_hosts_and_give_the_same_result(tmp_path):
     assert all((out / f"a{n}.jpg").read_bytes() == IMAGES[f"/img/{n}"] for n in range(6))
     assert [r["reason"] for r in report(out) if r["state"] == "failed"] == ["bad_url"]
     assert not (logs_of(out) / "tmp").exists()
+
+
+# Issue 14: cautious-robot's habits, options checked first, every bad input one line and nothing written.
+
+
+def test_mistyped_columns_and_empty_lists_are_refused_before_anything_is_written(tmp_path, base):
+    from taxonstream.fetching.inputs import InputError
+
+    listing = write_list(tmp_path / "list.csv", ["url", "filename", "md5"], [[f"{base}/img/0", "a.jpg", "0" * 32]])
+    out = tmp_path / "out"
+    for option, value in (("--checksum-col", "md55"), ("--name-col", "file_name"), ("--subdir-col", "family")):
+        with pytest.raises(InputError, match=f"{option}: no column '{value}'"):
+            fetch(listing, out, option, value)
+    (tmp_path / "empty.csv").write_text("url,filename\n")
+    with pytest.raises(InputError, match="no data rows"):
+        fetch(tmp_path / "empty.csv", out)
+    assert not out.exists() and not logs_of(out).exists()
+    assert sum(Images.hits.values()) == 0
+
+
+def test_column_options_are_case_insensitive(tmp_path, base):
+    listing = write_list(tmp_path / "list.csv", ["URL", "FileName", "MD5"], [[f"{base}/img/0", "a.jpg", ""]])
+    listing.write_text(listing.read_text().replace(",\r\n", f",{hashlib.md5(IMAGES['/img/0']).hexdigest()}\r\n"))
+    out = tmp_path / "out"
+    assert fetch(listing, out, "--url-col", "url", "--name-col", "filename", "--checksum-col", "md5") == 0
+    assert (out / "a.jpg").read_bytes() == IMAGES["/img/0"]
+
+
+def test_a_file_swapped_since_the_last_run_is_fetched_again(tmp_path, base):
+    listing = write_list(tmp_path / "list.csv", ["url", "name"], [[f"{base}/img/0", "a.jpg"]])
+    out = tmp_path / "out"
+    assert fetch(listing, out, "--name-col", "name") == 0
+    (out / "a.jpg").write_bytes(IMAGES["/img/3"])  # another valid image in its place
+    assert fetch(listing, out, "--name-col", "name") == 0
+    assert (out / "a.jpg").read_bytes() == IMAGES["/img/0"]
+    assert [r["state"] for r in report(out)] == ["stored"]
+    assert Images.hits["/img/0"] == 2
+
+
+def test_rows_without_a_url_are_skipped_logged_and_do_not_fail_the_run(tmp_path, base):
+    listing = write_list(
+        tmp_path / "list.csv", ["url", "name", "genus"], [[f"{base}/img/0", "a.jpg", "Apis"], ["", "b.jpg", "Bombus"]]
+    )
+    out = tmp_path / "out"
+    assert fetch(listing, out, "--name-col", "name") == 0
+    with open(logs_of(out) / "skipped.csv", newline="") as handle:
+        skipped = list(csv.DictReader(handle))
+    assert [(s["line"], s["reason"], s["name"], s["genus"]) for s in skipped] == [("3", "no_url", "b.jpg", "Bombus")]
+    assert sorted((r["row"], r["state"]) for r in report(out)) == [("2", "stored"), ("3", "skipped")]
+
+
+def test_logs_are_beside_the_images_and_checksums_csv_is_sum_buddys_bytes(tmp_path, base):
+    from taxonstream.integrity.sumbuddy import checksum_to_csv
+
+    listing = write_list(tmp_path / "list.csv", ["url", "dir"], [[f"{base}/img/{n}", f"d{n % 2}"] for n in range(4)])
+    out = tmp_path / "out"
+    assert fetch(listing, out, "--subdir-col", "dir", "--checksum-algo", "md5") == 0
+    assert all(p.suffix == ".jpg" for p in out.rglob("*") if p.is_file())  # no logs among the images
+    checksum_to_csv(str(out), str(tmp_path / "expected.csv"), algorithm="md5")
+    assert (logs_of(out) / "checksums.csv").read_bytes() == (tmp_path / "expected.csv").read_bytes()
+    elsewhere = tmp_path / "elsewhere"
+    assert fetch(listing, tmp_path / "out2", "--log-dir", str(elsewhere)) == 0
+    assert (elsewhere / "report.csv").is_file()
+
+
+def test_missing_csv_carries_the_source_row(tmp_path, base):
+    listing = write_list(
+        tmp_path / "list.csv", ["url", "name", "sha256", "genus"], [[f"{base}/img/missing", "c.jpg", "1" * 64, "Apis"]]
+    )
+    out = tmp_path / "out"
+    assert fetch(listing, out, "--name-col", "name", "--checksum-col", "sha256") == 1
+    with open(logs_of(out) / "missing.csv", newline="") as handle:
+        (missing,) = list(csv.DictReader(handle))
+    assert (missing["url"], missing["name"], missing["genus"], missing["line"], missing["reason"]) == (
+        f"{base}/img/missing",
+        "c.jpg",
+        "Apis",
+        "2",
+        "http_404",
+    )
+
+
+def test_a_png_served_for_a_jpg_name_is_refused_or_renamed(tmp_path, base):
+    listing = write_list(tmp_path / "list.csv", ["url", "name"], [[f"{base}/img/p", "x.jpg"]])
+    out = tmp_path / "out"
+    assert fetch(listing, out, "--name-col", "name") == 1
+    assert [r["reason"] for r in report(out)] == ["extension_mismatch"] and not (out / "x.jpg").exists()
+    assert fetch(listing, out, "--name-col", "name", "--fix-extensions") == 0
+    assert (out / "x.png").read_bytes() == IMAGES["/img/p"] and not (out / "x.jpg").exists()
+    assert fetch(listing, out, "--name-col", "name", "--fix-extensions") == 0  # found again under its new name
+    assert [r["state"] for r in report(out)] == ["present"]
+
+
+@pytest.mark.parametrize(("mode", "size"), [("square", (16, 16)), ("shorter", (21, 16))])
+def test_downsized_copies(tmp_path, base, mode, size):
+    listing = write_list(tmp_path / "list.csv", ["url", "name"], [[f"{base}/img/0", "a.jpg"]])
+    out = tmp_path / "out"
+    assert fetch(listing, out, "--name-col", "name", "--resize", "16", "--resize-mode", mode) == 0
+    with Image.open(tmp_path / "out_downsized" / "a.jpg") as small:
+        assert small.size == size  # the original is 40 x 30
+    assert (out / "a.jpg").read_bytes() == IMAGES["/img/0"]
+
+
+def test_a_bad_cidr_is_one_line():
+    from taxonstream.fetching.inputs import InputError
+
+    args = argparse.Namespace(
+        allow_network=["10.0.0.0/33"], robots=False, min_size=None, **dict.fromkeys(OVERRIDES, None)
+    )
+    with pytest.raises(InputError) as caught:
+        fetch_cmd.settings_from(args)
+    assert str(caught.value) == "bad option: '10.0.0.0/33' is not a network; expected a CIDR such as 127.0.0.0/8"
+
+
+OVERRIDES = ("connections", "per_host", "initial_rate", "max_rate", "attempts", "timeout", "max_bytes")
+OVERRIDES += ("user_agent", "contact")
+
+
+def test_a_darwin_core_archive_is_fetched_with_its_occurrences(tmp_path, base):
+    import shutil
+    import zipfile
+
+    source = Path(__file__).parent / "data" / "dwca" / "gbif_download"
+    media = (source / "multimedia.txt").read_text()
+    for n, name in enumerate(("danaus-dorsal.jpg", "danaus-ventral.jpg", "bombus.png")):
+        media = media.replace(f"https://images.example.org/{name}", f"{base}/img/{n}")
+    archive = tmp_path / "download.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for name in ("meta.xml", "occurrence.txt"):
+            handle.write(source / name, name)
+        handle.writestr("multimedia.txt", media)
+    out = tmp_path / "out"
+    assert fetch(archive, out, "--name-col", "title") == 1  # the bombus row has no title: bad_name
+    success = [json.loads(line) for line in (logs_of(out) / "success.jsonl").read_text().splitlines()]
+    assert sorted((s["row"], Path(s["path"]).name, s["metadata"]["genus"]) for s in success) == [
+        (2, "dorsal.jpg", "Danaus"),
+        (3, "ventral.jpg", "Danaus"),
+    ]
+    states = sorted((r["row"], r["state"], r["reason"]) for r in report(out))
+    assert states == [
+        ("2", "stored", ""),
+        ("3", "stored", ""),
+        ("4", "skipped", "not_still_image"),
+        ("5", "failed", "bad_name"),
+        ("6", "skipped", "no_url"),
+    ]
+    shutil.rmtree(out)
