@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	# torch pinned on its own first: an unpinned requirement would pull the CUDA build.
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[models,dev,eval,milvus,export,portal]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[models,dev,eval,milvus,export,portal,landcover]"
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: install

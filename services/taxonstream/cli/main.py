@@ -48,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
     # One way to keep start-up short: command modules are imported here, when the parser is built, and
     # each imports what its handlers need; `checksum` (timed against sum-buddy) skips all of them in main().
     from taxonstream.cli import eval_cmds, export_cmd, fetch_cmd, models_cmds, pipeline_cmds, versions_cmds
+    from taxonstream.cli.landcover_cmd import add_commands as add_landcover_commands
 
     pipeline_cmds.add_commands(commands)
     integrity_cmds.add_commands(commands)
@@ -56,6 +57,7 @@ def parser() -> argparse.ArgumentParser:
     models_cmds.add_commands(commands)
     export_cmd.add_commands(commands)
     versions_cmds.add_commands(commands)
+    add_landcover_commands(commands)
     return top
 
 
