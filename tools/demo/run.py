@@ -38,6 +38,9 @@ def run(count: int = 24) -> int:
         print(f"\nFAIL: the top hit is {top[:12]}, not the query image {expected[:12]}")
         return 1
     print(f"\nthe top hit is the query image itself ({expected[:12]}): demo OK")
+    print(
+        f"\nthe explorer (search, classify, dashboard, embedding map, jobs): http://127.0.0.1:{stack.PORTAL.grpc_port}/"
+    )
     return 0
 
 

@@ -22,7 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from taxonstream.core.local_stack import REPO, model_repository, s3_env, stack_dir
-from taxonstream.core.settings import SERVICE_PORTS
+from taxonstream.core.settings import PORTAL_HTTP_PORT, SERVICE_PORTS
 
 try:
     from tools.stack import supervisor
@@ -42,6 +42,10 @@ class ServiceSpec:
 
 # In start order; the ports are the services' own defaults, so the CLI and tests find them unconfigured.
 SERVICES = tuple(ServiceSpec(name, ports.grpc, ports.metrics) for name, ports in SERVICE_PORTS.items())
+# The explorer: HTTP (pages, /healthz, /metrics on one port), started after the five it calls; not in SERVICES,
+# whose entries all answer gRPC health.
+PORTAL = ServiceSpec("portal", PORTAL_HTTP_PORT, PORTAL_HTTP_PORT)
+SUPERVISED = (*SERVICES, PORTAL)
 
 
 class StackError(RuntimeError):
@@ -87,6 +91,20 @@ def healthy(port: int, timeout: float = 2.0) -> bool:
     return answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def portal_ready(port: int = PORTAL_HTTP_PORT, timeout: float = 2.0) -> bool:
+    """The portal answers its /healthz (it has no gRPC health service)."""
+    import httpx
+
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def ready(spec: ServiceSpec) -> bool:
+    return portal_ready(spec.grpc_port) if spec.name == PORTAL.name else healthy(spec.grpc_port)
+
+
 def child_spec(spec: ServiceSpec, allow_networks: Iterable[str] = ()) -> supervisor.ChildSpec:
     """How one service is started: its command, environment (this process's), log and pid file."""
     env = {
@@ -98,6 +116,8 @@ def child_spec(spec: ServiceSpec, allow_networks: Iterable[str] = ()) -> supervi
     }
     if spec.name == "fetcher":
         env["TAXONSTREAM_FETCH_ALLOW_NETWORKS"] = ",".join(allow_networks)
+    if spec.name == PORTAL.name:
+        env["TAXONSTREAM_PORTAL_PORT"] = str(spec.grpc_port)
     return supervisor.ChildSpec(
         spec.name,
         [sys.executable, "-m", f"taxonstream.{spec.name}"],
@@ -117,11 +137,13 @@ def start_service(spec: ServiceSpec, allow_networks: Iterable[str] = (), timeout
     pid_file = _pid_file(spec.name)
     with supervisor.start_lock(pid_file):
         held = supervisor.hold_marker(pid_file)
-        if service_pid(spec.name) is None and (held.exists() or supervisor_pid() is None):
+        # A supervisor from before this service existed does not watch it: then this starts it.
+        unwatched = supervisor_pid() is None or spec.name not in supervisor.read_state(_state_file())
+        if service_pid(spec.name) is None and (held.exists() or unwatched):
             supervisor.launch(child_spec(spec, allow_networks))
         held.unlink(missing_ok=True)
     deadline = time.monotonic() + timeout
-    while not healthy(spec.grpc_port):
+    while not ready(spec):
         if service_pid(spec.name) is None and supervisor_pid() is None:
             raise StackError(f"{spec.name} exited during start; its log ends:\n{_tail(spec.name)}")
         if time.monotonic() > deadline:
@@ -206,14 +228,15 @@ def up(allow_networks: Iterable[str] = (), services: bool = True, echo=print) ->
     if services:
         allow = list(allow_networks)
         start_supervisor(allow, echo)
-        for spec in SERVICES:
+        for spec in SUPERVISED:
             echo(f"starting {spec.name} …")
             start_service(spec, allow)
+        echo(f"the explorer: http://127.0.0.1:{PORTAL.grpc_port}/")
 
 
 def start_supervisor(allow_networks: list[str], echo=print) -> None:
     """The process that keeps the services running (this script's `supervise`); the services' holds cleared."""
-    for spec in SERVICES:
+    for spec in SUPERVISED:
         supervisor.hold_marker(_pid_file(spec.name)).unlink(missing_ok=True)
     if supervisor_pid() is not None:
         return
@@ -234,7 +257,7 @@ def supervise(allow_networks: list[str]) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    specs = [child_spec(spec, allow_networks) for spec in SERVICES]
+    specs = [child_spec(spec, allow_networks) for spec in SUPERVISED]
     supervisor.Supervisor(specs, _state_file()).run(stop)
     return 0
 
@@ -243,7 +266,7 @@ def down(echo=print) -> None:
     if supervisor_pid() is not None:  # first, or it would start again what is stopped next
         echo("stopping the supervisor …")
         stop_service(SUPERVISOR, hold=False)
-    for spec in reversed(SERVICES):
+    for spec in reversed(SUPERVISED):
         if service_pid(spec.name) is not None:
             echo(f"stopping {spec.name} …")
         stop_service(spec.name)
@@ -269,6 +292,10 @@ def status() -> tuple[list[str], bool]:
         state = "up" if up_now else "down"
         line = f"{spec.name:<12}{state:<6}127.0.0.1:{spec.grpc_port} (metrics :{spec.metrics_port})"
         lines.append(line + _supervision_note(supervised.get(spec.name, {})))
+    portal_up = service_pid(PORTAL.name) is not None and portal_ready(PORTAL.grpc_port)
+    ok &= portal_up
+    line = f"{PORTAL.name:<12}{'up' if portal_up else 'down':<6}http://127.0.0.1:{PORTAL.grpc_port}/ (the explorer)"
+    lines.append(line + _supervision_note(supervised.get(PORTAL.name, {})))
     return lines, ok
 
 
