@@ -7,17 +7,19 @@ The consumer and producer are scripted stand-ins that log what the worker calls,
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from types import SimpleNamespace
 
 import pytest
 from kafka import TopicPartition
+from kafka.errors import KafkaTimeoutError
 
 from taxonstream.core.batching import split_by_pixels
 from taxonstream.core.bus import TYPE_HEADER, Emit
-from taxonstream.core.errors import Failed, Transient
+from taxonstream.core.errors import Deferred, Failed, Transient
 from taxonstream.core.topics import Topics
-from taxonstream.core.worker import StreamWorker, in_batches
+from taxonstream.core.worker import StreamWorker, each, in_batches
 from taxonstream.v1.messages_pb2 import FetchedImage, Record
 
 TOPICS = Topics("t.")
@@ -139,33 +141,61 @@ class FakeConsumer:
     def commit(self, offsets: dict) -> None:
         self.log.append(("commit", {tp.partition: o.offset for tp, o in offsets.items()}))
 
+    revoked: frozenset[int] = frozenset()  # partitions taken away by a rebalance: seeking them fails
+
     def seek(self, tp: TopicPartition, offset: int) -> None:
+        if tp.partition in self.revoked:
+            raise AssertionError(f"partition {tp.partition} is not assigned")  # what kafka-python raises
         self.log.append(("seek", tp.partition, offset))
+
+    def pause(self, tp: TopicPartition) -> None:
+        self.log.append(("pause", tp.partition))
+
+    def resume(self, tp: TopicPartition) -> None:
+        self.log.append(("resume", tp.partition))
 
     def close(self, autocommit: bool) -> None:
         pass
 
 
 class FakeProducer:
-    def __init__(self, log: Log) -> None:
+    def __init__(self, log: Log, fail_flushes: int = 0) -> None:
         self.log = log
         self.sent: list[tuple[str, bytes]] = []
+        self.fail_flushes = fail_flushes
 
     def send(self, topic: str, key: bytes, value: bytes, headers) -> SimpleNamespace:
         self.sent.append((topic, key))
         return SimpleNamespace(get=lambda timeout: None)
 
     def flush(self, timeout: float) -> None:
+        if self.fail_flushes:
+            self.fail_flushes -= 1
+            self.sent.clear()
+            self.log.append(("flush failed",))
+            raise KafkaTimeoutError("no broker acknowledged")
         self.log.append(("flushed", len(self.sent)))
 
     def close(self, timeout: float) -> None:
         pass
 
 
-def _run_worker(polls: Sequence[list[SimpleNamespace]], process, prefetch: bool = True) -> tuple[Log, FakeProducer]:
+def _run_worker(
+    polls: Sequence[list[SimpleNamespace]],
+    process,
+    prefetch: bool = True,
+    producer: FakeProducer | None = None,
+    revoked: frozenset[int] = frozenset(),
+    **options,
+) -> tuple[Log, FakeProducer]:
     log, stop = Log(), threading.Event()
-    consumer, producer = FakeConsumer(polls, log, stop), FakeProducer(log)
-    bus = SimpleNamespace(topics=TOPICS, producer=lambda: producer, group_consumer=lambda *a: consumer)
+    consumer = FakeConsumer(polls, log, stop)
+    consumer.revoked = revoked
+    producer = producer or FakeProducer(log)
+    producer.log = log
+    bus = SimpleNamespace(
+        topics=TOPICS, producer=lambda: producer, group_consumer=lambda *a: consumer, reader=lambda *a: consumer
+    )
     worker = StreamWorker(
         stage="checksummer",
         bus=bus,
@@ -174,10 +204,19 @@ def _run_worker(polls: Sequence[list[SimpleNamespace]], process, prefetch: bool 
         process=process,
         prefetch=prefetch,
         backoff_max=0.0,
+        **options,
     )
     worker._wait_before_retry = lambda stop: None  # retries are what is checked here, not the back-off
     worker.run(stop)
     return log, producer
+
+
+def _emit_rows(message: FetchedImage) -> list[Emit]:
+    return [Emit(TOPICS.verified, str(message.record.row), message)]
+
+
+def _commits(log: Log) -> list[dict[int, int]]:
+    return [entry[1] for entry in log if entry[0] == "commit"]
 
 
 def test_poison_goes_to_the_dlq_a_transient_retries_and_commits_follow_the_flush() -> None:
@@ -234,3 +273,123 @@ def test_a_prefetched_batch_is_processed_and_committed_after_the_current_one() -
     commits = [entry for entry in log if entry[0] == "commit"]
     assert commits == [("commit", {0: 1}), ("commit", {0: 2})]
     assert [key for _, key in producer.sent] == [b"1", b"2"]
+
+
+def test_a_transient_in_the_middle_of_a_partition_stops_it_there_while_others_commit() -> None:
+    def handle(message: FetchedImage) -> list[Emit]:
+        if message.record.row == 2:
+            raise Transient("S3 down for row 2")
+        return _emit_rows(message)
+
+    batch = [_good(0, 0, 1), _good(0, 1, 2), _good(0, 2, 3), _good(1, 7, 4), _good(1, 8, 5)]
+    log, producer = _run_worker([batch], each(handle), prefetch=False)
+    assert _commits(log) == [{0: 1, 1: 9}], "partition 0 up to the failed message, partition 1 all of it"
+    assert [key for _, key in producer.sent] == [b"1", b"4", b"5"], "nothing after the failed message is produced"
+    assert ("seek", 0, 1) in log
+
+
+def test_a_producer_failure_commits_nothing_and_rewinds_every_partition() -> None:
+    batch = [_good(0, 3, 1), _good(1, 0, 2), _good(1, 1, 3)]
+    log, producer = _run_worker([batch, batch], each(_emit_rows), prefetch=False, producer=FakeProducer(Log(), 1))
+    failed_at = log.index(("flush failed",))
+    assert ("seek", 0, 3) in log[failed_at:] and ("seek", 1, 0) in log[failed_at:]
+    assert _commits(log) == [{0: 4, 1: 2}], "only the second, acknowledged, try is committed"
+    assert log.index(("flushed", 3)) < next(i for i, e in enumerate(log) if e[0] == "commit")
+
+
+def test_poison_is_dead_lettered_with_its_reason_and_its_offset_committed() -> None:
+    log, producer = _run_worker([[_raw(0, 5, b"\xff not a protobuf")]], each(_emit_rows), prefetch=False)
+    assert [topic for topic, _ in producer.sent] == [TOPICS.dlq(SOURCE)]
+    assert _commits(log) == [{0: 6}], "the worker moves on past a poison message"
+
+
+def test_a_failure_without_a_record_is_dead_lettered_with_its_reason() -> None:
+    letters: list[bytes] = []
+
+    def handle(message: FetchedImage) -> list[Emit]:
+        raise Failed("undecodable_image", "row is broken")
+
+    producer = FakeProducer(Log())
+    original_send = producer.send
+
+    def send(topic: str, key: bytes, value: bytes, headers) -> SimpleNamespace:
+        letters.append(value)
+        return original_send(topic, key, value, headers)
+
+    producer.send = send
+    message = FetchedImage(sha256="ab")  # no record: a DLQ letter, not a failed outcome
+    log, _ = _run_worker([[_raw(0, 0, message.SerializeToString())]], each(handle), prefetch=False, producer=producer)
+    assert b"undecodable_image: row is broken" in letters[0]
+    assert _commits(log) == [{0: 1}]
+
+
+def test_a_revoked_partition_is_not_sought_and_the_others_are() -> None:
+    def handle(message: FetchedImage) -> list[Emit]:
+        raise Transient("Triton down")
+
+    batch = [_good(0, 4, 1), _good(1, 9, 2)]
+    log, _ = _run_worker([batch], each(handle), prefetch=False, revoked=frozenset({1}))
+    assert ("seek", 0, 4) in log, "the partition still owned is read again from the failed message"
+    assert not any(e[0] == "seek" and e[1] == 1 for e in log), "the revoked one is left to its new owner"
+    assert _commits(log) == []
+
+
+def test_on_durable_gets_the_offsets_only_after_the_flush() -> None:
+    seen: list[tuple[dict[int, int], bool]] = []
+    producer = FakeProducer(Log())
+
+    def on_durable(done: dict[TopicPartition, int]) -> None:
+        seen.append(({tp.partition: o for tp, o in done.items()}, ("flushed", 2) in producer.log))
+
+    batch = [_good(0, 0, 1), _good(2, 5, 2)]
+    out, _ = _run_worker(
+        [batch], each(_emit_rows), prefetch=False, producer=producer, replica=True, on_durable=on_durable
+    )
+    assert seen == [({0: 1, 2: 6}, True)], "offsets handed over once their outputs were acknowledged"
+    assert _commits(out) == [], "a replica commits nothing to Kafka"
+
+
+def test_a_deferred_message_pauses_only_its_partition_and_it_resumes_when_due() -> None:
+    due = time.time() - 1  # already due: the next loop resumes it
+    calls: dict[int, int] = {}
+
+    def handle(message: FetchedImage) -> list[Emit]:
+        calls[message.record.row] = calls.get(message.record.row, 0) + 1
+        if message.record.row == 1 and calls[1] == 1:
+            raise Deferred(due, "host paused")
+        return _emit_rows(message)
+
+    first = [_good(0, 0, 1), _good(0, 1, 2), _good(1, 0, 3)]
+    again = [_good(0, 0, 1), _good(0, 1, 2)]
+    log, producer = _run_worker([first, again], each(handle), prefetch=False)
+
+    assert _commits(log)[0] == {1: 1}, "the other partition goes on; nothing of partition 0 is committed"
+    assert log.index(("seek", 0, 0)) < log.index(("pause", 0)) < log.index(("resume", 0))
+    assert _commits(log)[1] == {0: 2}, "resumed, the deferred message and the one after it are done"
+    assert [key for _, key in producer.sent].count(b"1") == 1, "the deferred message's output is produced once"
+    assert not any(e == ("flush failed",) for e in log)
+
+
+def test_stop_during_a_batch_finishes_it_commits_and_returns() -> None:
+    stop_now = threading.Event()
+
+    def handle(message: FetchedImage) -> list[Emit]:
+        stop_now.set()  # SIGTERM arrives while the batch is being processed
+        return _emit_rows(message)
+
+    log, stop = Log(), threading.Event()
+    consumer = FakeConsumer([[_good(0, 0, 1)], [_good(0, 1, 2)]], log, stop)
+    producer = FakeProducer(log)
+    bus = SimpleNamespace(topics=TOPICS, producer=lambda: producer, group_consumer=lambda *a: consumer)
+    worker = StreamWorker(stage="checksummer", bus=bus, source=SOURCE, message_type=FetchedImage, process=each(handle))
+    original_commit = consumer.commit
+
+    def commit(offsets: dict) -> None:
+        original_commit(offsets)
+        if stop_now.is_set():
+            stop.set()
+
+    consumer.commit = commit
+    worker.run(stop)
+    assert _commits(log) == [{0: 1}], "the batch in hand is committed; the next one is left for the next owner"
+    assert ("poll", [(0, 1)]) not in log
