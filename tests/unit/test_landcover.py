@@ -167,7 +167,9 @@ def test_cli_writes_latloncover_columns_in_order(mixed: tuple[str, np.ndarray], 
     with source.open("w", newline="") as handle:
         csv.writer(handle).writerows([("id", "Lat", "Lon"), *rows])
     target = tmp_path / "out.csv"
-    assert main(["landcover", str(source), str(target), "--raster", raster, "--lat-col", "Lat", "--lon-col", "Lon"]) == 0
+    assert (
+        main(["landcover", str(source), str(target), "--raster", raster, "--lat-col", "Lat", "--lon-col", "Lon"]) == 0
+    )
     with target.open(newline="") as handle:
         reader = csv.DictReader(handle)
         out = list(reader)

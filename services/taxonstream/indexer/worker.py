@@ -18,6 +18,7 @@ from taxonstream.core.worker import StreamWorker, each
 from taxonstream.index.config import IndexSettings
 from taxonstream.index.snapshots import Snapshots, SnapshotTrigger, version_config
 from taxonstream.index.versions import VersionKey
+from taxonstream.landcover.source import LandCover
 from taxonstream.v1.messages_pb2 import Embedding, Outcome, ReembedImage
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,10 @@ class IndexerSettings(IndexSettings):
     snapshot_seconds: float = 10.0
     snapshot_changes: int = Field(default=10_000, ge=1)
     snapshot_keep: int = Field(default=2, ge=1, le=100)
+    # A CDL GeoTIFF (local path or s3://bucket/key): records with coordinates get LatLonCover's sixteen
+    # shares (A_small … WL_big) in their metadata before they are indexed (docs/landcover.md). Empty: none.
+    landcover_raster: str = ""
+    landcover_cache_dir: str = "/tmp/taxonstream-landcover"
 
 
 def lineage(embedding: Embedding) -> dict[str, str]:
@@ -95,6 +100,8 @@ class IndexWorker:
         self.changes = SnapshotTrigger(settings.snapshot_changes, settings.snapshot_seconds)
         self._lock = threading.Lock()
         self.retired = False
+        raster = settings.landcover_raster
+        self.landcover = LandCover.shared(raster, store, settings.landcover_cache_dir) if raster else None
 
     def handle(self, embedding: Embedding) -> list[Emit]:
         image_id = embedding.image_id
@@ -107,14 +114,19 @@ class IndexWorker:
             return self._follow(embedding)
         if embedding.backfill:
             if image_id not in self.tombstones:
-                self.index.upsert(image_id, np.asarray(embedding.vector, dtype=np.float32), dict(embedding.lineage))
+                metadata = self._covered(dict(embedding.lineage))
+                self.index.upsert(image_id, np.asarray(embedding.vector, dtype=np.float32), metadata)
                 self.changes.note()
             return []  # its record finished when the image was first indexed
         self.tombstones.discard(image_id)
-        self.index.upsert(image_id, np.asarray(embedding.vector, dtype=np.float32), lineage(embedding))
+        self.index.upsert(image_id, np.asarray(embedding.vector, dtype=np.float32), self._covered(lineage(embedding)))
         self.changes.note()
         record = embedding.crop.image.fetched.record
         return [outcome(self.bus.topics, record, Outcome.INDEXED, stage=STAGE, image_id=image_id)]
+
+    def _covered(self, metadata: dict[str, str]) -> dict[str, str]:
+        """The one place records get their land cover (TAXONSTREAM_LANDCOVER_RASTER), just before the index."""
+        return metadata if self.landcover is None else self.landcover.add(metadata)
 
     def _follow(self, embedding: Embedding) -> list[Emit]:
         """Another model's fresh embedding: ask for this image with this version's model too."""
