@@ -100,7 +100,7 @@ def test_crops_with_vectors_by_split_and_a_missing_object(ingested, indexer, sto
     vectors = {h.image_id: np.asarray(h.vector, dtype=np.float32) for h in indexer.ListImages(request)}
     lost = sorted(listed)[0]
     # This run's own image: its crop removed from S3 behind the index's back.
-    store.client.remove_object(store.bucket, listed[lost]["crop_key"])
+    store.client.remove_object(store.bucket_for(listed[lost]["crop_key"]), listed[lost]["crop_key"])
     out = tmp_path / "crops"
     argv = ["export", job, "--content", "crop", "--out", str(out), "--chunk-size", "2", "--shard-by-split"]
     assert taxonstream([*argv, "--with-vectors", "--seed", "3", "--quiet"]) == 1  # something was left out

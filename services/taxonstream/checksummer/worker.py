@@ -171,7 +171,7 @@ class ChecksumWorker:
         }
         claim = self.registry.claim(fetched.sha256, phash, source)
         row = manifest_row(
-            bucket=self.store.bucket,
+            bucket=self.store.bucket_for(fetched.object_key),
             object_key=fetched.object_key,
             sha256=fetched.sha256,
             size_bytes=checked.size_bytes,

@@ -22,6 +22,9 @@ change here strands what is already in the bucket, so each function returns exac
   banks/<name>/embeddings.npy, names.json, meta.json    CLI              a label-embedding bank (meta.json last)
   [<prefix>/]<model>/<version>/...                      CLI              a Triton model repository upload
 
+Blobs — originals/ and derivatives/ — are content-addressed and never listed, so they may live in a bucket of
+their own (TAXONSTREAM_S3_BLOB_BUCKET; the local stack makes it indexless). Everything else is listed somewhere.
+
 A snapshot store (`taxonstream.index.snapshots`) keeps generations under one prefix: `latest.json` plus
 `snapshots/<generation>.<part>`, with `snapshots/<generation>.json` naming the parts of a complete one.
 """
@@ -29,6 +32,14 @@ A snapshot store (`taxonstream.index.snapshots`) keeps generations under one pre
 from __future__ import annotations
 
 from urllib.parse import quote
+
+BLOB_PREFIXES = ("originals/", "derivatives/")
+
+
+def is_blob(key: str) -> bool:
+    """A content-addressed object that nothing lists (originals and derivatives)."""
+    return key.startswith(BLOB_PREFIXES)
+
 
 # -- originals and jobs ---------------------------------------------------------------------------------------
 

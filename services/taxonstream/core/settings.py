@@ -70,6 +70,8 @@ class CoreSettings(BaseSettings):
     s3_secure: bool = False
     s3_region: str = "us-east-1"
     s3_bucket: str = "taxonstream"
+    # Originals and derivatives (never listed); empty: the same bucket. The local stack's is indexless.
+    s3_blob_bucket: str = ""
     # Parallel S3 requests of one get_many/put_many (and HTTP connections kept): round trips, not CPU.
     s3_concurrency: int = Field(default=16, ge=1)
 

@@ -6,6 +6,7 @@ derived from the image id and model version, so re-doing any step overwrites wit
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -21,7 +22,14 @@ from minio.error import S3Error
 
 from taxonstream.core import metrics
 from taxonstream.core.errors import Transient
-from taxonstream.core.keys import derivative_keys, job_records_key, job_records_prefix, original_key
+from taxonstream.core.keys import (
+    BLOB_PREFIXES,
+    derivative_keys,
+    is_blob,
+    job_records_key,
+    job_records_prefix,
+    original_key,
+)
 from taxonstream.core.settings import CoreSettings
 
 # The key functions are re-exported for callers that still import them from here (fetcher, detector,
@@ -39,6 +47,7 @@ class ObjectStore:
         if not settings.s3_access_key or not settings.s3_secret_key:
             raise ValueError("S3 credentials missing: set TAXONSTREAM_S3_ACCESS_KEY and TAXONSTREAM_S3_SECRET_KEY")
         self.bucket = settings.s3_bucket
+        self.blob_bucket = settings.s3_blob_bucket or settings.s3_bucket
         # Short retries here: a longer outage is the worker's to wait out (it backs off and retries).
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=5, read=60),
@@ -57,28 +66,50 @@ class ObjectStore:
             http_client=http,
         )
 
+    def bucket_for(self, key: str) -> str:
+        """Blobs (originals, derivatives) may live in a bucket of their own: core/keys.py says which keys."""
+        return self.blob_bucket if is_blob(key) else self.bucket
+
+    @functools.cached_property
+    def _legacy_blobs(self) -> bool:
+        """Blobs stored before they had a bucket of their own are still read from the main one (asked once)."""
+        if self.blob_bucket == self.bucket:
+            return False
+        with _unavailable_is_transient():
+            return any(
+                next(iter(self.client.list_objects(self.bucket, prefix=prefix)), None) is not None
+                for prefix in BLOB_PREFIXES
+            )
+
+    def _fallback_bucket(self, key: str) -> str | None:
+        return self.bucket if is_blob(key) and self._legacy_blobs else None
+
     def ensure_bucket(self) -> None:
         with _unavailable_is_transient():
-            if not self.client.bucket_exists(self.bucket):
-                try:
-                    self.client.make_bucket(self.bucket)
-                except S3Error as error:
-                    if error.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
-                        raise
+            for bucket in dict.fromkeys((self.bucket, self.blob_bucket)):
+                if not self.client.bucket_exists(bucket):
+                    try:
+                        self.client.make_bucket(bucket)
+                    except S3Error as error:
+                        if error.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                            raise
 
     def exists(self, key: str) -> bool:
         with metrics.timed("s3"), _unavailable_is_transient():
-            try:
-                self.client.stat_object(self.bucket, key)
-                return True
-            except S3Error as error:
-                if error.code in _MISSING:
-                    return False
-                raise
+            for bucket in (self.bucket_for(key), self._fallback_bucket(key)):
+                if bucket is None:
+                    break
+                try:
+                    self.client.stat_object(bucket, key)
+                    return True
+                except S3Error as error:
+                    if error.code not in _MISSING:
+                        raise
+            return False
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         with metrics.timed("s3"), _unavailable_is_transient():
-            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+            self.client.put_object(self.bucket_for(key), key, io.BytesIO(data), len(data), content_type=content_type)
 
     def put_original(self, data: bytes, sha256: str, content_type: str) -> tuple[str, bool]:
         """Store bytes under their sha256 unless already there; returns (key, newly_stored)."""
@@ -92,11 +123,19 @@ class ObjectStore:
         """The object's bytes; a missing object is KeyError (the message that names it is bad)."""
         with metrics.timed("s3"), _unavailable_is_transient():
             try:
-                response = self.client.get_object(self.bucket, key)
+                response = self.client.get_object(self.bucket_for(key), key)
             except S3Error as error:
-                if error.code in _MISSING:
+                if error.code not in _MISSING:
+                    raise
+                fallback = self._fallback_bucket(key)
+                if fallback is None:
                     raise KeyError(key) from error
-                raise
+                try:
+                    response = self.client.get_object(fallback, key)
+                except S3Error as again:
+                    if again.code in _MISSING:
+                        raise KeyError(key) from again
+                    raise
             try:
                 return response.read()
             finally:
@@ -114,14 +153,20 @@ class ObjectStore:
 
     def list(self, prefix: str) -> list[str]:
         with metrics.timed("s3"), _unavailable_is_transient():
-            return [o.object_name for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)]
+            return [
+                o.object_name for o in self.client.list_objects(self.bucket_for(prefix), prefix=prefix, recursive=True)
+            ]
 
     def delete(self, keys: list[str]) -> None:
         """Remove objects (a missing one is not an error): snapshot generations past their retention."""
         with _unavailable_is_transient():
-            for error in self.client.remove_objects(self.bucket, [DeleteObject(k) for k in keys]):
-                # Left in place, it is removed by a later cleanup; nothing reads it meanwhile.
-                log.warning("could not delete an object", extra={"key": error.name, "error": error.code})
+            by_bucket: dict[str, list[DeleteObject]] = {}
+            for key in keys:
+                by_bucket.setdefault(self.bucket_for(key), []).append(DeleteObject(key))
+            for bucket, objects in by_bucket.items():
+                for error in self.client.remove_objects(bucket, objects):
+                    # Left in place, it is removed by a later cleanup; nothing reads it meanwhile.
+                    log.warning("could not delete an object", extra={"key": error.name, "error": error.code})
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | Exception]:
         """Every key's bytes, fetched in parallel, in the order asked; a key that failed gives its error
@@ -141,7 +186,7 @@ class ObjectStore:
         return parallel_map(self._pool, fn, items)
 
     def presigned_url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
-        return self.client.presigned_get_object(self.bucket, key, expires=expires)
+        return self.client.presigned_get_object(self.bucket_for(key), key, expires=expires)
 
 
 class _unavailable_is_transient:
