@@ -329,11 +329,24 @@ def parser() -> argparse.ArgumentParser:
         "for a list served on this machine; by default only public addresses are fetched",
     )
     p.add_argument("--no-services", action="store_true", help="start only Kafka, S3 and Triton")
+    p.add_argument(
+        "--landcover-raster",
+        metavar="PATH",
+        help="a CDL GeoTIFF: the indexer adds LatLonCover's land-cover shares to records with coordinates "
+        "(sets TAXONSTREAM_LANDCOVER_RASTER for the services it starts; running ones keep their settings)",
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.landcover_raster:
+        raster = Path(args.landcover_raster).resolve()
+        if not raster.is_file():
+            print(f"stack: --landcover-raster {raster}: no such file", file=sys.stderr)
+            return 2
+        # The services (and the supervisor, which restarts them) take this process's environment.
+        os.environ["TAXONSTREAM_LANDCOVER_RASTER"] = str(raster)
     try:
         if args.action == "supervise":
             return supervise(args.allow_network)
