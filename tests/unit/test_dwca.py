@@ -54,7 +54,9 @@ def test_a_gbif_download_joins_each_image_to_its_occurrence(name):
         + ("Bombus terrestris (Linnaeus, 1758)", "Bombus", "51.496", "-0.176", "United Kingdom", "NHMUK", "BMNH-77")
         + ("5",),
     ]
-    taxonomy = [(r.metadata["kingdom"], r.metadata["order"], r.metadata["family"], r.metadata["species"]) for r in records]
+    taxonomy = [
+        (r.metadata["kingdom"], r.metadata["order"], r.metadata["family"], r.metadata["species"]) for r in records
+    ]
     assert taxonomy[0] == ("Animalia", "Lepidoptera", "Nymphalidae", "Danaus plexippus")
     assert taxonomy[2] == ("Animalia", "Hymenoptera", "Apidae", "Bombus terrestris")
     # fieldsEnclosedBy="": a quote is an ordinary character, not the start of a quoted field
