@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import random
 import threading
 import time
@@ -43,6 +44,11 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def local_stack() -> Iterator[None]:
     _, was_up = stack.status()
+    # The indexer adds land cover from a small synthetic CDL (test_landcover_ingest.py) to records with coordinates.
+    import landcover_raster
+
+    raster = landcover_raster.write(stack.stack_dir() / "landcover" / "test_cdl.tif")
+    os.environ.setdefault("TAXONSTREAM_LANDCOVER_RASTER", str(raster))
     stack.up(allow_networks=["127.0.0.0/8"], echo=lambda line: print(line, flush=True))
     yield
     if not was_up:
