@@ -171,8 +171,9 @@ def test_image_requirements_follow_pyproject():
     assert not any(image_requirements.requirement_name(d) == "torch" for d in image_requirements.requirements("triton"))
     assert not any(image_requirements.requirement_name(d) == "tritonclient" for d in core)
     assert set(deps) - set(core) == {d for d in deps if d.startswith("tritonclient")}
-    # The indexer's image can run the Milvus backend as shipped.
-    assert image_requirements.requirements("indexer") == [*core, *project["optional-dependencies"]["milvus"]]
+    # The indexer's image can run the Milvus backend and read a land-cover raster as shipped.
+    extras = project["optional-dependencies"]
+    assert image_requirements.requirements("indexer") == [*core, *extras["milvus"], *extras["landcover"]]
     with pytest.raises(ValueError):
         image_requirements.requirements("gpu")
 

@@ -2,7 +2,7 @@
 
     python tools/k8s/image_requirements.py core     # without the Triton client
     python tools/k8s/image_requirements.py triton   # everything, plus the `text` extra (detector, embedder)
-    python tools/k8s/image_requirements.py indexer  # core plus the `milvus` extra (the Milvus backend)
+    python tools/k8s/image_requirements.py indexer  # core plus the `milvus` and `landcover` extras
 
 The Dockerfile runs this in its build stage, so the images follow pyproject.toml with no second
 list to keep in step. Standard library only: it runs on the bare Python base image.
@@ -40,7 +40,9 @@ def requirements(variant: str, pyproject: Path = PYPROJECT) -> list[str]:
     core = [dep for dep in deps if requirement_name(dep) not in TRITON_ONLY]
     if variant == "indexer":
         # TAXONSTREAM_INDEX_BACKEND=milvus must work from the stock image: pymilvus, and Milvus Lite for a .db uri.
-        return [*core, *project["optional-dependencies"]["milvus"]]
+        # …and the `landcover` extra (rasterio, pyproj), so TAXONSTREAM_LANDCOVER_RASTER works as shipped.
+        extras = project["optional-dependencies"]
+        return [*core, *extras["milvus"], *extras["landcover"]]
     return core
 
 
