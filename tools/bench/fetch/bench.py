@@ -70,6 +70,22 @@ def manners_farm(scale: float) -> list[HostPlan]:
     ]
 
 
+def heldout_farm(scale: float) -> list[HostPlan]:
+    """Farm 1's manners with other numbers (small and large bursts, slower limits): tuning on farm 1 alone
+    would fit its numbers. Floor: museum-ra2, (360 - 5) / 12 = 29.6 s."""
+    n = lambda count: max(1, round(count * scale))  # noqa: E731
+    return [
+        HostPlan("cdn-x", "127.0.0.14", "unlimited", n(800)),
+        HostPlan("cdn-y", "127.0.0.15", "unlimited", n(800)),
+        HostPlan("museum-ra2", "127.0.0.23", "ratelimited", n(360), {"rate": 12.0, "burst": 5.0, "retry_after": True}),
+        HostPlan("museum-429b", "127.0.0.24", "ratelimited", n(200), {"rate": 6.0, "burst": 30.0}),
+        HostPlan("museum-ra3", "127.0.0.25", "ratelimited", n(800), {"rate": 30.0, "burst": 60.0, "retry_after": True}),
+        HostPlan("slow", "127.0.0.32", "slow", n(150), {"latency": 0.5}),
+        HostPlan("flaky", "127.0.0.42", "flaky", n(300), {"p503": 0.15, "burst_s": 1.0, "period_s": 5.0}),
+        HostPlan("broken", "127.0.0.52", "broken", n(40), junk_each=n(10)),
+    ]
+
+
 def unlimited_farm(scale: float) -> list[HostPlan]:
     return [HostPlan(f"cdn-{i}", f"127.0.0.{61 + i}", "unlimited", max(1, round(2000 * scale))) for i in range(4)]
 
@@ -389,7 +405,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a quarter-size farm")
     parser.add_argument("--tools", default="taxonstream,img2dataset,cautious-robot")
-    parser.add_argument("--farms", default="manners,unlimited")
+    parser.add_argument("--farms", default="manners,unlimited", help="any of manners, heldout, unlimited")
     parser.add_argument("--i2d-threads", type=int, default=64, help="img2dataset threads per process")
     parser.add_argument("--rounds", type=int, default=2, help="unlimited farm: alternating runs per tool")
     parser.add_argument("--timeout", type=float, default=900, help="seconds any one tool run may take")
@@ -409,15 +425,18 @@ def main() -> int:
         "cautious-robot": lambda listing, rows: lambda out: run_cautious_robot(bin_dir, listing, out, args.timeout),
     }
 
-    if "manners" in args.farms:
-        plans = manners_farm(scale)
+    for farm_name, make_plans, seed in (("manners", manners_farm, 1), ("heldout", heldout_farm, 3)):
+        if farm_name not in args.farms.split(","):
+            continue
+        plans = make_plans(scale)
         farm = Farm(plans, WORK / "images")
         try:
-            rows = build_rows(plans, images, farm.port, seed=1)
-            listing = WORK / "mannerslist.csv"
+            rows = build_rows(plans, images, farm.port, seed=seed)
+            listing = WORK / f"{farm_name}list.csv"
             write_list(listing, rows)
             print(
-                f"farm 1: {len(plans)} hosts, {len(rows)} URLs, {sum(r.source is not None for r in rows)} fetchable",
+                f"farm 1 ({farm_name}): {len(plans)} hosts, {len(rows)} URLs, "
+                f"{sum(r.source is not None for r in rows)} fetchable",
                 flush=True,
             )
             figures = []
@@ -435,7 +454,7 @@ def main() -> int:
                 again = measure("cautious-robot", farm, kept, shorter, runners["cautious-robot"](shorter, kept))
                 again.tool = "cautious-robot*"
                 figures.append(again)
-            print_table("farm 1 — providers with manners", figures, floor_seconds(plans))
+            print_table(f"farm 1 ({farm_name}) — providers with manners", figures, floor_seconds(plans))
             if crashed:
                 print("* cautious-robot on the same farm minus the bodies cut off mid-transfer (which stop it)")
         finally:
