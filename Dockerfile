@@ -30,6 +30,12 @@ RUN python /src/tools/k8s/image_requirements.py indexer > /tmp/requirements.txt 
  && python -m venv --without-pip /opt/venv \
  && pip --python /opt/venv/bin/python install --only-binary=:all: --requirement /tmp/requirements.txt
 
+# The explorer's: the core ones plus the `portal` extra (FastAPI, uvicorn, Jinja2, multipart).
+FROM build AS venv-portal
+RUN python /src/tools/k8s/image_requirements.py portal > /tmp/requirements.txt \
+ && python -m venv --without-pip /opt/venv \
+ && pip --python /opt/venv/bin/python install --only-binary=:all: --requirement /tmp/requirements.txt
+
 # The CLIP BPE vocabulary, taken at build time from the open_clip wheel (pinned by hash in
 # services/taxonstream/models/tokenizer.py); a pod never downloads anything.
 FROM venv-triton AS vocab
@@ -76,6 +82,12 @@ COPY services/taxonstream/ /app/taxonstream/
 RUN python -m compileall -q /app
 USER 10001:10001
 
+FROM runtime AS runtime-portal
+COPY --from=venv-portal /opt/venv /opt/venv
+COPY services/taxonstream/ /app/taxonstream/
+RUN python -m compileall -q /app
+USER 10001:10001
+
 # --- one target per service -------------------------------------------------------------------
 FROM runtime-core AS fetcher
 CMD ["python", "-m", "taxonstream.fetcher"]
@@ -94,3 +106,9 @@ CMD ["python", "-m", "taxonstream.embedder"]
 
 FROM runtime-indexer AS indexer
 CMD ["python", "-m", "taxonstream.indexer"]
+
+# The explorer: HTTP on 8080 (pages, /healthz, /metrics); docker build --target portal -t taxonstream-portal .
+FROM runtime-portal AS portal
+ENV TAXONSTREAM_PORTAL_PORT=8080
+EXPOSE 8080
+CMD ["python", "-m", "taxonstream.portal"]

@@ -3,6 +3,7 @@
     python tools/k8s/image_requirements.py core     # without the Triton client
     python tools/k8s/image_requirements.py triton   # everything, plus the `text` extra (detector, embedder)
     python tools/k8s/image_requirements.py indexer  # core plus the `milvus` and `landcover` extras
+    python tools/k8s/image_requirements.py portal   # core plus the `portal` extra (the explorer's web stack)
 
 The Dockerfile runs this in its build stage, so the images follow pyproject.toml with no second
 list to keep in step. Standard library only: it runs on the bare Python base image.
@@ -18,7 +19,7 @@ from pathlib import Path
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 # Only the services that run models talk to Triton; the others' images leave its client out.
 TRITON_ONLY = {"tritonclient"}
-VARIANTS = ("core", "triton", "indexer")
+VARIANTS = ("core", "triton", "indexer", "portal")
 
 
 def requirement_name(requirement: str) -> str:
@@ -43,6 +44,8 @@ def requirements(variant: str, pyproject: Path = PYPROJECT) -> list[str]:
         # …and the `landcover` extra (rasterio, pyproj), so TAXONSTREAM_LANDCOVER_RASTER works as shipped.
         extras = project["optional-dependencies"]
         return [*core, *extras["milvus"], *extras["landcover"]]
+    if variant == "portal":
+        return [*core, *project["optional-dependencies"]["portal"]]
     return core
 
 

@@ -38,6 +38,7 @@ KIND_ORDER = [
     "StatefulSet",
     "Deployment",
     "HorizontalPodAutoscaler",
+    "Ingress",
     "ScaledObject",
     "ServiceMonitor",
     "Pod",

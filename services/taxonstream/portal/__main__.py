@@ -19,11 +19,11 @@ log = logging.getLogger("taxonstream.portal")
 def main() -> int:
     settings = PortalSettings()
     configure("portal", settings.log_level)
-    if not (is_loopback(settings.bind_host) or settings.portal_token or settings.insecure):
+    if not (is_loopback(settings.bind_host) or settings.portal_token or settings.portal_allow_without_token):
         print(
             f"portal: refusing to listen on {settings.bind_host} without TAXONSTREAM_PORTAL_TOKEN: anyone who reaches "
-            "the port could start or cancel jobs. Set the token, or TAXONSTREAM_INSECURE=true where something "
-            "else (an authenticating Ingress, a NetworkPolicy) fences the port",
+            "the port could start or cancel jobs. Set the token, or TAXONSTREAM_PORTAL_ALLOW_WITHOUT_TOKEN=true "
+            "where something else (an authenticating Ingress) fences the port",
             file=sys.stderr,
         )
         return 2

@@ -11,6 +11,8 @@ class PortalSettings(CoreSettings):
     portal_port: int = PORTAL_HTTP_PORT
     # Set: starting, retrying and cancelling jobs need it (form field `token` or `Authorization: Bearer`).
     portal_token: str = ""
+    # Listen beyond loopback with no token: only behind something that authenticates (an Ingress with auth).
+    portal_allow_without_token: bool = False
     # Uploaded query images: 25 MiB and 60 MP cover a full-frame camera JPEG; more is refused unread.
     upload_max_bytes: int = Field(default=25 << 20, ge=1)
     upload_max_pixels: int = Field(default=60_000_000, ge=1)
