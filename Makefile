@@ -28,13 +28,13 @@ demo: install
 	$(VENV)/bin/taxonstream stack up $(DEMO_ALLOW)
 	$(PY) -m tools.demo.run
 
-test: install
+test: install browser
 	$(PY) -m pytest -ra
 
 unit: install
 	$(PY) -m pytest -ra -m "not integration"
 
-integration: install
+integration: install browser
 	$(PY) -m pytest -ra -m integration
 
 lint: install
