@@ -22,7 +22,7 @@ from taxonstream.integrity.jobs import (
     job_duplicates,
     load_rows,
     manifest_bytes,
-    row_key,
+    row_batches_prefix,
     rows_prefix,
     submitted_record_ids,
 )
@@ -33,6 +33,9 @@ from taxonstream.v1.messages_pb2 import FetchedImage, Outcome, Record, VerifiedI
 
 class BucketStore(DirectoryStore):
     bucket = "test-bucket"
+
+    def bucket_for(self, key: str) -> str:
+        return self.bucket
 
 
 def _jpeg(seed: int, quality: int = 90, size: tuple[int, int] = (640, 480)) -> bytes:
@@ -91,7 +94,8 @@ def _ingest(tmp_path: Path):
 def test_the_manifest_has_sum_buddys_columns_first_and_a_row_per_verified_record(tmp_path: Path) -> None:
     store, _, job, images, results = _ingest(tmp_path)
     assert isinstance(results[4], Failed) and results[4].reason == "checksum_mismatch"
-    assert store.get_json(row_key(job, f"{job}:4")) is None, "a failed record has no row"
+    assert store.list(rows_prefix(job)) == [], "rows are stored per batch, not per record"
+    assert len(store.list(row_batches_prefix(job))) == 4, "one object per batch (here one record each); none failed"
 
     data, algorithms = manifest_bytes(load_rows(store, job), "csv")
     header, rows = _csv(data)
@@ -130,11 +134,13 @@ def test_parquet_holds_the_same_columns_and_values(tmp_path: Path) -> None:
 
 def test_a_redelivered_record_rewrites_the_same_row(tmp_path: Path) -> None:
     store, worker, job, images, _ = _ingest(tmp_path)
-    before = store.get(row_key(job, f"{job}:1"))
+    before, objects = load_rows(store, job), sorted(store.list(row_batches_prefix(job)))
+    contents = [store.get(k) for k in objects]
     again = worker.handle(_fetched(store, job, 1, images["original"], **{"dcterms:rights": "CC0"}))
     assert again[0].message.state == Outcome.DUPLICATE
-    assert store.get(row_key(job, f"{job}:1")) == before
-    assert len(store.list(rows_prefix(job))) == 4
+    assert sorted(store.list(row_batches_prefix(job))) == objects, "the same batch rewrites the same object"
+    assert [store.get(k) for k in objects] == contents
+    assert load_rows(store, job) == before
 
 
 def test_duplicate_groups_of_a_job_include_other_jobs_records(tmp_path: Path) -> None:

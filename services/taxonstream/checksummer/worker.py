@@ -35,10 +35,7 @@ from taxonstream.core.supervision import report_ok
 from taxonstream.core.worker import in_batches
 from taxonstream.integrity.buddycheck import ExpectedChecksumError, describe, expected_checksums, verify
 from taxonstream.integrity.checksums import digest_bytes, parse_algorithms
-from taxonstream.integrity.jobs import (
-    manifest_row,
-    row_key,
-)
+from taxonstream.integrity.jobs import manifest_row, row_batches
 from taxonstream.integrity.phash import from_hex, phash_bytes, to_hex
 from taxonstream.integrity.registry import Claim, DuplicateRegistry
 from taxonstream.v1.messages_pb2 import FetchedImage, NearImage, Outcome, VerifiedImage
@@ -85,6 +82,7 @@ class Checked:
 class Claimed:
     checked: Checked
     claim: Claim
+    row: dict  # the record's manifest row
 
 
 class ChecksumWorker:
@@ -104,6 +102,8 @@ class ChecksumWorker:
         )
         if not self.registry.restored:  # no snapshot generation yet: a new store, or one written before them
             self.registry.rebuild_from_entries()
+        elif not self.registry.complete:  # a snapshot from before it kept `unhashed`: once, keys only
+            self.registry.learn_registered_from_listing()
         self.lock = threading.Lock()  # the registry's index: claims, observed images and RPC queries
         # Set while the registry holds every image on `verified` up to the start: claims wait for it, or a
         # near duplicate of an image registered since the snapshot would be missed. ReplicaObserver clears it.
@@ -121,7 +121,10 @@ class ChecksumWorker:
         return result
 
     def prepare(self, fetched: FetchedImage) -> Checked:
-        """Read, hash and pHash one original (messages of a batch do this concurrently)."""
+        """Read, hash and pHash one original (messages of a batch do this concurrently), or take what the
+        fetcher computed from the bytes it stored when the message carries that."""
+        if (carried := self._carried(fetched)) is not None:
+            return carried
         try:
             data = self.store.get(fetched.object_key)
         except KeyError:
@@ -141,6 +144,26 @@ class ChecksumWorker:
             phash = phash_or_none(data)
         return Checked(fetched, digests, phash, len(data))
 
+    def _carried(self, fetched: FetchedImage) -> Checked | None:
+        """The message's own digests and pHash, when they cover every configured algorithm and every
+        expected checksum of the input row; else None (the original is read: older messages, other sums)."""
+        names = {a.name for a in self.algorithms}
+        if not fetched.HasField("phash") or not names <= set(fetched.digests):
+            return None
+        try:
+            expected = expected_checksums(fetched.record.metadata)
+        except ExpectedChecksumError as error:
+            raise Failed("bad_expected_checksum", str(error)) from None
+        if not set(expected) <= set(fetched.digests):
+            return None
+        digests = {name: fetched.digests[name] for name in sorted(names)}
+        if digests["sha256"] != fetched.sha256:
+            raise Failed("checksum_mismatch", f"fetched bytes hash to {digests['sha256']}, expected {fetched.sha256}")
+        if mismatches := verify(b"", expected, known=fetched.digests):  # every expected sum is known
+            raise Failed("checksum_mismatch", describe(mismatches))
+        phash = from_hex(fetched.phash) if fetched.phash else None
+        return Checked(fetched, digests, phash, fetched.size_bytes)
+
     def claim_all(self, checked: list[Checked]) -> list[Claimed | Exception]:
         """Claims in message order (each sees the ones before it), their S3 reads and writes batched: the
         registry entries read in parallel first, every write of the batch stored in parallel at the end,
@@ -150,13 +173,21 @@ class ChecksumWorker:
             raise Transient("the duplicate registry is still replaying `verified` since its snapshot")
         results: list[Claimed | Exception] = []
         with self.store.staged(last=lambda key: key.startswith(REGISTRY_ENTRIES_PREFIX)):
-            self.store.prefetch(registry_key(c.fetched.sha256) for c in checked)
+            with self.lock:  # only bytes memory knows have an entry to read (exact copies, redeliveries)
+                known = [
+                    c.fetched.sha256 for c in checked if self.registry.may_be_registered(c.fetched.sha256, c.phash)
+                ]
+            self.store.prefetch(registry_key(sha256) for sha256 in known)
             with self.lock:  # in memory from here on: the lock is held for microseconds, not round trips
                 for c in checked:
                     try:
                         results.append(self._claim(c))
                     except Exception as error:  # noqa: BLE001 - this message fails alone, sorted by the worker
                         results.append(error)
+            # One row object per job for the batch, before the outcomes (and offsets): rewritten on redelivery.
+            rows = [r.row for r in results if isinstance(r, Claimed)]
+            for key, value in row_batches(rows).items():
+                self.store.put_json(key, value)
         return results
 
     def _claim(self, checked: Checked) -> Claimed:
@@ -182,9 +213,7 @@ class ChecksumWorker:
             duplicate_of=claim.duplicate_of or "",
             near=claim.near,
         )
-        # Before the outcome is produced (and the offset committed): a redelivery writes the same row again.
-        self.store.put_json(row_key(record.job_id, record.record_id), row)
-        return Claimed(checked, claim)
+        return Claimed(checked, claim, row)  # the row is stored with its batch's (claim_all)
 
     def finish(self, fetched: FetchedImage, claimed: Claimed | Exception) -> list[Emit]:
         if isinstance(claimed, Exception):
@@ -209,16 +238,23 @@ class ChecksumWorker:
         """An image some replica (maybe this one) registered, from `verified` at (partition, offset): into the
         pHash index, and under policy "link" the links its claim could not see (a near duplicate claimed at
         the same moment on another replica)."""
-        if not verified.phash:
-            if at is not None:
-                with self.lock:
-                    self.registry.advance(*at)
+        sha256 = verified.fetched.sha256 or verified.image_id
+        if not verified.phash:  # still registered: memory answers "seen before?" for it too
+            with self.lock:
+                self.registry.observe(sha256, None, verified.image_id, at)
             return
-        sha256, phash = verified.fetched.sha256 or verified.image_id, from_hex(verified.phash)
+        phash = from_hex(verified.phash)
         with self.lock:
             self.registry.observe(sha256, phash, verified.image_id, at)
-            known = {n.image_id for n in verified.near}
-            missed = [(o, d) for o, d in self.registry.near_images(phash) if o not in known and o != sha256]
+            for near in verified.near:
+                self.registry.note_linked(sha256, near.image_id)
+            # Pairs a claim here linked already (a later image claimed before this message was read) are
+            # not written again: that rewrote ~2 links a record on the bench's near-duplicate-rich set.
+            missed = [
+                (o, d)
+                for o, d in self.registry.near_images(phash)
+                if o != sha256 and not self.registry.is_linked(sha256, o)
+            ]
         if self.registry.policy == "link":
             self.registry.link(sha256, missed)  # every replica that sees the pair writes the same links
 

@@ -4,7 +4,9 @@ change here strands what is already in the bucket, so each function returns exac
   key                                                   written by       what
   originals/sha256/<ab>/<cd>/<sha256>                   fetcher          an original's bytes (content-addressed)
   jobs/<job>/records-<NNNNNN>.json                      fetcher          a job's submitted records, in chunks
-  jobs/<job>/manifest/rows/<record id %-quoted>.json    checksummer      one verified record's manifest row
+  jobs/<job>/manifest/rows/<record id %-quoted>.json    checksummer      one verified record's manifest row (before
+                                                                         row batches; still read)
+  jobs/<job>/manifest/row-batches/<digest>.json         checksummer      the rows of one worker batch's records
   jobs/<job>/manifest.<csv|parquet>                     checksummer      the last assembled manifest
   job-progress/<topic prefix>snapshot.json.gz           fetcher          every job's counters + the offsets they include
   registry/sha256/<ab>/<sha256>.json                    checksummer      first claim of these bytes
@@ -31,6 +33,8 @@ A snapshot store (`taxonstream.index.snapshots`) keeps generations under one pre
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from urllib.parse import quote
 
 BLOB_PREFIXES = ("originals/", "derivatives/")
@@ -70,6 +74,17 @@ def manifest_rows_prefix(job_id: str) -> str:
 def manifest_row_key(job_id: str, record_id: str) -> str:
     # Record ids hold ":" and may hold "/": quoted so each row is one object directly under the prefix.
     return manifest_rows_prefix(job_id) + quote(record_id, safe="") + ".json"
+
+
+def manifest_row_batches_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/manifest/row-batches/"
+
+
+def manifest_row_batch_key(job_id: str, record_ids: Iterable[str]) -> str:
+    """Named by the records it holds, so a batch delivered again rewrites the same object (a batch cut
+    differently on redelivery writes another, and assembly keeps one row per record id)."""
+    digest = hashlib.sha256("\n".join(sorted(record_ids)).encode()).hexdigest()
+    return f"{manifest_row_batches_prefix(job_id)}{digest[:32]}.json"
 
 
 def manifest_key(job_id: str, fmt: str) -> str:

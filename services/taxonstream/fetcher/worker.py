@@ -8,17 +8,25 @@ import logging
 from taxonstream.core import metrics
 from taxonstream.core.bus import Bus, Emit
 from taxonstream.core.errors import Failed
-from taxonstream.core.store import ObjectStore, original_key, raise_first
+from taxonstream.core.store import ObjectStore, original_key
 from taxonstream.core.worker import StreamWorker, each
 from taxonstream.fetcher.jobs import JobTable
 from taxonstream.fetching.download import Downloader
 from taxonstream.fetching.hosts import HostGates
 from taxonstream.fetching.settings import FetcherSettings
 from taxonstream.fetching.validate import inspect_image
+from taxonstream.integrity.checksums import digest_bytes, parse_algorithms
+from taxonstream.integrity.phash import ImageUnreadable, phash_bytes, to_hex
 from taxonstream.v1.messages_pb2 import FetchedImage, Record
 
 log = logging.getLogger(__name__)
 STAGE = "fetcher"
+# Hashed here, where the bytes are in memory, and carried in FetchedImage: the checksummer then reads no
+# original back (one S3 GET a record less). Its default algorithms; it reads the object for any others.
+DIGESTS = parse_algorithms(["md5", "sha1", "sha256"])
+# A content-addressed PUT is idempotent, so a HEAD before it only pays off when it can save a big upload
+# (an exact duplicate, ~5% of records): for a 7 kB JPEG the HEAD costs the S3 server as much as the PUT.
+STAT_BEFORE_PUT_BYTES = 4 << 20
 
 
 def url_key(url: str) -> str:
@@ -51,19 +59,22 @@ class FetchWorker:
         data, attempts = self.hosts.download(record.url, key=f"{record.record_id}\n{record.url}")
         info = inspect_image(data, self.settings.fetch_max_pixels)
         with metrics.timed("hash"):
-            sha256 = hashlib.sha256(data).hexdigest()
+            digests = digest_bytes(data, DIGESTS)
+        sha256 = digests["sha256"]
+        with metrics.timed("decode"):  # JPEGs decoded at >= 256 px (integrity/phash.py): ~1 ms for 7 kB
+            try:
+                phash = to_hex(phash_bytes(data))
+            except ImageUnreadable:
+                phash = ""  # featureless: exact-deduplicated only
         seen = {"sha256": sha256, "size": len(data), "mime": info.mime, "width": info.width, "height": info.height}
-        # The original and what the URL gave, side by side: `_already_stored` trusts the URL's entry only
-        # when the original exists too, so their order does not matter.
-        stored = self.store.map(
-            lambda put: put(),
-            [
-                lambda: self.store.put_original(data, sha256, info.mime),
-                lambda: self.store.put_json(url_key(record.url), seen),
-            ],
-        )
-        raise_first(stored)
+        seen.update(digests=digests, phash=phash)
         key = original_key(sha256)
+        if len(data) >= STAT_BEFORE_PUT_BYTES:
+            self.store.put_original(data, sha256, info.mime)
+        else:
+            self.store.put(key, data, info.mime)
+        # After the original: an entry with digests is trusted without a HEAD of the original it names.
+        self.store.put_json(url_key(record.url), seen)
         fetched = FetchedImage(
             record=record,
             sha256=sha256,
@@ -73,14 +84,20 @@ class FetchWorker:
             width=info.width,
             height=info.height,
             attempts=attempts,
+            digests=digests,
+            phash=phash,
         )
         return [Emit(self.bus.topics.fetched, sha256, fetched)]
 
     def _already_stored(self, record: Record) -> FetchedImage | None:
-        """A URL fetched before (by any job) is not downloaded again: its stored original stands in."""
+        """A URL fetched before (by any job) is not downloaded again: its stored original stands in.
+
+        One GET: an entry with digests was written after its original. One without (written beside the
+        original, in parallel, before digests were kept) counts only when a HEAD finds the original."""
         seen = self.store.get_json(url_key(record.url))
-        if seen is None or not self.store.exists(original_key(seen["sha256"])):
+        if seen is None or ("digests" not in seen and not self.store.exists(original_key(seen["sha256"]))):
             return None
+        hashed = {"digests": seen["digests"], "phash": seen.get("phash", "")} if "digests" in seen else {}
         return FetchedImage(
             record=record,
             sha256=seen["sha256"],
@@ -90,6 +107,7 @@ class FetchWorker:
             width=seen["width"],
             height=seen["height"],
             attempts=0,
+            **hashed,
         )
 
     def worker(self) -> StreamWorker[Record]:

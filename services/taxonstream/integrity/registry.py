@@ -22,13 +22,21 @@ The in-memory pHash index is restored on start from the newest snapshot generati
 topic is replayed from the offsets that snapshot includes (`observe(..., at=(partition, offset))`): every
 new image is on that topic, so restart time follows what changed since the snapshot, not the collection
 (listing and reading every `registry/sha256/` entry took ~265 s at 6,000 images). The per-sha256 entries
-stay the durable claim record (exact duplicates and redeliveries are answered from them, one GET a claim)
-and are read at start only when no snapshot generation exists: `rebuild_from_entries()`, once, on a store
-written before generations. Calls for one sha256 must not race (messages are keyed by sha256).
+stay the durable claim record (exact duplicates and redeliveries are answered from them) and are read at
+start only when no snapshot generation exists: `rebuild_from_entries()`, once, on a store written before
+generations. Calls for one sha256 must not race (messages are keyed by sha256).
+
+"Seen before?" is answered in memory: every registered sha256 is in the pHash index, the aliases or
+`unhashed` (images without a pHash), so a claim reads its entry only for bytes memory knows (an exact
+duplicate or a redelivery, ~5% of records), not for new bytes (one S3 GET a record less). That needs the
+restored state `complete`: a snapshot from before `unhashed` was kept is completed once by listing the
+entries' keys (`learn_registered_from_listing`, 1 LIST per 1,000 images, no GETs); a registry that is
+neither restored nor rebuilt reads every entry, as before.
 
 Not on the topic: a near duplicate dropped under policy "drop" (it ends as DUPLICATE, no `verified`
 message), so another replica's drops since the last snapshot are not replayed. Claims never need them
-(dropped copies are never near matches, and their bytes are found by their entry); only the job report's
+(dropped copies are never near matches, and their bytes are found by their entry: under policy "drop" a
+claim with a near match reads its entry even when memory does not know its bytes); only the job report's
 near groups list them, from the rows of the job itself.
 """
 
@@ -60,6 +68,7 @@ from taxonstream.integrity.phash import from_hex, to_hex
 
 Policy = Literal["keep", "link", "drop"]
 POLICIES: tuple[Policy, ...] = ("keep", "link", "drop")
+LINKED_PAIRS_KEPT = 200_000  # ~30 MB of pairs
 
 
 class Store(Protocol):
@@ -155,6 +164,13 @@ class DuplicateRegistry:
         # duplicates to their image, and they are never returned as near matches.
         self.index = HammingIndex(max_distance)
         self.aliases: dict[str, str] = {}
+        # Registered contents not in the pHash index: no pHash (featureless, undecodable), or learnt from a listing.
+        self.unhashed: set[str] = set()
+        # Whether index + aliases + unhashed hold every registered sha256, so an unknown one is new bytes.
+        self.complete = False
+        # Near pairs known to be linked (written by a claim here, or listed in a `verified` message's near):
+        # an observed image's links are not written again for them. Bounded; forgetting costs rewrites only.
+        self.linked: set[tuple[str, str]] = set()
         # Next offset of each `verified` partition that the state includes: where a replay starts.
         self.offsets: dict[int, int] = {}
         self.snapshots = SnapshotStore(store, REGISTRY_SNAPSHOT_PREFIX, snapshot_keep)
@@ -167,7 +183,7 @@ class DuplicateRegistry:
     def claim(self, sha256: str, phash: int | None, source: Mapping[str, Any]) -> Claim:
         """Register one record's bytes; `source` must carry "record_id" (plus url, job_id, licence, metadata…)."""
         record_id = str(source["record_id"])
-        entry = self.store.get_json(registry_key(sha256))
+        entry = self.store.get_json(registry_key(sha256)) if self.may_be_registered(sha256, phash) else None
         if entry is not None:
             image_id = entry["image_id"]
             self._add_provenance(image_id, source)
@@ -193,11 +209,28 @@ class DuplicateRegistry:
             return Claim(entry["image_id"], entry["image_id"], near)
         return Claim(sha256, None, near)
 
+    def may_be_registered(self, sha256: str, phash: int | None) -> bool:
+        """False only when these bytes are surely new: memory holds every registered sha256 and not this one.
+        A near duplicate dropped (policy "drop") by another replica is in no message read here, but it is
+        near a registered image: under "drop" such bytes count as maybe registered."""
+        if not self.complete or sha256 in self.index or sha256 in self.aliases or sha256 in self.unhashed:
+            return True
+        return self.policy == "drop" and bool(self._near(phash, exclude=sha256))
+
     def link(self, sha256: str, near: Sequence[tuple[str, int]]) -> None:
         """Near-duplicate links in both directions; writing the same pair again changes nothing."""
         for other, distance in near:
             self.store.put_json(link_key(sha256, other), {"distance": distance})
             self.store.put_json(link_key(other, sha256), {"distance": distance})
+            self.note_linked(sha256, other)
+
+    def note_linked(self, a: str, b: str) -> None:
+        if len(self.linked) >= LINKED_PAIRS_KEPT:
+            self.linked.clear()
+        self.linked.add((a, b) if a < b else (b, a))
+
+    def is_linked(self, a: str, b: str) -> bool:
+        return ((a, b) if a < b else (b, a)) in self.linked
 
     def _add_provenance(self, image_id: str, source: Mapping[str, Any]) -> None:
         self.store.put_json(provenance_key(image_id, str(source["record_id"])), dict(source))
@@ -208,8 +241,11 @@ class DuplicateRegistry:
         return [(k, d) for k, d in self.index.query(phash) if k != exclude and k not in self.aliases]
 
     def _remember(self, sha256: str, phash: int | None, image_id: str) -> None:
-        if phash is None:
-            return  # exact-deduplicated through its entry only: nothing for the pHash index
+        if phash is None:  # exact-deduplicated through its entry only: nothing for the pHash index
+            if sha256 not in self.unhashed:
+                self.unhashed.add(sha256)
+                self.trigger.note()
+            return
         changed = self.index.add(sha256, phash)
         if image_id != sha256 and self.aliases.get(sha256) != image_id:
             self.aliases[sha256] = image_id
@@ -259,8 +295,13 @@ class DuplicateRegistry:
         parts = {
             "index.bin": self.index.to_bytes(),
             "aliases.json": json.dumps(self.aliases, sort_keys=True).encode(),
+            "unhashed.json": json.dumps(sorted(self.unhashed)).encode(),
         }
-        meta = {"offsets": {str(p): o for p, o in sorted(self.offsets.items())}, "max_distance": self.max_distance}
+        meta = {
+            "offsets": {str(p): o for p, o in sorted(self.offsets.items())},
+            "max_distance": self.max_distance,
+            "complete": self.complete,
+        }
         name = self.snapshots.save(parts, meta)
         self.trigger.saved()
         return name
@@ -272,6 +313,8 @@ class DuplicateRegistry:
         snapshot = HammingIndex.from_bytes(found.parts["index.bin"])
         self.index = HammingIndex.build(snapshot.items(), self.max_distance)  # the configured radius
         self.aliases = dict(json.loads(found.parts.get("aliases.json", b"{}")))
+        self.unhashed = set(json.loads(found.parts.get("unhashed.json", b"[]")))
+        self.complete = bool(found.meta.get("complete", False))
         self.offsets = {int(p): int(o) for p, o in found.meta.get("offsets", {}).items()}
         return True
 
@@ -290,6 +333,7 @@ class DuplicateRegistry:
                 for sha256, phash in HammingIndex.from_bytes(data).items():
                     self._remember(sha256, phash, meta.get("aliases", {}).get(sha256, sha256))
                 covered.update(meta.get("unhashed", []))
+                self.unhashed.update(meta.get("unhashed", []))
         covered.update(k for k, _ in self.index.items())
         fetched = 0
         for key in self.store.list(REGISTRY_ENTRIES_PREFIX):
@@ -302,4 +346,17 @@ class DuplicateRegistry:
             fetched += 1
             self._remember(sha256, from_hex(entry["phash"]) if entry.get("phash") else None, entry["image_id"])
         self.rebuilt_from_entries = fetched
+        self.complete = True
         return fetched
+
+    def learn_registered_from_listing(self) -> int:
+        """Complete a state restored from a snapshot written before `unhashed` was kept: every listed entry
+        not in the index or aliases joins `unhashed` (keys only, no GETs). Returns how many joined."""
+        before = len(self.unhashed)
+        for key in self.store.list(REGISTRY_ENTRIES_PREFIX):
+            sha256 = key.rsplit("/", 1)[-1].removesuffix(".json")
+            if sha256 not in self.index and sha256 not in self.aliases:
+                self.unhashed.add(sha256)
+        self.complete = True
+        self.trigger.note()
+        return len(self.unhashed) - before

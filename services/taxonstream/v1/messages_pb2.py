@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtaxonstream/v1/messages.proto\x12\x0etaxonstream.v1\"\x8a\x01\n\x0cSourceRecord\x12\x0b\n\x03url\x18\x01 \x01(\t\x12<\n\x08metadata\x18\x02 \x03(\x0b\x32*.taxonstream.v1.SourceRecord.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbd\x01\n\x06Record\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0b\n\x03row\x18\x03 \x01(\x03\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\x36\n\x08metadata\x18\x05 \x03(\x0b\x32$.taxonstream.v1.Record.MetadataEntry\x12\r\n\x05\x66orce\x18\x06 \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xad\x01\n\x0c\x46\x65tchedImage\x12&\n\x06record\x18\x01 \x01(\x0b\x32\x16.taxonstream.v1.Record\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nobject_key\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x0c\n\x04mime\x18\x05 \x01(\t\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x0e\n\x06height\x18\x07 \x01(\x05\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\"/\n\tNearImage\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x10\n\x08\x64istance\x18\x02 \x01(\x05\"\x82\x02\n\rVerifiedImage\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12-\n\x07\x66\x65tched\x18\x02 \x01(\x0b\x32\x1c.taxonstream.v1.FetchedImage\x12\x0b\n\x03md5\x18\x03 \x01(\t\x12;\n\x07\x64igests\x18\x04 \x03(\x0b\x32*.taxonstream.v1.VerifiedImage.DigestsEntry\x12\r\n\x05phash\x18\x05 \x01(\t\x12\'\n\x04near\x18\x06 \x03(\x0b\x32\x19.taxonstream.v1.NearImage\x1a.\n\x0c\x44igestsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"?\n\x03\x42ox\x12\x0c\n\x04left\x18\x01 \x01(\x05\x12\x0b\n\x03top\x18\x02 \x01(\x05\x12\r\n\x05right\x18\x03 \x01(\x05\x12\x0e\n\x06\x62ottom\x18\x04 \x01(\x05\"\xc1\x01\n\x04\x43rop\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12,\n\x05image\x18\x02 \x01(\x0b\x32\x1d.taxonstream.v1.VerifiedImage\x12\x10\n\x08\x63rop_key\x18\x03 \x01(\t\x12\x10\n\x08\x64\x65tected\x18\x04 \x01(\x08\x12 \n\x03\x62ox\x18\x05 \x01(\x0b\x32\x13.taxonstream.v1.Box\x12\r\n\x05score\x18\x06 \x01(\x02\x12\r\n\x05model\x18\x07 \x01(\t\x12\x15\n\rmodel_version\x18\x08 \x01(\t\"\x83\x02\n\tEmbedding\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x03(\x02\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\"\n\x04\x63rop\x18\x05 \x01(\x0b\x32\x14.taxonstream.v1.Crop\x12\x0f\n\x07\x64\x65leted\x18\x06 \x01(\x08\x12\x37\n\x07lineage\x18\x07 \x03(\x0b\x32&.taxonstream.v1.Embedding.LineageEntry\x12\x10\n\x08\x62\x61\x63kfill\x18\x08 \x01(\x08\x1a.\n\x0cLineageEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc4\x01\n\x0cReembedImage\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x10\n\x08\x63rop_key\x18\x02 \x01(\t\x12:\n\x07lineage\x18\x03 \x03(\x0b\x32).taxonstream.v1.ReembedImage.LineageEntry\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x1a.\n\x0cLineageEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x80\x02\n\x07Outcome\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12,\n\x05state\x18\x04 \x01(\x0e\x32\x1d.taxonstream.v1.Outcome.State\x12\x10\n\x08image_id\x18\x05 \x01(\t\x12\r\n\x05stage\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\r\n\x05\x61t_ms\x18\t \x01(\x03\"F\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07INDEXED\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\"[\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x12\n\ncreated_ms\x18\x04 \x01(\x03\x12\x11\n\tcancelled\x18\x05 \x01(\x08\"\x88\x01\n\nDeadLetter\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0b\n\x03key\x18\x04 \x01(\x0c\x12\r\n\x05value\x18\x05 \x01(\x0c\x12\r\n\x05stage\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\r\n\x05\x61t_ms\x18\x08 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtaxonstream/v1/messages.proto\x12\x0etaxonstream.v1\"\x8a\x01\n\x0cSourceRecord\x12\x0b\n\x03url\x18\x01 \x01(\t\x12<\n\x08metadata\x18\x02 \x03(\x0b\x32*.taxonstream.v1.SourceRecord.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbd\x01\n\x06Record\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0b\n\x03row\x18\x03 \x01(\x03\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\x36\n\x08metadata\x18\x05 \x03(\x0b\x32$.taxonstream.v1.Record.MetadataEntry\x12\r\n\x05\x66orce\x18\x06 \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb7\x02\n\x0c\x46\x65tchedImage\x12&\n\x06record\x18\x01 \x01(\x0b\x32\x16.taxonstream.v1.Record\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nobject_key\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x0c\n\x04mime\x18\x05 \x01(\t\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x0e\n\x06height\x18\x07 \x01(\x05\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\x12:\n\x07\x64igests\x18\t \x03(\x0b\x32).taxonstream.v1.FetchedImage.DigestsEntry\x12\x12\n\x05phash\x18\n \x01(\tH\x00\x88\x01\x01\x1a.\n\x0c\x44igestsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06_phash\"/\n\tNearImage\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x10\n\x08\x64istance\x18\x02 \x01(\x05\"\x82\x02\n\rVerifiedImage\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12-\n\x07\x66\x65tched\x18\x02 \x01(\x0b\x32\x1c.taxonstream.v1.FetchedImage\x12\x0b\n\x03md5\x18\x03 \x01(\t\x12;\n\x07\x64igests\x18\x04 \x03(\x0b\x32*.taxonstream.v1.VerifiedImage.DigestsEntry\x12\r\n\x05phash\x18\x05 \x01(\t\x12\'\n\x04near\x18\x06 \x03(\x0b\x32\x19.taxonstream.v1.NearImage\x1a.\n\x0c\x44igestsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"?\n\x03\x42ox\x12\x0c\n\x04left\x18\x01 \x01(\x05\x12\x0b\n\x03top\x18\x02 \x01(\x05\x12\r\n\x05right\x18\x03 \x01(\x05\x12\x0e\n\x06\x62ottom\x18\x04 \x01(\x05\"\xc1\x01\n\x04\x43rop\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12,\n\x05image\x18\x02 \x01(\x0b\x32\x1d.taxonstream.v1.VerifiedImage\x12\x10\n\x08\x63rop_key\x18\x03 \x01(\t\x12\x10\n\x08\x64\x65tected\x18\x04 \x01(\x08\x12 \n\x03\x62ox\x18\x05 \x01(\x0b\x32\x13.taxonstream.v1.Box\x12\r\n\x05score\x18\x06 \x01(\x02\x12\r\n\x05model\x18\x07 \x01(\t\x12\x15\n\rmodel_version\x18\x08 \x01(\t\"\x83\x02\n\tEmbedding\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x03(\x02\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\"\n\x04\x63rop\x18\x05 \x01(\x0b\x32\x14.taxonstream.v1.Crop\x12\x0f\n\x07\x64\x65leted\x18\x06 \x01(\x08\x12\x37\n\x07lineage\x18\x07 \x03(\x0b\x32&.taxonstream.v1.Embedding.LineageEntry\x12\x10\n\x08\x62\x61\x63kfill\x18\x08 \x01(\x08\x1a.\n\x0cLineageEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc4\x01\n\x0cReembedImage\x12\x10\n\x08image_id\x18\x01 \x01(\t\x12\x10\n\x08\x63rop_key\x18\x02 \x01(\t\x12:\n\x07lineage\x18\x03 \x03(\x0b\x32).taxonstream.v1.ReembedImage.LineageEntry\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x1a.\n\x0cLineageEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x80\x02\n\x07Outcome\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12,\n\x05state\x18\x04 \x01(\x0e\x32\x1d.taxonstream.v1.Outcome.State\x12\x10\n\x08image_id\x18\x05 \x01(\t\x12\r\n\x05stage\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\r\n\x05\x61t_ms\x18\t \x01(\x03\"F\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07INDEXED\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\"[\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x12\n\ncreated_ms\x18\x04 \x01(\x03\x12\x11\n\tcancelled\x18\x05 \x01(\x08\"\x88\x01\n\nDeadLetter\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x0b\n\x03key\x18\x04 \x01(\x0c\x12\r\n\x05value\x18\x05 \x01(\x0c\x12\r\n\x05stage\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\r\n\x05\x61t_ms\x18\x08 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SOURCERECORD_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_RECORD_METADATAENTRY']._loaded_options = None
   _globals['_RECORD_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_FETCHEDIMAGE_DIGESTSENTRY']._loaded_options = None
+  _globals['_FETCHEDIMAGE_DIGESTSENTRY']._serialized_options = b'8\001'
   _globals['_VERIFIEDIMAGE_DIGESTSENTRY']._loaded_options = None
   _globals['_VERIFIEDIMAGE_DIGESTSENTRY']._serialized_options = b'8\001'
   _globals['_EMBEDDING_LINEAGEENTRY']._loaded_options = None
@@ -50,31 +52,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECORD_METADATAENTRY']._serialized_start=141
   _globals['_RECORD_METADATAENTRY']._serialized_end=188
   _globals['_FETCHEDIMAGE']._serialized_start=383
-  _globals['_FETCHEDIMAGE']._serialized_end=556
-  _globals['_NEARIMAGE']._serialized_start=558
-  _globals['_NEARIMAGE']._serialized_end=605
-  _globals['_VERIFIEDIMAGE']._serialized_start=608
-  _globals['_VERIFIEDIMAGE']._serialized_end=866
-  _globals['_VERIFIEDIMAGE_DIGESTSENTRY']._serialized_start=820
-  _globals['_VERIFIEDIMAGE_DIGESTSENTRY']._serialized_end=866
-  _globals['_BOX']._serialized_start=868
-  _globals['_BOX']._serialized_end=931
-  _globals['_CROP']._serialized_start=934
-  _globals['_CROP']._serialized_end=1127
-  _globals['_EMBEDDING']._serialized_start=1130
-  _globals['_EMBEDDING']._serialized_end=1389
-  _globals['_EMBEDDING_LINEAGEENTRY']._serialized_start=1343
-  _globals['_EMBEDDING_LINEAGEENTRY']._serialized_end=1389
-  _globals['_REEMBEDIMAGE']._serialized_start=1392
-  _globals['_REEMBEDIMAGE']._serialized_end=1588
-  _globals['_REEMBEDIMAGE_LINEAGEENTRY']._serialized_start=1343
-  _globals['_REEMBEDIMAGE_LINEAGEENTRY']._serialized_end=1389
-  _globals['_OUTCOME']._serialized_start=1591
-  _globals['_OUTCOME']._serialized_end=1847
-  _globals['_OUTCOME_STATE']._serialized_start=1777
-  _globals['_OUTCOME_STATE']._serialized_end=1847
-  _globals['_JOB']._serialized_start=1849
-  _globals['_JOB']._serialized_end=1940
-  _globals['_DEADLETTER']._serialized_start=1943
-  _globals['_DEADLETTER']._serialized_end=2079
+  _globals['_FETCHEDIMAGE']._serialized_end=694
+  _globals['_FETCHEDIMAGE_DIGESTSENTRY']._serialized_start=638
+  _globals['_FETCHEDIMAGE_DIGESTSENTRY']._serialized_end=684
+  _globals['_NEARIMAGE']._serialized_start=696
+  _globals['_NEARIMAGE']._serialized_end=743
+  _globals['_VERIFIEDIMAGE']._serialized_start=746
+  _globals['_VERIFIEDIMAGE']._serialized_end=1004
+  _globals['_VERIFIEDIMAGE_DIGESTSENTRY']._serialized_start=638
+  _globals['_VERIFIEDIMAGE_DIGESTSENTRY']._serialized_end=684
+  _globals['_BOX']._serialized_start=1006
+  _globals['_BOX']._serialized_end=1069
+  _globals['_CROP']._serialized_start=1072
+  _globals['_CROP']._serialized_end=1265
+  _globals['_EMBEDDING']._serialized_start=1268
+  _globals['_EMBEDDING']._serialized_end=1527
+  _globals['_EMBEDDING_LINEAGEENTRY']._serialized_start=1481
+  _globals['_EMBEDDING_LINEAGEENTRY']._serialized_end=1527
+  _globals['_REEMBEDIMAGE']._serialized_start=1530
+  _globals['_REEMBEDIMAGE']._serialized_end=1726
+  _globals['_REEMBEDIMAGE_LINEAGEENTRY']._serialized_start=1481
+  _globals['_REEMBEDIMAGE_LINEAGEENTRY']._serialized_end=1527
+  _globals['_OUTCOME']._serialized_start=1729
+  _globals['_OUTCOME']._serialized_end=1985
+  _globals['_OUTCOME_STATE']._serialized_start=1915
+  _globals['_OUTCOME_STATE']._serialized_end=1985
+  _globals['_JOB']._serialized_start=1987
+  _globals['_JOB']._serialized_end=2078
+  _globals['_DEADLETTER']._serialized_start=2081
+  _globals['_DEADLETTER']._serialized_end=2217
 # @@protoc_insertion_point(module_scope)

@@ -46,7 +46,14 @@ class Record(_message.Message):
     def __init__(self, record_id: _Optional[str] = ..., job_id: _Optional[str] = ..., row: _Optional[int] = ..., url: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class FetchedImage(_message.Message):
-    __slots__ = ("record", "sha256", "object_key", "size_bytes", "mime", "width", "height", "attempts")
+    __slots__ = ("record", "sha256", "object_key", "size_bytes", "mime", "width", "height", "attempts", "digests", "phash")
+    class DigestsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     RECORD_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     OBJECT_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +62,8 @@ class FetchedImage(_message.Message):
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    PHASH_FIELD_NUMBER: _ClassVar[int]
     record: Record
     sha256: str
     object_key: str
@@ -63,7 +72,9 @@ class FetchedImage(_message.Message):
     width: int
     height: int
     attempts: int
-    def __init__(self, record: _Optional[_Union[Record, _Mapping]] = ..., sha256: _Optional[str] = ..., object_key: _Optional[str] = ..., size_bytes: _Optional[int] = ..., mime: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., attempts: _Optional[int] = ...) -> None: ...
+    digests: _containers.ScalarMap[str, str]
+    phash: str
+    def __init__(self, record: _Optional[_Union[Record, _Mapping]] = ..., sha256: _Optional[str] = ..., object_key: _Optional[str] = ..., size_bytes: _Optional[int] = ..., mime: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., attempts: _Optional[int] = ..., digests: _Optional[_Mapping[str, str]] = ..., phash: _Optional[str] = ...) -> None: ...
 
 class NearImage(_message.Message):
     __slots__ = ("image_id", "distance")
