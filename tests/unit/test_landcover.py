@@ -15,6 +15,7 @@ pyproj = pytest.importorskip("pyproj")
 from affine import Affine  # noqa: E402
 
 from taxonstream.cli.main import main  # noqa: E402
+from taxonstream.landcover import cover as cover_module  # noqa: E402
 from taxonstream.landcover import points as points_module  # noqa: E402
 from taxonstream.landcover.cover import (  # noqa: E402
     INVALID,
@@ -88,9 +89,15 @@ def test_crosswalk_follows_latloncover_grouping() -> None:
     assert set(c for _, c in table.values()) == set(CLASSES)
 
 
+@pytest.mark.parametrize("grouped", [True, False], ids=["one-read", "read-per-point"])
 @pytest.mark.parametrize("sizes", [BoxSizes(), BoxSizes(0.3, 1.1)])
-def test_shares_equal_brute_force_for_both_boxes(mixed: tuple[str, np.ndarray], sizes: BoxSizes) -> None:
+def test_shares_equal_brute_force_for_both_boxes(
+    mixed: tuple[str, np.ndarray], sizes: BoxSizes, grouped: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     raster, data = mixed
+    if not grouped:  # every group one point: the window arithmetic of each point's own read
+        monkeypatch.setattr(cover_module, "GROUP_CELLS", 1)
+        monkeypatch.setattr(cover_module, "DENSITY", 0)
     rng = np.random.default_rng(11)
     # Inside, near every edge and corner (boxes crossing the edge), and in the lake.
     x = np.concatenate([rng.uniform(X0, X0 + 360 * CELL, 25), [X0 + 5, X0 + 360 * CELL - 7, X0 + 6900]])
@@ -205,3 +212,22 @@ def test_record_metadata_gets_sixteen_shares(mixed: tuple[str, np.ndarray]) -> N
         assert off[REASON_COLUMN] == OUTSIDE and "A_small" not in off
     finally:
         cover.close()
+
+
+def test_groups_read_near_points_together_and_never_far_more_than_they_need() -> None:
+    rng = np.random.default_rng(9)
+    # Dense clusters (one locality, many specimens) and points scattered over a national-sized raster.
+    centres = np.concatenate([np.full(200, 5000.0), rng.uniform(0, 100_000, 50)])
+    rows = np.concatenate([np.full(200, 7000.0), rng.uniform(0, 100_000, 50)])
+    offsets = rng.uniform(-40, 40, (250, 2))
+    r0 = (rows + offsets[:, 0]).astype(np.int64)
+    c0 = (centres + offsets[:, 1]).astype(np.int64)
+    windows = np.stack([r0, r0 + 108, c0, c0 + 108], axis=1)
+    found = list(cover_module.groups(np.arange(250), windows))
+    assert sorted(i for group, _ in found for i in group) == list(range(250))
+    for group, (g0, g1, h0, h1) in found:
+        own = sum((windows[i, 1] - windows[i, 0]) * (windows[i, 3] - windows[i, 2]) for i in group)
+        assert (g1 - g0) * (h1 - h0) <= max(cover_module.GROUP_CELLS, cover_module.DENSITY * own)
+        for i in group:
+            assert g0 <= windows[i, 0] and windows[i, 1] <= g1 and h0 <= windows[i, 2] and windows[i, 3] <= h1
+    assert len(found) < 60  # the 200-point cluster is one read (or a few), not 200

@@ -13,13 +13,14 @@ CropScape's counts, where the CDL's background (code 0, its nodata) is N, so sha
 the box's whole area. A point inside the raster whose box crosses the edge gets its shares and the reason
 `partly_outside_raster`; a point off the raster gets no shares and `outside_raster`.
 
-One windowed read per point (the big box's window, which holds the small one): at most 108 × 108 bytes
-from a 30 m CDL, whatever the raster's size.
+Windowed reads: one per group of nearby points (`groups`), never the whole raster — a 30 m CDL's big box
+is 108 × 108 bytes, the national layer 150,000 × 100,000.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,9 @@ PARTLY_OUTSIDE = "partly_outside_raster"
 OUTSIDE = "outside_raster"
 MISSING = "missing_coordinates"
 INVALID = "invalid_coordinates"
+BAND_ROWS = 512  # the CDL's block height: points are grouped within bands of blocks
+GROUP_CELLS = 1 << 20  # a group's window may always grow to 1 MB (4 blocks of 512 × 512)…
+DENSITY = 4  # …or to 4× the cells its points' own windows hold
 
 
 class RasterError(ValueError):
@@ -155,28 +159,37 @@ class RasterCover:
         finite = np.isfinite(x) & np.isfinite(y)
         inside = np.zeros(n, dtype=bool)
         inside[finite] = self.grid.inside(x[finite], y[finite])
+        for i in np.flatnonzero(~inside):
+            reasons[i] = OUTSIDE if finite[i] else INVALID
         xs, ys = np.where(finite, x, self.grid.x0), np.where(finite, y, self.grid.y0)  # no NaN casts
-        boxes = [self.grid.ranges(xs, ys, half) for half in self.sizes.halves()]
+        boxes = np.stack([self.grid.ranges(xs, ys, half) for half in self.sizes.halves()], axis=1)  # n × 2 × 4
         g = self.grid
-        for i in range(n):
-            if not inside[i]:
-                reasons[i] = OUTSIDE if finite[i] else INVALID
-                continue
-            spans = [box[i] for box in boxes]
-            r0 = max(0, min(s[0] for s in spans))
-            r1 = min(g.rows, max(s[1] for s in spans))
-            c0 = max(0, min(s[2] for s in spans))
-            c1 = min(g.cols, max(s[3] for s in spans))
+        # Each point's window: the union of its boxes, clipped to the raster.
+        windows = np.stack(
+            [
+                np.maximum(boxes[:, :, 0].min(axis=1), 0),
+                np.minimum(boxes[:, :, 1].max(axis=1), g.rows),
+                np.maximum(boxes[:, :, 2].min(axis=1), 0),
+                np.minimum(boxes[:, :, 3].max(axis=1), g.cols),
+            ],
+            axis=1,
+        )
+        counts = np.zeros((n, 2, len(CLASSES)), dtype=np.int64)
+        spans = boxes.tolist()  # Python ints: numpy scalars in this loop cost ~3x the time (measured)
+        rows, cols, k = g.rows, g.cols, len(CLASSES)
+        for group, (r0, r1, c0, c1) in groups(np.flatnonzero(inside), windows):
             cells = self.classes(Window(c0, r0, c1 - c0, r1 - r0))
-            for b, (br0, br1, bc0, bc1) in enumerate(spans):
-                total = (br1 - br0) * (bc1 - bc0)
-                sub = cells[max(br0, 0) - r0 : min(br1, g.rows) - r0, max(bc0, 0) - c0 : min(bc1, g.cols) - c0]
-                counts = np.bincount(sub.ravel(), minlength=len(CLASSES)).astype(np.float64)
-                # The box's cells beyond the raster's edge: not designated, like nodata.
-                counts[NOT_DESIGNATED] += total - sub.size
-                shares[i, b] = counts / total
-                if sub.size < total:
-                    reasons[i] = PARTLY_OUTSIDE
+            for i in group:
+                for b, (br0, br1, bc0, bc1) in enumerate(spans[i]):
+                    sub = cells[max(br0, 0) - r0 : min(br1, rows) - r0, max(bc0, 0) - c0 : min(bc1, cols) - c0]
+                    counts[i, b] = np.bincount(sub.ravel(), minlength=k)
+        totals = (boxes[:, :, 1] - boxes[:, :, 0]) * (boxes[:, :, 3] - boxes[:, :, 2])
+        # The box's cells beyond the raster's edge: not designated, like nodata.
+        beyond = totals - counts.sum(axis=2)
+        counts[:, :, NOT_DESIGNATED] += np.where(inside[:, None], beyond, 0)
+        shares[inside] = counts[inside] / totals[inside][:, :, None]
+        for i in np.flatnonzero(inside & (beyond > 0).any(axis=1)):
+            reasons[i] = PARTLY_OUTSIDE
         return shares, reasons
 
     def close(self) -> None:
@@ -187,6 +200,36 @@ class RasterCover:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def groups(points: np.ndarray, windows: np.ndarray) -> Iterator[tuple[list[int], tuple[int, int, int, int]]]:
+    """Nearby points in groups read with one window (row0, row1, col0, col1) each.
+
+    Points are taken in bands of `BAND_ROWS` rows, west to east; a group grows while its window stays
+    under `GROUP_CELLS`, or under `DENSITY` × its points' own windows: one read of a 1 MB window (a few
+    GDAL blocks) instead of hundreds of reads of 108 × 108, without reading far more than the points need
+    when they are sparse. Measured: 11.7k points/s one read per point, see tools/bench/landcover.
+    """
+    if len(points) == 0:
+        return
+    order = points[np.lexsort((windows[points, 2], windows[points, 0] // BAND_ROWS))]
+    areas = (windows[:, 1] - windows[:, 0]) * (windows[:, 3] - windows[:, 2])
+    group: list[int] = []
+    own = 0
+    r0 = r1 = c0 = c1 = 0
+    for i in order:
+        w = windows[i]
+        if group:
+            nr0, nr1, nc0, nc1 = min(r0, w[0]), max(r1, w[1]), min(c0, w[2]), max(c1, w[3])
+            if (nr1 - nr0) * (nc1 - nc0) <= max(GROUP_CELLS, DENSITY * (own + areas[i])):
+                group.append(int(i))
+                own += int(areas[i])
+                r0, r1, c0, c1 = nr0, nr1, nc0, nc1
+                continue
+            yield group, (int(r0), int(r1), int(c0), int(c1))
+        group, own = [int(i)], int(areas[i])
+        r0, r1, c0, c1 = w
+    yield group, (int(r0), int(r1), int(c0), int(c1))
 
 
 def grid_of(dataset: rasterio.DatasetReader, path: str) -> Grid:
