@@ -59,7 +59,9 @@ def url_list_records(data: bytes, name: str, max_bytes: int) -> tuple[SourceReco
     if len(data) > max_bytes:
         raise UploadError(f"{label}: {len(data) / 2**20:.1f} MiB is over the {max_bytes / 2**20:.0f} MiB limit")
     lowered = label.lower()
-    suffix = next((s for s in sorted(URL_LIST_SUFFIXES, key=len, reverse=True) if lowered.endswith(s)), ".csv")
+    suffix = next((s for s in sorted(URL_LIST_SUFFIXES, key=len, reverse=True) if lowered.endswith(s)), None)
+    if suffix is None:
+        raise UploadError(f"{label}: unknown format; use .csv, .tsv, .txt, .jsonl or .parquet (optionally .gz)")
     # read_records takes a path (it sniffs gzip and Parquet by name); the file lives only while it is read.
     handle = tempfile.NamedTemporaryFile(suffix=suffix, prefix="portal-urls-")  # noqa: SIM115 - closed by the reader
     handle.write(data)
