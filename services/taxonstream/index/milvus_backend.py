@@ -66,7 +66,6 @@ def numeric_clauses(column: str, rule: Numeric) -> list[str]:
     return out
 
 
-
 def numbers(metadata: Mapping[str, str]) -> dict[str, float]:
     """The metadata values that read as finite numbers, as numbers."""
     return {str(k): found for k, v in metadata.items() if (found := number(v)) is not None}
