@@ -292,8 +292,9 @@ def status() -> tuple[list[str], bool]:
         state = "up" if up_now else "down"
         line = f"{spec.name:<12}{state:<6}127.0.0.1:{spec.grpc_port} (metrics :{spec.metrics_port})"
         lines.append(line + _supervision_note(supervised.get(spec.name, {})))
+    # Shown, not required: a stack started before the portal existed still counts as up (the test fixture
+    # stops at its end a stack it did not find up), and `stack up` starts a missing portal either way.
     portal_up = service_pid(PORTAL.name) is not None and portal_ready(PORTAL.grpc_port)
-    ok &= portal_up
     line = f"{PORTAL.name:<12}{'up' if portal_up else 'down':<6}http://127.0.0.1:{PORTAL.grpc_port}/ (the explorer)"
     lines.append(line + _supervision_note(supervised.get(PORTAL.name, {})))
     return lines, ok
