@@ -231,3 +231,19 @@ def test_groups_read_near_points_together_and_never_far_more_than_they_need() ->
         for i in group:
             assert g0 <= windows[i, 0] and windows[i, 1] <= g1 and h0 <= windows[i, 2] and windows[i, 3] <= h1
     assert len(found) < 60  # the 200-point cluster is one read (or a few), not 200
+
+
+def test_cli_parquet_in_and_out_keeps_shares_numeric(mixed: tuple[str, np.ndarray], tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    raster, _ = mixed
+    lat, lon = lat_lon(np.array([X0 + 4000]), np.array([Y0 - 4000]))
+    pq.write_table(
+        pa.table({"decimalLatitude": [lat[0], None], "decimalLongitude": [lon[0], None]}), tmp_path / "i.parquet"
+    )
+    assert main(["landcover", str(tmp_path / "i.parquet"), str(tmp_path / "o.parquet"), "--raster", raster]) == 0
+    table = pq.read_table(tmp_path / "o.parquet")
+    assert table.schema.field("F_big").type == pa.float64()
+    assert table.column(REASON_COLUMN).to_pylist() == ["", MISSING]
+    assert table.column("F_big").to_pylist()[1] is None and 0 <= table.column("F_big").to_pylist()[0] <= 1

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from taxonstream.landcover.cover import BoxSizes, RasterCover
-from taxonstream.landcover.crosswalk import COLUMNS, REASON_COLUMN
+from taxonstream.landcover.crosswalk import COLUMNS, REASON_COLUMN, SHARE_COLUMNS
 from taxonstream.landcover.points import Covers, cover_points
 
 # Tried in order (case-insensitive, Darwin Core prefixes dropped) when no --lat-col/--lon-col is given.
@@ -56,7 +56,10 @@ def write_table(path: Path, columns: list[str], rows: list[dict[str, object]]) -
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist(rows), path)
+        # Typed columns: a share column is float64 with nulls where a row has none (CSV writes them empty).
+        shares = set(SHARE_COLUMNS)
+        typed = [{k: (None if k in shares and v == "" else v) for k, v in row.items()} for row in rows]
+        pq.write_table(pa.Table.from_pylist(typed), path)
         return
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
