@@ -98,6 +98,11 @@ def test_search_query_from_the_address_keeps_filters_and_caps_k():
     )
     assert query.text == "moth" and query.k == 200 and query.filters == {"genus": ["Apis", "Bombus"]}
     assert query.metadata == [("basisOfRecord", "X")]
+    numeric = SearchQuery.from_params({"text": "moth"}, ["decimalLatitude >= 40", "F_small=0.5"])
+    assert numeric.numeric == [("decimalLatitude", ">=", "40"), ("F_small", "=", "0.5")] and not numeric.metadata
+    sent = [(f.field, f.op, list(f.values)) for f in numeric.request(text="moth").filters]
+    assert sent == [("decimalLatitude", ">=", ["40"]), ("F_small", "=", ["0.5"])]
+    assert numeric.request(text="moth").k == 24  # inside the index: no over-fetch
     assert query.request(text="moth").k == 500  # metadata filters are applied to the top 500
     assert query.more_like("abc").startswith("/search?id=abc&k=200&genus=Apis%2CBombus")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlencode
@@ -18,6 +19,16 @@ INTERNAL_COLUMNS = {"original_key", "thumbnail_key", "crop_key", "sha256", "reco
 # Over-fetch for metadata filters the index cannot apply itself (they are applied to this many top hits).
 METADATA_FILTER_POOL = 500
 MAX_K = 200
+# "column>=value": a comparison the index applies itself when the value is a number (any metadata column).
+_COMPARISON = re.compile(r"^\s*([^<>=!]+?)\s*(>=|<=|>|<|=)\s*(.+?)\s*$")
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass
@@ -71,6 +82,7 @@ class SearchQuery:
     k: int = 24
     filters: dict[str, list[str]] = field(default_factory=dict)  # index fields (ranks, provider, licence)
     metadata: list[tuple[str, str]] = field(default_factory=list)  # any other column, applied to the top hits
+    numeric: list[tuple[str, str, str]] = field(default_factory=list)  # (column, op, number), inside the index
 
     @classmethod
     def from_params(cls, params: Mapping[str, str], metadata_filters: Iterable[str]) -> SearchQuery:
@@ -83,12 +95,18 @@ class SearchQuery:
             values = [v.strip() for v in (params.get(name) or "").split(",") if v.strip()]
             if values:
                 filters[name] = values
-        pairs = []
+        pairs, numeric = [], []
         for expression in metadata_filters:
-            column, sep, value = expression.partition("=")
-            if sep and column.strip() and value.strip():
-                pairs.append((column.strip(), value.strip()))
-        return cls((params.get("text") or "").strip(), (params.get("id") or "").strip(), k, filters, pairs)
+            found = _COMPARISON.match(expression)
+            if not found:
+                continue
+            column, op, value = found.groups()
+            if _number(value):
+                numeric.append((column, op, value))
+            elif op == "=":
+                pairs.append((column, value))
+        text, image_id = (params.get("text") or "").strip(), (params.get("id") or "").strip()
+        return cls(text, image_id, k, filters, pairs, numeric)
 
     @property
     def asked(self) -> bool:
@@ -97,6 +115,7 @@ class SearchQuery:
     def request(self, **query) -> indexer_pb2.SearchRequest:
         pool = METADATA_FILTER_POOL if self.metadata else self.k
         filters = [indexer_pb2.Filter(field=f, values=v) for f, v in self.filters.items()]
+        filters += [indexer_pb2.Filter(field=c, op=op, values=[v]) for c, op, v in self.numeric]
         return indexer_pb2.SearchRequest(k=max(pool, self.k), filters=filters, **query)
 
     def keep(self, hits: Iterable[indexer_pb2.Hit]) -> list[indexer_pb2.Hit]:
@@ -105,7 +124,16 @@ class SearchQuery:
         return kept[: self.k]
 
     def filter_params(self) -> list[tuple[str, str]]:
-        return [(f, ",".join(v)) for f, v in self.filters.items()] + [("meta", f"{c}={v}") for c, v in self.metadata]
+        return (
+            [(f, ",".join(v)) for f, v in self.filters.items()]
+            + [("meta", f"{c}{op}{v}") for c, op, v in self.numeric]
+            + [("meta", f"{c}={v}") for c, v in self.metadata]
+        )
+
+    @property
+    def column_filters(self) -> list[str]:
+        """The "other column" expressions, as typed back into the form."""
+        return [f"{c}{op}{v}" for c, op, v in self.numeric] + [f"{c}={v}" for c, v in self.metadata]
 
     def more_like(self, image_id: str) -> str:
         """The address of "more like this": the same filters, this image's vector."""
