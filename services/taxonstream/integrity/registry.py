@@ -31,7 +31,10 @@ generations. Calls for one sha256 must not race (messages are keyed by sha256).
 duplicate or a redelivery, ~5% of records), not for new bytes (one S3 GET a record less). That needs the
 restored state `complete`: a snapshot from before `unhashed` was kept is completed once by listing the
 entries' keys (`learn_registered_from_listing`, 1 LIST per 1,000 images, no GETs); a registry that is
-neither restored nor rebuilt reads every entry, as before.
+neither restored nor rebuilt reads every entry, as before. One window is left: right after a rebalance
+moves a `fetched` partition, a copy of bytes the previous owner claimed moments before may arrive before
+this replica has read that claim's `verified` message; it is then registered again under the same image id
+(idempotent downstream, but reported as a new image rather than DUPLICATE).
 
 Not on the topic: a near duplicate dropped under policy "drop" (it ends as DUPLICATE, no `verified`
 message), so another replica's drops since the last snapshot are not replayed. Claims never need them
