@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import shutil
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from pipeline_helpers import outcomes, submit, unique_job, wait_done
 
 from taxonstream.cli.main import main as taxonstream
 from taxonstream.core.triton import TritonModel
+from taxonstream.models.derivatives import parse_box, read_crop
 from taxonstream.v1 import embedder_pb2, indexer_pb2
 from taxonstream.v1.messages_pb2 import Outcome
 from tools.stack import local_stack as stack
@@ -104,7 +106,12 @@ def test_reembed_fills_a_new_version_while_the_old_one_serves(
         for image_id in job_ids:
             old_hit, new_hit = before[image_id], after[image_id]
             assert dict(new_hit.metadata) == dict(old_hit.metadata)  # lineage travels with the backfill
-            crop = store.get(old_hit.metadata["crop_key"])
+            # The crop's own pixels, losslessly: a stored crop, or the box cut from the original where none was.
+            metadata = old_hit.metadata
+            box = parse_box(metadata["box"])
+            png = io.BytesIO()
+            read_crop(store.get, metadata["crop_key"], metadata["original_key"], box).save(png, format="PNG")
+            crop = png.getvalue()
             direct = embedder.EmbedImages(embedder_pb2.EmbedImagesRequest(images=[crop], model=new_model), timeout=60)
             assert (direct.model, direct.model_version) == (new_model, "1")
             new_vector, old_vector = np.asarray(new_hit.vector), np.asarray(old_hit.vector)

@@ -100,17 +100,18 @@ def test_worker_stores_derivatives_and_lineage_under_image_id_and_model_version(
     settings = DetectorSettings()
     store = FakeStore()
     worker = DetectWorker(settings, bus=None, store=store, detector=_detector(0.9))
-    verified = VerifiedImage(image_id="abc123", fetched=FetchedImage(record=Record(record_id="j:0", job_id="j")))
+    fetched = FetchedImage(record=Record(record_id="j:0", job_id="j"), object_key="originals/sha256/ab/cd/abc123")
+    verified = VerifiedImage(image_id="abc123", fetched=fetched)
     image = _specimen_image()
     inferred = worker.run([image])[0]
     detection = worker.detector.finish(*inferred)
     key = worker.store_derivatives(verified, image, detection)
     keys = derivative_keys("abc123", "detector_standin", "1")
-    assert key == keys["crop"] == "derivatives/abc123/detector_standin/1/crop.jpg"
-    assert set(store.objects) == set(keys.values())
-    assert Image.open(io.BytesIO(store.objects[keys["original_small"]])).size == (341, 256)
-    assert Image.open(io.BytesIO(store.objects[keys["crop_small"]])).size == (168, 168)  # smaller: kept
+    # A 400 x 300 original stores only its lineage: it is its own crop source (key + box) and small copy.
+    assert key == fetched.object_key
+    assert set(store.objects) == {keys["lineage"]}
     lineage = json.loads(store.objects[keys["lineage"]])
+    assert lineage["stored"] == [] and lineage["keys"]["crop"] == fetched.object_key
     assert lineage["box"] == [76, 36, 244, 204] and lineage["original_size"] == [400, 300]
     assert lineage["detected"] is True and lineage["pad"] == 1.4
     assert (lineage["model"], lineage["model_version"]) == ("detector_standin", "1")
