@@ -161,7 +161,7 @@ def test_a_text_search_returns_hits_and_its_address_can_be_shared(browser, colle
     browser.shot("search-text")
     # "More like this" carries the filters and searches by the hit's own vector: that hit comes first.
     first_id = cards.first.get_attribute("data-image-id")
-    cards.first.get_by_role("link", name="More like this").click()
+    cards.first.get_by_role("link", name="More like this", exact=True).click()
     page.wait_for_selector("#hits .card")
     assert (
         "provider=portal-test" in page.url
@@ -204,7 +204,7 @@ def test_dashboard_counts_equal_stats(browser, collection, indexer):
     page = browser.page
     for _ in range(3):  # another test may be ingesting: compare with a Stats that held still around the page
         before = indexer.Stats(indexer_pb2.StatsRequest(), timeout=60)
-        browser.open("/dashboard?by=genus&colour=licence&map_colour=genus")
+        browser.open("/dashboard?by=genus&colour=licence&map_colour=genus&top=1000")
         shown = {r.get_attribute("data-value"): int(r.get_attribute("data-count"))
                  for r in page.locator("#distribution tbody tr").all()}  # fmt: skip
         after = indexer.Stats(indexer_pb2.StatsRequest(), timeout=60)
@@ -228,7 +228,7 @@ def test_embedding_map_selects_and_exports(browser, collection):
     page = browser.page
     browser.open("/embeddings?colour=genus")
     expect(page.locator("#emb-svg circle").first).to_be_attached()
-    page.locator("#emb-svg circle").first.hover()
+    page.locator("#emb-svg circle").first.hover(force=True)  # points overlap: any circle under it will do
     expect(page.locator("#emb-tip")).to_be_visible()
     page.get_by_role("button", name="Danaus").click()  # keyboard-reachable: the legend entries are buttons
     expect(page.locator("#sel-count")).not_to_have_text("none")

@@ -44,7 +44,11 @@ def dashboard(request: Request) -> HTMLResponse:
     except ServiceError as error:
         context["error"] = str(error)
         return render(request, "dashboard.html", error.status, columns=list(FIELDS), **context)
-    found = distribution(stats, hits, by, colour_by)
+    try:
+        top = min(max(int(params.get("top") or 30), 1), 1000)  # rows shown, most images first
+    except ValueError:
+        top = 30
+    found = distribution(stats, hits, by, colour_by, top)
     where = (where_column, where_value) if where_column and where_value else None
     shown = [card(h, scored=False) for h in samples(hits, by, value, where)] if value else []
     points, map_legend, unplaced = map_points(hits, map_colour)
