@@ -12,16 +12,43 @@ function fill(root, job) {
   root.dataset.state = job.state;
 }
 
+function addRow(table, job) {
+  const row = document.createElement("tr");
+  row.dataset.job = job.job_id;
+  const cell = (tag, field, cls) => {
+    const el = document.createElement(tag);
+    if (cls) el.className = cls;
+    if (field) el.dataset.field = field;
+    row.append(el);
+    return el;
+  };
+  const head = cell("th");
+  head.scope = "row";
+  head.append(Object.assign(document.createElement("a"), { href: "/jobs/" + encodeURIComponent(job.job_id), textContent: job.job_id }));
+  cell("td").textContent = job.created;
+  cell("td").append(Object.assign(document.createElement("span"), { className: "state", textContent: job.state }));
+  row.lastChild.firstChild.dataset.field = "state";
+  const progress = cell("td", null, "progresscol");
+  const bar = document.createElement("progress");
+  bar.dataset.field = "progress";
+  const percent = document.createElement("span");
+  percent.dataset.field = "percent";
+  progress.append(bar, " ", percent);
+  for (const key of ["indexed", "duplicate", "failed"]) cell("td", key, "num");
+  cell("td").textContent = job.source;
+  table.tBodies[0].prepend(row);
+  return row;
+}
+
 async function pollList(table) {
   try {
     const answer = await fetch("/api/jobs", { cache: "no-store" });
     if (!answer.ok) throw new Error((await answer.json()).error);
     const { jobs } = await answer.json();
-    const known = new Set([...table.querySelectorAll("tr[data-job]")].map((r) => r.dataset.job));
-    if (jobs.some((j) => !known.has(j.job_id))) { window.location.reload(); return; }  // a new job: redraw
-    for (const job of jobs) {
-      const row = table.querySelector(`tr[data-job="${CSS.escape(job.job_id)}"]`);
-      if (row) fill(row, job);
+    // New jobs get a row at the top; the page is never reloaded, so a half-filled form above survives.
+    for (const job of [...jobs].reverse()) {
+      const row = table.querySelector(`tr[data-job="${CSS.escape(job.job_id)}"]`) || addRow(table, job);
+      fill(row, job);
     }
     document.getElementById("jobs-updated").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (error) {
