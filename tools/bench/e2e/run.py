@@ -9,8 +9,8 @@ Needs the local stack up with its fetcher allowing 127.0.0.0/8 (`--allow-network
 
 The job (default, --images small): 2,000 distinct JPEGs on 8 loopback hosts (127.0.2.10-17), 100 exact
 duplicates of them from 2 other hosts (127.0.2.30-31), 50 URLs answering 404, shuffled. --records N keeps
-those proportions. Images are generated once into .bench/e2e/cache-<set>/ and stamped per run (a JPEG
-comment naming the run), so the stack has never seen the bytes or the URLs.
+those proportions. Every run draws its own images (seeded by the run id; a JPEG comment names the run), so
+the stack has never seen the pixels, the bytes or the URLs.
 
   script     tools/bench/e2e/script.py: 32 urllib3 threads, sha256+md5, pHash, detector + CLIP encoder in
              onnxruntime on the stack's own ONNX files, FAISS IndexFlatIP; nothing kept
