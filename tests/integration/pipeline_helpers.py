@@ -1,11 +1,18 @@
-"""Helpers the integration tests share: submitting jobs, waiting, reading outcomes."""
+"""Helpers the integration tests share: submitting jobs, waiting, reading outcomes, an extra service replica."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import signal
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
 from kafka import KafkaAdminClient, TopicPartition
 
@@ -14,6 +21,7 @@ from taxonstream.core.errors import Poison
 from taxonstream.core.store import ObjectStore
 from taxonstream.v1 import fetcher_pb2, indexer_pb2
 from taxonstream.v1.messages_pb2 import Outcome, SourceRecord
+from tools.stack import local_stack as stack
 
 
 def closed_port() -> int:
@@ -21,6 +29,47 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Replica:
+    """A service process started by a test beside the stack's own, on ports of its own."""
+
+    port: int
+    metrics_port: int
+    log: Path
+
+
+@contextlib.contextmanager
+def extra_replica(service: str, log: Path, env: Mapping[str, str] | None = None) -> Iterator[Replica]:
+    """Run `python -m taxonstream.<service>` with the stack's S3 settings plus `env` until it is healthy (120 s at
+    most); on exit SIGTERM it and wait for its drain (60 s), then kill it. Its output goes to `log`."""
+    grpc_port, metrics_port = closed_port(), closed_port()
+    environment = {
+        **os.environ,
+        **stack.s3_env(),
+        "TAXONSTREAM_GRPC_PORT": str(grpc_port),
+        "TAXONSTREAM_METRICS_PORT": str(metrics_port),
+        **(env or {}),
+    }
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"taxonstream.{service}"], env=environment, stdout=output, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while not stack.healthy(grpc_port):
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"the extra {service} did not become healthy"
+            time.sleep(0.3)
+        yield Replica(grpc_port, metrics_port, log)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def submit(fetcher, job_id: str, urls: list[str], metadata: list[dict[str, str]] | None = None):

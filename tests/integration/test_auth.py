@@ -6,62 +6,24 @@ The second fetcher joins the fetcher group like any replica, so either replica m
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import pytest
-from pipeline_helpers import closed_port, submit, unique_job, wait_done
+from pipeline_helpers import Replica, extra_replica, submit, unique_job, wait_done
 
 from taxonstream.core.channels import open_channel
 from taxonstream.v1 import fetcher_pb2, fetcher_pb2_grpc
-from tools.stack import local_stack as stack
 
 TOKEN = "integration-token-7f3a"
 
 
-@dataclass
-class GuardedFetcher:
-    port: int
-    log: Path
-
-
 @pytest.fixture(scope="module")
-def guarded_fetcher(local_stack, tmp_path_factory) -> Iterator[GuardedFetcher]:
-    grpc_port, metrics_port = closed_port(), closed_port()
-    log_path = tmp_path_factory.mktemp("auth") / "fetcher.log"
-    env = {
-        **os.environ,
-        **stack.s3_env(),
-        "TAXONSTREAM_GRPC_PORT": str(grpc_port),
-        "TAXONSTREAM_METRICS_PORT": str(metrics_port),
-        "TAXONSTREAM_TOKEN": TOKEN,
-        "TAXONSTREAM_FETCH_ALLOW_NETWORKS": "127.0.0.0/8",
-    }
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "taxonstream.fetcher"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while not stack.healthy(grpc_port):
-            assert process.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "the guarded fetcher did not become healthy"
-            time.sleep(0.3)
-        yield GuardedFetcher(grpc_port, log_path)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def guarded_fetcher(local_stack, tmp_path_factory) -> Iterator[Replica]:
+    log = tmp_path_factory.mktemp("auth") / "fetcher.log"
+    env = {"TAXONSTREAM_TOKEN": TOKEN, "TAXONSTREAM_FETCH_ALLOW_NETWORKS": "127.0.0.0/8"}
+    with extra_replica("fetcher", log, env) as replica:
+        yield replica
 
 
 def test_submit_without_the_token_is_refused_and_changes_nothing(guarded_fetcher, site):

@@ -5,9 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +16,7 @@ import grpc
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from pipeline_helpers import closed_port, outcomes, submit, unique_job, wait_done
+from pipeline_helpers import extra_replica, outcomes, submit, unique_job, wait_done
 
 from taxonstream.v1 import checksummer_pb2, checksummer_pb2_grpc
 from taxonstream.v1.messages_pb2 import Outcome
@@ -128,24 +126,9 @@ def _handled(metrics_port: int) -> float:
 
 
 def test_two_checksummer_replicas_see_each_others_images(current_checksummer, fetcher, site, tmp_path):
-    grpc_port, metrics_port = closed_port(), closed_port()
-    env = {
-        **os.environ,
-        **stack.s3_env(),
-        "TAXONSTREAM_GRPC_PORT": str(grpc_port),
-        "TAXONSTREAM_METRICS_PORT": str(metrics_port),
-    }
-    log = open(tmp_path / "replica.log", "wb")  # noqa: SIM115 - closed in finally, after the process
-    replica = subprocess.Popen(
-        [sys.executable, "-m", "taxonstream.checksummer"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not stack.healthy(grpc_port):
-            assert replica.poll() is None, (tmp_path / "replica.log").read_text()
-            assert time.monotonic() < deadline, "the second replica did not become healthy"
-            time.sleep(0.3)
-        second = checksummer_pb2_grpc.ChecksummerStub(grpc.insecure_channel(f"127.0.0.1:{grpc_port}"))
+    with extra_replica("checksummer", tmp_path / "replica.log") as replica:
+        metrics_port = replica.metrics_port
+        second = checksummer_pb2_grpc.ChecksummerStub(grpc.insecure_channel(f"127.0.0.1:{replica.port}"))
         first_before = _handled(CHECKSUMMER.metrics_port)
         images: list[Path] = []
         # Until the group has given the new replica partitions and both have verified some of the images.
@@ -169,11 +152,3 @@ def test_two_checksummer_replicas_see_each_others_images(current_checksummer, fe
                 while wanted not in {n.image_id for n in stub.FindDuplicates(query, timeout=30).near}:
                     assert time.monotonic() < deadline, f"the {name} replica does not know {image.name}"
                     time.sleep(0.5)
-    finally:
-        replica.send_signal(signal.SIGTERM)
-        try:
-            replica.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            replica.kill()
-            replica.wait()
-        log.close()

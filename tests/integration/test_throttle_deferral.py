@@ -14,25 +14,19 @@ from __future__ import annotations
 
 import functools
 import http.server
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kafka.admin import KafkaAdminClient
 from kafka.partitioner.default import murmur2
-from pipeline_helpers import closed_port, outcomes, submit, unique_job, wait_until
+from pipeline_helpers import extra_replica, outcomes, submit, unique_job, wait_until
 
 from taxonstream.core.bus import Bus, decode
 from taxonstream.core.channels import open_channel
 from taxonstream.v1 import fetcher_pb2_grpc
 from taxonstream.v1.messages_pb2 import FetchedImage, Outcome
-from tools.stack import local_stack as stack
 
 RETRY_AFTER_CAP = 12.0
 WAIT_BUDGET = 20.0  # the once-throttled image waits 12 s (fits); the always-throttled one would need 24 s
@@ -89,37 +83,16 @@ def prefix() -> str:
 
 @pytest.fixture(scope="module")
 def deferring_fetcher(local_stack, settings, prefix, tmp_path_factory) -> Iterator[tuple[int, Path]]:
-    grpc_port, metrics_port = closed_port(), closed_port()
-    log_path = tmp_path_factory.mktemp("deferral") / "fetcher.log"
+    log = tmp_path_factory.mktemp("deferral") / "fetcher.log"
     env = {
-        **os.environ,
-        **stack.s3_env(),
         "TAXONSTREAM_TOPIC_PREFIX": prefix,
-        "TAXONSTREAM_GRPC_PORT": str(grpc_port),
-        "TAXONSTREAM_METRICS_PORT": str(metrics_port),
         "TAXONSTREAM_FETCH_ALLOW_NETWORKS": "127.0.0.0/8",
         "TAXONSTREAM_FETCH_MAX_RETRY_AFTER": str(RETRY_AFTER_CAP),
         "TAXONSTREAM_FETCH_DEFER_AFTER": "2",
         "TAXONSTREAM_FETCH_WAIT_BUDGET": str(WAIT_BUDGET),
     }
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "taxonstream.fetcher"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while not stack.healthy(grpc_port):
-            assert process.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "the second fetcher did not become healthy"
-            time.sleep(0.3)
-        yield grpc_port, log_path
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with extra_replica("fetcher", log, env) as fetcher:
+        yield fetcher.port, fetcher.log
 
 
 def _members(admin: KafkaAdminClient, group: str) -> tuple[str, set[str]]:
