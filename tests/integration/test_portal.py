@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,7 +40,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-PORTAL = f"http://127.0.0.1:{stack.PORTAL.grpc_port}"
+# The stack's portal; TAXONSTREAM_PORTAL_URL points the tests at another (a development copy on another port).
+PORTAL = os.environ.get("TAXONSTREAM_PORTAL_URL", f"http://127.0.0.1:{stack.PORTAL.grpc_port}")
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "explorer"
 BANK = "portal-insects"
 ORDERS = {"Danaus": "Lepidoptera", "Papilio": "Lepidoptera", "Pieris": "Lepidoptera", "Bombus": "Hymenoptera",
@@ -59,7 +61,13 @@ class Browser:
         self.page.wait_for_load_state("networkidle")
 
     def shot(self, name: str, full: bool = True) -> None:
+        """A screenshot once the thumbnails have loaded (lazy ones load when scrolled to)."""
         SHOTS.mkdir(parents=True, exist_ok=True)
+        if full:
+            self.page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+        self.page.wait_for_load_state("networkidle")
+        self.page.wait_for_function("[...document.images].every((i) => i.complete)", timeout=30_000)
+        self.page.evaluate("window.scrollTo(0, 0)")
         self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full)
 
 

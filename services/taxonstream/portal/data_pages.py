@@ -11,7 +11,7 @@ from taxonstream.v1 import indexer_pb2
 
 from .backends import ServiceError
 from .insights import NO_VALUE, colours, columns, distribution, map_points, project, samples, umap_available
-from .views import card, column_value
+from .views import card, column_value, thumbnail
 from .web import backends, json_error, render
 
 router = APIRouter()
@@ -107,7 +107,7 @@ def embeddings(request: Request) -> JSONResponse:
                 "x": round(x, 5),
                 "y": round(y, 5),
                 "value": column_value(hit.metadata, colour_by, found) or NO_VALUE,
-                "thumb": hit.thumbnail_url,
+                "thumb": thumbnail(hit),
                 "name": hit.metadata.get("scientificName") or found.get("species") or found.get("genus") or "",
                 "taxonomy": " › ".join(found[r] for r in FIELDS[:7] if r in found),
                 "licence": found.get("licence", ""),

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import grpc
 from fastapi import APIRouter, File, Form, Request, UploadFile
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from taxonstream.index.filters import FIELDS, RANKS
 from taxonstream.v1 import indexer_pb2
@@ -88,26 +88,39 @@ def search_image(
     return _search_page(request, image, csrf)
 
 
+@router.get("/thumbnail/{image_id}", include_in_schema=False)
+def thumbnail_redirect(request: Request, image_id: str) -> Response:
+    """A redirect to an indexed image's presigned 256-px thumbnail (listings carry none; searches do).
+
+    The image's own vector finds itself first; the URL the indexer presigns is valid for an hour.
+    """
+    portal = backends(request)
+    try:
+        hits = portal.call(
+            "indexer", portal.indexer.Search, indexer_pb2.SearchRequest(image_id=image_id, k=1), timeout=30
+        ).hits
+    except ServiceError as error:
+        return Response(str(error), status_code=error.status, media_type="text/plain")
+    if not hits or hits[0].image_id != image_id or not hits[0].thumbnail_url:
+        return Response(f"no thumbnail for {image_id}", status_code=404, media_type="text/plain")
+    # The browser may reuse it well within the hour the presigned URL lasts.
+    return RedirectResponse(hits[0].thumbnail_url, status_code=302, headers={"Cache-Control": "private, max-age=900"})
+
+
 def _labels(text: str) -> list[str]:
     separator = "\n" if "\n" in text else ","
     return [label.strip() for label in text.split(separator) if label.strip()]
 
 
 def _sample(portal: Backends, rank: str, label: str) -> indexer_pb2.Hit | None:
-    """One image of the collection for a prediction: of that taxon (rank), or nearest the label's text."""
+    """One image of the collection for a prediction: of that taxon (rank) nearest the label's text, or for a
+    custom label the image nearest its text. A search, so the hit carries its presigned thumbnail."""
+    filters = [indexer_pb2.Filter(field=rank, values=[label])] if rank else []
     try:
-        if rank:
-            stream = portal.indexer.ListImages(
-                indexer_pb2.ListImagesRequest(filters=[indexer_pb2.Filter(field=rank, values=[label])]), timeout=30
-            )
-            try:
-                return next(iter(stream), None)
-            finally:
-                stream.cancel()  # one is enough; the rest of the stream is never sent
-        hits = portal.indexer.Search(indexer_pb2.SearchRequest(text=label, k=1), timeout=60).hits
-        return hits[0] if hits else None
+        hits = portal.indexer.Search(indexer_pb2.SearchRequest(text=label, k=1, filters=filters), timeout=60).hits
     except grpc.RpcError:
         return None  # a sample is a nicety: the prediction stands without one
+    return hits[0] if hits else None
 
 
 def _classify_page(request: Request, form: dict, image_upload: UploadFile | None) -> HTMLResponse:

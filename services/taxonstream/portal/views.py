@@ -57,12 +57,17 @@ def column_value(metadata: Mapping[str, str], column: str, found_facets: Mapping
     return str(metadata.get(column, "")).strip()
 
 
+def thumbnail(hit: indexer_pb2.Hit) -> str:
+    """The presigned URL a Search hit carries; ListImages hits have none: the portal's redirect asks for one."""
+    return hit.thumbnail_url or f"/thumbnail/{quote(hit.image_id)}"
+
+
 def card(hit: indexer_pb2.Hit, scored: bool = True) -> Card:
     metadata = dict(hit.metadata)
     found = facets(metadata)
     return Card(
         image_id=hit.image_id,
-        thumbnail_url=hit.thumbnail_url,
+        thumbnail_url=thumbnail(hit),
         score=hit.score if scored else None,
         taxonomy=[(rank, found[rank]) for rank in RANKS if rank in found],
         name=metadata.get("scientificName") or found.get("species") or found.get("genus") or "",
