@@ -71,36 +71,22 @@ def store(settings) -> ObjectStore:
     return ObjectStore(settings)
 
 
-def _stub(service: str, stub_type):
-    port = next(s.grpc_port for s in stack.SERVICES if s.name == service)
-    return stub_type(
-        grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 << 20)])
-    )
+def _stub_fixture(service: str, stub_type: type):
+    @pytest.fixture(scope="session", name=service)
+    def stub(local_stack):
+        """A stub of the stack's own replica of this service (answers up to 64 MiB: crops)."""
+        port = next(s.grpc_port for s in stack.SERVICES if s.name == service)
+        options = [("grpc.max_receive_message_length", 64 << 20)]
+        return stub_type(grpc.insecure_channel(f"127.0.0.1:{port}", options=options))
+
+    return stub
 
 
-@pytest.fixture(scope="session")
-def fetcher(local_stack) -> fetcher_pb2_grpc.FetcherStub:
-    return _stub("fetcher", fetcher_pb2_grpc.FetcherStub)
-
-
-@pytest.fixture(scope="session")
-def indexer(local_stack) -> indexer_pb2_grpc.IndexerStub:
-    return _stub("indexer", indexer_pb2_grpc.IndexerStub)
-
-
-@pytest.fixture(scope="session")
-def checksummer(local_stack) -> checksummer_pb2_grpc.ChecksummerStub:
-    return _stub("checksummer", checksummer_pb2_grpc.ChecksummerStub)
-
-
-@pytest.fixture(scope="session")
-def detector(local_stack) -> detector_pb2_grpc.DetectorStub:
-    return _stub("detector", detector_pb2_grpc.DetectorStub)
-
-
-@pytest.fixture(scope="session")
-def embedder(local_stack) -> embedder_pb2_grpc.EmbedderStub:
-    return _stub("embedder", embedder_pb2_grpc.EmbedderStub)
+fetcher = _stub_fixture("fetcher", fetcher_pb2_grpc.FetcherStub)
+indexer = _stub_fixture("indexer", indexer_pb2_grpc.IndexerStub)
+checksummer = _stub_fixture("checksummer", checksummer_pb2_grpc.ChecksummerStub)
+detector = _stub_fixture("detector", detector_pb2_grpc.DetectorStub)
+embedder = _stub_fixture("embedder", embedder_pb2_grpc.EmbedderStub)
 
 
 class SiteHandler(http.server.SimpleHTTPRequestHandler):
