@@ -119,6 +119,23 @@ class Transformer(nn.Module):
             ResidualAttentionBlock(width, heads, mlp_ratio, quick_gelu) for _ in range(layers)
         )
 
+    @torch.no_grad()
+    def initialise(self, init: SeededInit, attn_std: float, proj_std: float, qk_gain: float | None = None) -> None:
+        """open_clip's block initialisation, drawn from `init` in a fixed order (the weights depend on it);
+        `qk_gain` scales the query and key rows of each attention's input projection, not the values."""
+        for block in self.resblocks:
+            width = block.attn.out_proj.in_features
+            init.normal_(block.attn.in_proj_weight, attn_std)
+            if qk_gain is not None:
+                block.attn.in_proj_weight[: 2 * width].mul_(qk_gain)
+            block.attn.in_proj_bias.zero_()
+            init.normal_(block.attn.out_proj.weight, proj_std)
+            block.attn.out_proj.bias.zero_()
+            init.normal_(block.mlp.c_fc.weight, (2 * width) ** -0.5)
+            block.mlp.c_fc.bias.zero_()
+            init.normal_(block.mlp.c_proj.weight, proj_std)
+            block.mlp.c_proj.bias.zero_()
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         for block in self.resblocks:
             x = block(x, mask)
@@ -158,16 +175,7 @@ class ClipStandinImageEncoder(nn.Module):
         normal_(self.proj, scale)
         attn_std = scale
         proj_std = scale * (2 * config.layers) ** -0.5 * config.residual_gain
-        for block in self.transformer.resblocks:
-            normal_(block.attn.in_proj_weight, attn_std)
-            block.attn.in_proj_weight[: 2 * width].mul_(config.qk_gain)  # queries and keys, not values
-            block.attn.in_proj_bias.zero_()
-            normal_(block.attn.out_proj.weight, proj_std)
-            block.attn.out_proj.bias.zero_()
-            normal_(block.mlp.c_fc.weight, (2 * width) ** -0.5)
-            block.mlp.c_fc.bias.zero_()
-            normal_(block.mlp.c_proj.weight, proj_std)
-            block.mlp.c_proj.bias.zero_()
+        self.transformer.initialise(init, attn_std, proj_std, qk_gain=config.qk_gain)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self.conv1(pixel_values)  # [B, W, g, g]
@@ -232,15 +240,7 @@ class ClipTextEncoder(nn.Module):
         normal_(self.token_embedding.weight, 0.02)
         normal_(self.positional_embedding, 0.01)
         proj_std = width**-0.5 * (2 * config.layers) ** -0.5
-        for block in self.transformer.resblocks:
-            normal_(block.attn.in_proj_weight, width**-0.5)
-            block.attn.in_proj_bias.zero_()
-            normal_(block.attn.out_proj.weight, proj_std)
-            block.attn.out_proj.bias.zero_()
-            normal_(block.mlp.c_fc.weight, (2 * width) ** -0.5)
-            block.mlp.c_fc.bias.zero_()
-            normal_(block.mlp.c_proj.weight, proj_std)
-            block.mlp.c_proj.bias.zero_()
+        self.transformer.initialise(init, width**-0.5, proj_std)
         normal_(self.text_projection, width**-0.5)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
