@@ -41,6 +41,9 @@ class FakeMinio:
         if key not in self.buckets.get(bucket, {}):
             raise self._missing(key)
 
+    def presigned_get_object(self, bucket, key, expires=None):
+        return f"http://s3/{bucket}/{key}"
+
     def list_objects(self, bucket, prefix="", recursive=False):
         self.calls.append(("list", bucket, prefix))
         return [SimpleNamespace(object_name=k) for k in sorted(self.buckets.get(bucket, {})) if k.startswith(prefix)]
@@ -71,6 +74,9 @@ def test_a_blob_stored_before_the_blob_bucket_is_read_from_the_main_one():
     s, _ = store({"main": {original_key(SHA): b"old"}, "blobs": {}})
     assert s.exists(original_key(SHA))
     assert s.get(original_key(SHA)) == b"old"
+    assert s.presigned_url(original_key(SHA)) == f"http://s3/main/{original_key(SHA)}"
+    s.put(original_key("cd" * 32), b"new")
+    assert s.presigned_url(original_key("cd" * 32)) == f"http://s3/blobs/{original_key('cd' * 32)}"
 
 
 def test_without_legacy_blobs_a_missing_blob_costs_one_request_per_ask():

@@ -186,7 +186,21 @@ class ObjectStore:
         return parallel_map(self._pool, fn, items)
 
     def presigned_url(self, key: str, expires: timedelta = timedelta(hours=1)) -> str:
-        return self.client.presigned_get_object(self.bucket_for(key), key, expires=expires)
+        bucket = self.bucket_for(key)
+        fallback = self._fallback_bucket(key)
+        if fallback is not None and not self._in_bucket(bucket, key):
+            bucket = fallback  # a blob stored before blobs had a bucket of their own
+        return self.client.presigned_get_object(bucket, key, expires=expires)
+
+    def _in_bucket(self, bucket: str, key: str) -> bool:
+        with _unavailable_is_transient():
+            try:
+                self.client.stat_object(bucket, key)
+                return True
+            except S3Error as error:
+                if error.code in _MISSING:
+                    return False
+                raise
 
 
 class _unavailable_is_transient:
