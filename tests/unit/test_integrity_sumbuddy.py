@@ -10,58 +10,28 @@ Two kinds of evidence:
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tools.bench.checksum.run import sum_buddy as install_sum_buddy
+
 DATA = Path(__file__).parent / "data" / "integrity"
-VENV = REPO / ".stack" / "sumbuddy-venv"
 TAXONSTREAM = [sys.executable, "-m", "taxonstream.cli.main"]
-
-
-def _requirements() -> list[str]:
-    # sum-buddy 1.0.0 is the release on PyPI; pathspec pinned to ours so both compile patterns the same way.
-    return ["sum-buddy==1.0.0", f"pathspec=={importlib.metadata.version('pathspec')}"]
 
 
 @pytest.fixture(scope="session")
 def sum_buddy() -> Path:
     """The sum-buddy executable, installing it into its own venv the first time (cached under .stack/)."""
-    marker = VENV / "installed.txt"
-    wanted = "\n".join(_requirements())
-    if not (marker.exists() and marker.read_text() == wanted):
-        shutil.rmtree(VENV, ignore_errors=True)
-        VENV.parent.mkdir(exist_ok=True)
-        try:
-            subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, capture_output=True, timeout=120)
-            subprocess.run(
-                [
-                    str(VENV / "bin" / "python"),
-                    "-m",
-                    "pip",
-                    "install",
-                    "-q",
-                    "--disable-pip-version-check",
-                    *_requirements(),
-                ],
-                check=True,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
-            shutil.rmtree(VENV, ignore_errors=True)
-            detail = getattr(error, "stderr", "") or ""
-            pytest.skip(f"could not install sum-buddy for the live comparison ({error}); {detail[-300:]}")
-        marker.write_text(wanted)
-    return VENV / "bin" / "sum-buddy"
+    try:
+        return install_sum_buddy()
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
+        detail = getattr(error, "stderr", "") or ""
+        pytest.skip(f"could not install sum-buddy for the live comparison ({error}); {detail[-300:]}")
 
 
 def _tree(root: Path) -> None:

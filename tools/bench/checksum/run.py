@@ -32,6 +32,7 @@ import multiprocessing
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -44,24 +45,23 @@ TAXONSTREAM = REPO / ".venv" / "bin" / "taxonstream"
 
 
 def sum_buddy() -> Path:
-    """sum-buddy in its own venv (never the project's): the PyPI release, pathspec pinned to the project's."""
+    """sum-buddy in its own venv (never the project's): the PyPI release, pathspec pinned to the project's so
+    both compile ignore patterns the same way. Installed the first time (pip: 300 s at most); a failed install
+    leaves no half-made venv and raises (CalledProcessError / TimeoutExpired). tests/unit uses this too."""
     wanted = f"sum-buddy==1.0.0\npathspec=={importlib.metadata.version('pathspec')}"
     marker = VENV / "installed.txt"
     if not (marker.exists() and marker.read_text() == wanted):
         print("installing sum-buddy into", VENV, file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
-        subprocess.run(
-            [
-                str(VENV / "bin" / "python"),
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                *wanted.split(),
-            ],
-            check=True,
-        )
+        shutil.rmtree(VENV, ignore_errors=True)
+        VENV.parent.mkdir(exist_ok=True)
+        python = str(VENV / "bin" / "python")
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, capture_output=True, timeout=120)
+            pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *wanted.split()]
+            subprocess.run(pip, check=True, capture_output=True, text=True, timeout=300)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            shutil.rmtree(VENV, ignore_errors=True)
+            raise
         marker.write_text(wanted)
     return VENV / "bin" / "sum-buddy"
 
