@@ -234,49 +234,25 @@ def test_unsupported_family_and_missing_weights_are_refused(tmp_path: Path) -> N
         load_detector(tmp_path)
 
 
-def test_cli_installs_a_detr_folder(detr_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def _install_detr_args(checkpoint: Path, out: Path, *flags: str):
+    """`taxonstream models install detr --checkpoint C --out O FLAGS…`, parsed by the CLI's own parser."""
     from taxonstream.cli.main import parser
+
+    command = ["models", "install", "detr", "--checkpoint", str(checkpoint), "--out", str(out)]
+    return parser().parse_args([*command, *flags])
+
+
+def test_cli_installs_a_detr_folder(detr_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from taxonstream.fetching.inputs import InputError
 
-    args = parser().parse_args(
-        [
-            "models",
-            "install",
-            "detr",
-            "--checkpoint",
-            str(detr_checkpoint),
-            "--out",
-            str(tmp_path / "models"),
-            "--name",
-            "specimens",
-            "--version",
-            "2",
-            "--label",
-            "insect",
-            "--label",
-            "2",
-            "--image-size",
-            "64",
-        ]
-    )
+    flags = ["--name", "specimens", "--version", "2", "--label", "insect", "--label", "2", "--image-size", "64"]
+    args = _install_detr_args(detr_checkpoint, tmp_path / "models", *flags)
     assert args.run(args) == 0
     printed = capsys.readouterr().out
     assert "specimens/2" in printed and "specimen = insect, ruler" in printed
     assert "TAXONSTREAM_DETECTOR_MODEL=specimens TAXONSTREAM_DETECTOR_MODEL_VERSION=2" in printed
     assert (tmp_path / "models" / "specimens" / "2" / "model.onnx").is_file()
-    args = parser().parse_args(
-        [
-            "models",
-            "install",
-            "detr",
-            "--checkpoint",
-            str(detr_checkpoint),
-            "--out",
-            str(tmp_path / "models"),
-            "--label",
-            "beetle",
-        ]
-    )
+    args = _install_detr_args(detr_checkpoint, tmp_path / "models", "--label", "beetle")
     with pytest.raises(InputError, match="not a class"):
         args.run(args)
 
