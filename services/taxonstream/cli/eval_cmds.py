@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from taxonstream.cli import flags
 from taxonstream.fetching.inputs import InputError
 
 
@@ -98,11 +99,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add `eval` and its subcommands to the top-level parser."""
-    top = commands.add_parser(
-        "eval",
-        help="score embeddings: retrieval recall@k, classification",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    top = flags.add_described(
+        commands, "eval", help="score embeddings: retrieval recall@k, classification", description=__doc__
     )
     sub = top.add_subparsers(dest="eval_command", required=True, metavar="EVALUATION")
 

@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from taxonstream.cli import clients
+from taxonstream.cli import clients, flags
 from taxonstream.export.content import CONTENTS
 from taxonstream.export.writers import FORMATS
 from taxonstream.fetching.inputs import InputError
@@ -30,24 +30,17 @@ image was left out, 2 when the query selects nothing.
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = flags.add_described(
+        commands,
         "export",
         help="a job's or a query's images as WebDataset/HDF5/ZIP shards with metadata and a split",
         description=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("job", nargs="?", metavar="JOB", help="export the images first ingested by this job")
     query = p.add_mutually_exclusive_group()
     query.add_argument("--text", metavar="TEXT", help='the k images nearest a description ("a photo of Danaus")')
     query.add_argument("--image", metavar="PATH", help="the k images nearest an image file (cropped and embedded)")
-    p.add_argument(
-        "--filter",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE[,VALUE…]",
-        help="only images whose FIELD (kingdom … species, provider, licence) is one of the values, or whose "
-        "numeric metadata column compares so (F_small>=0.5; > >= < <= =) (repeatable); alone: every matching image",
-    )
+    flags.add_filter_flag(p, flags.FILTER_HELP + " (repeatable); alone: every matching image")
     p.add_argument("-k", type=int, default=1000, help="with --text/--image: how many images (default 1000)")
     p.add_argument("--format", choices=FORMATS, default="webdataset", help="shard format (default webdataset)")
     p.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder for the shards")

@@ -27,17 +27,18 @@ from pathlib import Path
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from taxonstream.cli import flags
 from taxonstream.fetching.folder import MANY_ROWS, FolderOptions, FolderSummary, fetch_into_folder
 from taxonstream.fetching.inputs import URL_COLUMNS, InputError
 from taxonstream.fetching.settings import FetcherSettings
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = flags.add_described(
+        commands,
         "fetch",
         help="download a URL list into a folder on this machine (no cluster): polite, safe, resumable",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "input",

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+from taxonstream.cli import flags
 from taxonstream.integrity.checksums import BLAKE_MAX, Algorithm, ChecksumError, WorkerPool, available_cpus
 from taxonstream.integrity.sumbuddy import Entry, checksum_entries, iter_plan, plan, write_output
 
@@ -68,11 +69,11 @@ def _filters(p: argparse.ArgumentParser) -> None:
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Register `checksum` and `dupes` on the top-level parser's subcommands."""
-    p = commands.add_parser(
+    p = flags.add_described(
+        commands,
         "checksum",
         help="sum-buddy compatible checksums of a folder, on every core",
         description=CHECKSUM_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("input_path", metavar="PATH", help="file or directory to traverse for files")
     p.add_argument(
@@ -89,11 +90,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     _filters(p)
     p.set_defaults(run=cmd_checksum)
 
-    p = commands.add_parser(
-        "dupes",
-        help="exact and near-duplicate images in a folder",
-        description=DUPES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = flags.add_described(
+        commands, "dupes", help="exact and near-duplicate images in a folder", description=DUPES_HELP
     )
     p.add_argument("path", metavar="PATH|JOB", help="a directory (or a ZIP file) of images, or an ingested job's id")
     p.add_argument(
@@ -108,11 +106,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     _filters(p)
     p.set_defaults(run=cmd_dupes)
 
-    p = commands.add_parser(
+    p = flags.add_described(
+        commands,
         "manifest",
         help="a job's manifest: sum-buddy's columns, then source URL, licence, image and duplicates",
         description=MANIFEST_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("job_id", metavar="JOB", help="the job's id (taxonstream jobs lists them)")
     p.add_argument("-o", "--output-file", metavar="FILE", help="FILE.csv or FILE.parquet; default: CSV to stdout")

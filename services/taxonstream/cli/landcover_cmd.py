@@ -18,15 +18,16 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from taxonstream.cli import flags
 from taxonstream.fetching.inputs import InputError
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = flags.add_described(
+        commands,
         "landcover",
         help="share of land cover classes around each point of a table (LatLonCover's columns, offline CDL)",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("input", type=Path, help="CSV, TSV or Parquet with a latitude and a longitude column")
     p.add_argument("output", type=Path, help="the input's rows with the land-cover columns (CSV, or .parquet)")

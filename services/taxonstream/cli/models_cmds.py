@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from taxonstream.cli import clients
+from taxonstream.cli import clients, flags
 from taxonstream.cli.clients import object_store
 from taxonstream.fetching.inputs import InputError
 
@@ -353,20 +353,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", nargs="+", metavar="LABEL", help="zero-shot over these labels")
     p.add_argument("--labels-file", metavar="FILE", help="zero-shot over the labels in FILE, one per line")
     p.add_argument("-k", type=int, default=5, help="predictions per image (default 5)")
-    p.add_argument(
-        "--templates",
-        choices=["openai", "single"],
-        default="openai",
-        help="prompt templates for labels: the 80 OpenAI ImageNet ones (default) or 'a photo of {}.'",
+    flags.add_templates_flag(
+        p, "prompt templates for labels: the 80 OpenAI ImageNet ones (default) or 'a photo of {}.'"
     )
     p.add_argument("--bank", default="", help="label-embedding bank for --rank (default 'tol')")
     p.add_argument("--format", choices=["table", "csv"], default="table")
     p.set_defaults(run=cmd_predict)
 
-    p = commands.add_parser(
+    p = flags.add_described(
+        commands,
         "probe",
         help="linear probe (logistic regression) on embeddings of a labelled set: train, apply",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
 A logistic regression on CLIP embeddings, for questions zero-shot answers badly (is this herbarium sheet
 mercury-stained?). The probe is a JSON file (classes, weights, and the embedding model it was fitted on);
@@ -399,13 +396,7 @@ examples:
         "record_id, the first present)",
     )
     p.add_argument("--job", metavar="JOB", help="only stored images whose first record came from JOB")
-    p.add_argument(
-        "--filter",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE[,VALUE…]",
-        help="only stored images matching (repeat to AND), as in `search`",
-    )
+    flags.add_filter_flag(p, "only stored images matching (repeat to AND), as in `search`")
     p.add_argument(
         "--model",
         help="train: the index version (embedding model) to take vectors from "
@@ -436,7 +427,7 @@ examples:
         help="precomputed text embeddings ([D, N] as pybioclip's, or "
         "[N, D]); without it the names are embedded through the embedder",
     )
-    b.add_argument("--templates", choices=["openai", "single"], default="openai")
+    flags.add_templates_flag(b)
     b.add_argument("--model", help="with --embeddings: the model they come from (default: the embedder's)")
     b.add_argument("--model-version")
     b.set_defaults(run=cmd_bank)

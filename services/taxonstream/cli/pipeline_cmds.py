@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from taxonstream.cli import clients
+from taxonstream.cli import clients, flags
 from taxonstream.fetching.inputs import URL_COLUMNS, InputError, InputStats, read_records
 from taxonstream.fetching.tables import TableError, count_lines
 from taxonstream.v1 import fetcher_pb2, fetcher_pb2_grpc, indexer_pb2, indexer_pb2_grpc
@@ -245,14 +245,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=24 * 3600, help="give up following after this many seconds")
     p.set_defaults(run=cmd_ingest)
 
-    jobs = commands.add_parser(
+    jobs = flags.add_described(
+        commands,
         "jobs",
         help="list jobs, show one, cancel it, or retry its failures",
         description="taxonstream jobs                      every job and how it ended\n"
         "taxonstream jobs JOB [--report F]     one job: counts, failures by reason, every outcome to a file\n"
         "taxonstream jobs JOB --cancel         records not yet fetched end as cancelled\n"
         "taxonstream jobs retry JOB --failed   queue the failed records again and follow them",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     jobs.set_defaults(run=cmd_jobs_list)
     actions = jobs.add_subparsers(dest="action", metavar="[list | show JOB | retry JOB]")
@@ -283,14 +283,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     query.add_argument("--id", metavar="IMAGE_ID", help="an indexed image's id (its sha256)")
     query.add_argument("--text", metavar="TEXT", help='a description, e.g. "a photo of Danaus plexippus"')
     p.add_argument("-k", type=int, default=10, help="hits to return (default 10)")
-    p.add_argument(
-        "--filter",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE[,VALUE…]",
-        help="only images whose FIELD (kingdom … species, provider, licence) is one of the values, or whose "
-        "numeric metadata column compares so (F_small>=0.5; > >= < <= =); repeat to require several; "
-        "applied inside the search, so k hits still come back",
+    flags.add_filter_flag(
+        p, flags.FILTER_HELP + "; repeat to require several; applied inside the search, so k hits still come back"
     )
     p.add_argument("--thumbnails", action="store_true", help="print a presigned URL of each hit's 256-px crop")
     p.add_argument("--model", metavar="MODEL[/VERSION]", help="search this index version (default: the serving one)")
@@ -298,12 +292,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser("stats", help="how many images, and how they spread over ranks, providers, licences")
     p.add_argument("--top", type=int, default=8, help="values to show per field (default 8)")
-    p.add_argument(
-        "--filter",
-        action="append",
-        default=[],
+    flags.add_filter_flag(
+        p,
+        "count only the images matching (as search --filter), e.g. --filter F_small>=0.5 (repeatable)",
         metavar="FIELD=VALUE | COLUMN>=NUMBER",
-        help="count only the images matching (as search --filter), e.g. --filter F_small>=0.5 (repeatable)",
     )
     p.add_argument("--model", metavar="MODEL[/VERSION]", help="this index version (default: the serving one)")
     p.set_defaults(run=cmd_stats)

@@ -12,7 +12,7 @@ import argparse
 import sys
 import time
 
-from taxonstream.cli import clients
+from taxonstream.cli import clients, flags
 from taxonstream.fetching.inputs import InputError
 from taxonstream.index.versions import VersionKey
 from taxonstream.v1 import indexer_pb2, indexer_pb2_grpc
@@ -97,13 +97,13 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
+    p = flags.add_described(
+        commands,
         "reembed",
         help="embed every indexed image with another model into a new index version",
         description=__doc__
         + "\nThe new model's image tower must be on Triton (taxonstream models install … --name NAME writes\n"
         "NAME_image and NAME_text). Images ingested while and after it fills are embedded with it too.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, metavar="MODEL[/VERSION]", help="the image tower, e.g. bioclip2_image")
     p.add_argument("--no-wait", action="store_true", help="start the backfill and return")
@@ -111,13 +111,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=24 * 3600, help="stop following after this many seconds")
     p.set_defaults(run=cmd_reembed)
 
-    p = commands.add_parser(
+    p = flags.add_described(
+        commands,
         "index",
         help="list, serve or retire index versions (one per embedding model)",
         description="taxonstream index versions           every version, * marks the serving one\n"
         "taxonstream index serve MODEL[/V]    searches that name no model use this version\n"
         "taxonstream index retire MODEL[/V]   stop keeping a version (not the serving one)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("action", choices=["versions", "serve", "retire"])
     p.add_argument("version", nargs="?", metavar="MODEL[/VERSION]")
