@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,8 @@ from typing import Any
 from taxonstream.core.keys import model_repository_key
 
 from .contract import CLIP_CONTEXT_LENGTH, ModelContract, TensorSpec
-from .triton_config import Target, render_config
+from .installs import installed_entry, publish, staging_dir
+from .triton_config import Target, render_config, write_triton_files
 
 PARITY_TOLERANCE = 1e-3  # absolute on raw embeddings; full-size towers sum more terms than the stand-ins
 OPEN_CLIP_CONFIGS = ("open_clip_config.json", "config.json")  # beside the checkpoint, in this order
@@ -149,7 +148,7 @@ def install_clip(
     import numpy as np
     import torch
 
-    from .onnx_export import export_onnx, max_abs_difference
+    from .onnx_export import export_checked
 
     preset = PRESETS[preset_name]
     if quick_gelu is None:
@@ -204,55 +203,26 @@ def install_clip(
     rng = np.random.default_rng(0)
     target = Target(target)
     for contract, module, example in contracts:
-        model_dir = out_dir / contract.name
-        staging = out_dir.parent / f".{out_dir.name}-{contract.name}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        started = time.perf_counter()
-        onnx_path = export_onnx(
-            module,
-            [example],
-            staging / version / "model.onnx",
-            [s.name for s in contract.inputs],
-            [s.name for s in contract.outputs],
-        )
-        export_seconds = time.perf_counter() - started
+        staging = staging_dir(out_dir, contract.name)
         if contract.task == "image-embedding":
             feeds = {"pixel_values": rng.normal(size=(2, 3, size, size)).astype(np.float32)}
         else:
             ids = np.zeros((2, text.context_length), np.int64)
             ids[:, 0], ids[0, 1:4], ids[1, 1:3] = 49406, [320, 1125, 49407], [1002, 49407]
             feeds = {"input_ids": ids}
-        started = time.perf_counter()
-        parity = max(max_abs_difference(module, onnx_path, feeds).values())
-        parity_seconds = time.perf_counter() - started
-        if parity > PARITY_TOLERANCE:
-            raise RuntimeError(f"{contract.name}: onnxruntime differs from torch by {parity:g}")
-        if target is Target.LOCAL:
-            shutil.copyfile(Path(__file__).with_name("triton_python_model.py"), staging / version / "model.py")
-        (staging / "config.pbtxt").write_text(render_config(contract, target) + logit_scale_parameter(logit_scale))
+        exported = export_checked(module, [example], staging, contract, feeds, PARITY_TOLERANCE)
+        config = render_config(contract, target) + logit_scale_parameter(logit_scale)
+        write_triton_files(staging, contract, target, config)
         entry = {
-            "name": contract.name,
-            "version": version,
-            "model_id": contract.model_id,
-            "family": contract.family,
-            "task": contract.task,
-            "standin": False,
-            "checkpoint": str(checkpoint),
-            "parity": parity,
+            **installed_entry(contract, checkpoint, exported),
             "logit_scale": logit_scale,
             "quick_gelu": quick_gelu,
             "quick_gelu_from": quick_gelu_from,
             "embedding_dim": contract.outputs[0].dims[0],
-            "export_seconds": round(export_seconds, 2),
-            "parity_seconds": round(parity_seconds, 2),
-            "onnx_bytes": onnx_path.stat().st_size,
+            "onnx_bytes": exported.path.stat().st_size,
             "settings": replace(module.config).as_dict(),
         }
-        (staging / "model.json").write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n")
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        staging.rename(model_dir)
+        publish(staging, out_dir, entry)
         entries.append(entry)
     return entries
 

@@ -29,16 +29,15 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from .contract import MAX_BATCH_SIZE, ModelContract, TensorSpec
-from .triton_config import Target, render_config
+from .installs import installed_entry, publish, staging_dir
+from .triton_config import Target, render_config, write_triton_files
 
 PARITY_TOLERANCE = 1e-3  # absolute, on probabilities and normalised box coordinates
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what DETR's and YOLOS's image processors default to
@@ -263,7 +262,7 @@ def install_detector(
     import numpy as np
     import torch
 
-    from .onnx_export import export_onnx, max_abs_difference
+    from .onnx_export import export_checked
 
     checkpoint, out_dir, target = Path(checkpoint), Path(out_dir), Target(target)
     model = load_detector(checkpoint)
@@ -285,53 +284,25 @@ def install_detector(
         (TensorSpec("boxes", (queries, 4)), TensorSpec("scores", (queries,))),
         max_batch_size=MAX_BATCH_SIZE,
     )
-    staging = out_dir.parent / f".{out_dir.name}-{name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    started = time.perf_counter()
-    onnx_path = export_onnx(
-        wrapper, [torch.zeros(1, 3, size, size)], staging / version / "model.onnx", ["images"], ["boxes", "scores"]
-    )
-    export_seconds = time.perf_counter() - started
+    staging = staging_dir(out_dir, name)
     # Two images, so the check also shows the batch axis is dynamic (the export traced one).
     feeds = {"images": np.random.default_rng(0).random((2, 3, size, size), dtype=np.float32)}
-    started = time.perf_counter()
-    parity = max(max_abs_difference(wrapper, onnx_path, feeds).values())
-    parity_seconds = time.perf_counter() - started
-    if parity > PARITY_TOLERANCE:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise RuntimeError(f"{name}: onnxruntime differs from torch by {parity:g}")
-    if target is Target.LOCAL:
-        shutil.copyfile(Path(__file__).with_name("triton_python_model.py"), staging / version / "model.py")
-    (staging / "config.pbtxt").write_text(
-        render_config(contract, target).replace(
-            "`taxonstream models repository`", f"`taxonstream models install detr` from {checkpoint.name}"
-        )
+    exported = export_checked(wrapper, [torch.zeros(1, 3, size, size)], staging, contract, feeds, PARITY_TOLERANCE)
+    config = render_config(contract, target).replace(
+        "`taxonstream models repository`", f"`taxonstream models install detr` from {checkpoint.name}"
     )
+    write_triton_files(staging, contract, target, config)
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     label_ids = wrapper.label_ids
     entry = {
-        "name": name,
-        "version": version,
-        "model_id": contract.model_id,
-        "family": contract.family,
-        "task": contract.task,
-        "standin": False,
-        "checkpoint": str(checkpoint),
+        **installed_entry(contract, checkpoint, exported),
         "target": target.value,
         "input_size": [size, size],
         "queries": queries,
-        "parity": parity,
-        "export_seconds": round(export_seconds, 2),
-        "parity_seconds": round(parity_seconds, 2),
         "specimen_classes": ({str(i): id2label[i] for i in label_ids} if label_ids is not None else "any"),
         "score": "max softmax probability over the specimen classes (no-object excluded)",
         "input_convention": asdict(convention),
         "settings": {"TAXONSTREAM_DETECTOR_MODEL": name, "TAXONSTREAM_DETECTOR_MODEL_VERSION": version},
     }
-    (staging / "model.json").write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n")
-    model_dir = out_dir / name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    staging.rename(model_dir)
+    publish(staging, out_dir, entry)
     return entry

@@ -7,12 +7,17 @@ this plain. The legacy path is deprecated upstream; its warning is silenced here
 
 from __future__ import annotations
 
+import shutil
+import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .contract import ModelContract
 
 OPSET = 17  # onnxruntime >= 1.14 and Triton's onnxruntime backend both run it
 BATCH_AXIS = "batch"
@@ -65,3 +70,41 @@ def max_abs_difference(
         name: float(np.max(np.abs(ort - ref.numpy())))
         for name, ort, ref in zip(output_names, ort_outputs, torch_outputs, strict=True)
     }
+
+
+@dataclass(frozen=True)
+class CheckedExport:
+    """An ONNX file that onnxruntime runs like torch, and what the check found and cost."""
+
+    path: Path
+    parity: float  # the largest absolute torch vs onnxruntime difference over the outputs
+    export_seconds: float
+    parity_seconds: float
+
+
+def export_checked(
+    module: torch.nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    model_dir: Path,
+    contract: ModelContract,
+    feeds: dict[str, np.ndarray],
+    tolerance: float,
+) -> CheckedExport:
+    """Export `module` as `model_dir/<version>/model.onnx` with the contract's tensor names, then run `feeds`
+    through torch and onnxruntime. Further apart than `tolerance`: the version folder is removed and
+    RuntimeError says by how much (a model Triton would serve differently is never left behind)."""
+    started = time.perf_counter()
+    path = export_onnx(
+        module,
+        example_inputs,
+        model_dir / contract.version / "model.onnx",
+        [spec.name for spec in contract.inputs],
+        [spec.name for spec in contract.outputs],
+    )
+    export_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    parity = max(max_abs_difference(module, path, feeds).values())
+    if parity > tolerance:
+        shutil.rmtree(path.parent, ignore_errors=True)
+        raise RuntimeError(f"{contract.name}: onnxruntime differs from torch by {parity:g}")
+    return CheckedExport(path, parity, export_seconds, time.perf_counter() - started)

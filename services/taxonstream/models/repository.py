@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .contract import ALL_MODELS, CLIP_IMAGE, CLIP_TEXT, DETECTOR, ModelContract
-from .triton_config import Target, render_config
+from .triton_config import Target, render_config, write_triton_files
 
 MANIFEST_NAME = "models.json"
 MANIFEST_FORMAT = 1
@@ -50,32 +50,36 @@ class BuiltModel:
     description: str
 
 
-def _build_clip_image() -> BuiltModel:
+def _image_model(build: Callable[[Any], Any], config: Any, description: str) -> BuiltModel:
+    """A stand-in taking square RGB images of `config.image_size` pixels."""
     import torch
 
-    from .clip_standin import VisionTowerConfig, build_clip_standin
-
-    config = VisionTowerConfig()
     return BuiltModel(
-        module=build_clip_standin(config),
+        module=build(config),
         example_input=torch.zeros(1, 3, config.image_size, config.image_size),
         settings=config.as_dict(),
-        description="STAND-IN for BioCLIP: tiny random ViT-B/32-style image tower; embeddings only tell "
+        description=description,
+    )
+
+
+def _build_clip_image() -> BuiltModel:
+    from .clip_standin import VisionTowerConfig, build_clip_standin
+
+    return _image_model(
+        build_clip_standin,
+        VisionTowerConfig(),
+        "STAND-IN for BioCLIP: tiny random ViT-B/32-style image tower; embeddings only tell "
         "images apart, they carry no biology",
     )
 
 
 def _build_detector() -> BuiltModel:
-    import torch
-
     from .detector_standin import DetectorConfig, build_detector_standin
 
-    config = DetectorConfig()
-    return BuiltModel(
-        module=build_detector_standin(config),
-        example_input=torch.zeros(1, 3, config.image_size, config.image_size),
-        settings=config.as_dict(),
-        description="STAND-IN for a one-class specimen DETR: tiny random conv net with DETR's output "
+    return _image_model(
+        build_detector_standin,
+        DetectorConfig(),
+        "STAND-IN for a one-class specimen DETR: tiny random conv net with DETR's output "
         "convention; its boxes are not detections",
     )
 
@@ -166,27 +170,15 @@ def _random_input(rng: Any, dims: tuple[int, ...], data_type: str) -> Any:
 def _write_model(contract: ModelContract, target: Target, model_dir: Path) -> dict[str, Any]:
     import numpy as np
 
-    from .onnx_export import export_onnx, max_abs_difference
+    from .onnx_export import export_checked
 
     built = BUILDERS[contract.name]()
-    version_dir = model_dir / contract.version
-    onnx_path = export_onnx(
-        built.module,
-        [built.example_input],
-        version_dir / "model.onnx",
-        [spec.name for spec in contract.inputs],
-        [spec.name for spec in contract.outputs],
-    )
     # A batch of 3 random inputs checks both the numbers and that the batch axis really is dynamic.
     rng = np.random.default_rng(0)
     feeds = {spec.name: _random_input(rng, spec.dims, spec.data_type) for spec in contract.inputs}
-    parity = max(max_abs_difference(built.module, onnx_path, feeds).values())
-    if parity > PARITY_TOLERANCE:
-        raise RuntimeError(f"{contract.name}: onnxruntime differs from torch by {parity:g}")
-    if target is Target.LOCAL:
-        shutil.copyfile(_PACKAGE_DIR / "triton_python_model.py", version_dir / "model.py")
-    (model_dir / "config.pbtxt").write_text(render_config(contract, target))
-    return _manifest_entry(contract, built, onnx_path, parity)
+    exported = export_checked(built.module, [built.example_input], model_dir, contract, feeds, PARITY_TOLERANCE)
+    write_triton_files(model_dir, contract, target, render_config(contract, target))
+    return _manifest_entry(contract, built, exported.path, exported.parity)
 
 
 def read_manifest(out_dir: Path | str) -> dict[str, Any] | None:

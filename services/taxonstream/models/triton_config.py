@@ -8,7 +8,9 @@ Both: the same tensor names and shapes, max_batch_size and dynamic batching.
 
 from __future__ import annotations
 
+import shutil
 from enum import StrEnum
+from pathlib import Path
 
 from .contract import ModelContract, TensorSpec
 
@@ -65,3 +67,11 @@ def render_config(contract: ModelContract, target: Target | str) -> str:
         "version_policy: { latest: { num_versions: 1 } }\n"
         f"{extra}"
     )
+
+
+def write_triton_files(model_dir: Path, contract: ModelContract, target: Target | str, config: str) -> None:
+    """What Triton needs beside `<version>/model.onnx`: `config` as config.pbtxt and, for the local target,
+    the Python backend that runs the ONNX file with onnxruntime (`<version>/model.py`)."""
+    if Target(target) is Target.LOCAL:
+        shutil.copyfile(Path(__file__).with_name("triton_python_model.py"), model_dir / contract.version / "model.py")
+    (model_dir / "config.pbtxt").write_text(config)
