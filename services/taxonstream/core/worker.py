@@ -352,24 +352,6 @@ class StreamWorker(Generic[M]):
         stop.wait(self._backoff)
 
 
-def in_batches(
-    prepare: Callable[[M], P],
-    run: Callable[[list[P]], Sequence[R]],
-    finish: Callable[[M, R], list[Emit]],
-    *,
-    concurrency: int = 1,
-    pixels: Callable[[M], int] | None = None,
-    pixel_budget: int = 0,
-) -> InBatches[M, P, R]:
-    """A batch processor for model stages: prepare each message, one `run` per sub-batch, finish each.
-
-    A message whose prepare or finish fails fails alone; a failing `run` (Triton down) fails the batch.
-    `concurrency` messages are prepared/finished at once; with `pixels` (a message's decoded size, from
-    its metadata) and `pixel_budget`, `run` gets sub-batches of at most that many pixels.
-    """
-    return InBatches(prepare, run, finish, concurrency, pixels, pixel_budget)
-
-
 @dataclass
 class _Started(Generic[M]):
     batch: Sequence[M]
@@ -378,14 +360,21 @@ class _Started(Generic[M]):
 
 
 class InBatches(Staged[M], Generic[M, P, R]):
-    """See `in_batches`. Decoded pixels alive at once: the chunk being run and finished, the next chunk
-    being prepared, and (worker prefetch) the next batch's first chunk: three budgets at most."""
+    """A batch processor for model stages: prepare each message, one `run` per sub-batch, finish each.
+
+    A message whose prepare or finish fails fails alone; a failing `run` (Triton down) fails the batch.
+    `concurrency` messages are prepared/finished at once; with `pixels` (a message's decoded size, from
+    its metadata) and `pixel_budget`, `run` gets sub-batches of at most that many pixels. Decoded pixels
+    alive at once: the chunk being run and finished, the next chunk being prepared, and (worker prefetch)
+    the next batch's first chunk: three budgets at most.
+    """
 
     def __init__(
         self,
         prepare: Callable[[M], P],
         run: Callable[[list[P]], Sequence[R]],
         finish: Callable[[M, R], list[Emit]],
+        *,
         concurrency: int = 1,
         pixels: Callable[[M], int] | None = None,
         pixel_budget: int = 0,
@@ -432,6 +421,10 @@ class InBatches(Staged[M], Generic[M, P, R]):
 
     def _prepare_all(self, batch: Sequence[M], chunk: range) -> list[Future]:
         return [metrics.submit(self.pool, _guarded, self.prepare, batch[i]) for i in chunk]
+
+
+# The name the services build their stage with, like `each` (a function there, the class itself here).
+in_batches = InBatches
 
 
 @dataclass(frozen=True)
