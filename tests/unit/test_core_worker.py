@@ -18,8 +18,9 @@ from kafka.errors import KafkaTimeoutError
 from taxonstream.core.batching import split_by_pixels
 from taxonstream.core.bus import TYPE_HEADER, Emit
 from taxonstream.core.errors import Deferred, Failed, Transient
+from taxonstream.core.settings import CoreSettings
 from taxonstream.core.topics import Topics
-from taxonstream.core.worker import StreamWorker, each, in_batches
+from taxonstream.core.worker import StreamWorker, each, in_batches, model_stage
 from taxonstream.v1.messages_pb2 import FetchedImage, Record
 
 TOPICS = Topics("t.")
@@ -102,6 +103,17 @@ def test_model_sub_batches_follow_the_pixel_budget_and_keep_results_in_order() -
     results = process([_message(n, pixels) for n, pixels in enumerate(sizes)])
     assert runs == [[0, 1], [2], [3], [4, 5]], "400+300 fit, +500 would not; 2000 alone; the rest together"
     assert [r[0].key for r in results] == ["0", "1", "2", "3", "4", "5"]
+
+
+def test_a_model_stage_takes_its_batching_from_the_settings() -> None:
+    settings = CoreSettings(max_batch=5, stage_concurrency=3, prefetch_next_batch=False, batch_pixel_budget=1000)
+    steps = (lambda m: m.record.row, lambda rows: rows, lambda m, o: [Emit("out", str(o), m)])
+    sized = model_stage(settings, None, "s", SOURCE, FetchedImage, *steps, pixels=lambda m: m.width * m.height)
+    assert (sized.stage, sized.source, sized.message_type) == ("s", SOURCE, FetchedImage)
+    assert (sized.max_batch, sized.prefetch, sized.process.pool._max_workers) == (5, False, 3)
+    assert sized.process.chunks([_message(n, 600) for n in range(3)]) == [range(0, 1), range(1, 2), range(2, 3)]
+    unsized = model_stage(settings, None, "s", SOURCE, FetchedImage, *steps)
+    assert unsized.process.chunks([_message(n, 600) for n in range(3)]) == [range(0, 3)], "no sizes: one run"
 
 
 def test_split_by_pixels() -> None:

@@ -42,6 +42,7 @@ from taxonstream.core.batching import split_by_pixels
 from taxonstream.core.bus import Bus, Emit, decode, send_all
 from taxonstream.core.errors import Deferred, Failed, Poison, Transient
 from taxonstream.core.outcomes import failed, record_in
+from taxonstream.core.settings import CoreSettings
 from taxonstream.core.supervision import report_ok, report_outage
 from taxonstream.v1.messages_pb2 import DeadLetter
 
@@ -425,6 +426,38 @@ class InBatches(Staged[M], Generic[M, P, R]):
 
 # The name the services build their stage with, like `each` (a function there, the class itself here).
 in_batches = InBatches
+
+
+def model_stage(
+    settings: CoreSettings,
+    bus: Bus,
+    stage: str,
+    source: str,
+    message_type: type[M],
+    prepare: Callable[[M], P],
+    run: Callable[[list[P]], Sequence[R]],
+    finish: Callable[[M, R], list[Emit]],
+    pixels: Callable[[M], int] | None = None,
+) -> StreamWorker[M]:
+    """A group worker on `source` running `in_batches` as the settings tune it: their batch size,
+    `stage_concurrency`, next-batch prefetch and, with `pixels`, sub-batches within `batch_pixel_budget`."""
+    process = in_batches(
+        prepare,
+        run,
+        finish,
+        concurrency=settings.stage_concurrency,
+        pixels=pixels,
+        pixel_budget=settings.batch_pixel_budget if pixels else 0,
+    )
+    return StreamWorker(
+        stage=stage,
+        bus=bus,
+        source=source,
+        message_type=message_type,
+        process=process,
+        max_batch=settings.max_batch,
+        prefetch=settings.prefetch_next_batch,
+    )
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from taxonstream.core.server import Service, connect, registrar, run
-from taxonstream.core.worker import StreamWorker, in_batches
+from taxonstream.core.worker import model_stage
 from taxonstream.detector.servicer import DetectorServicer
 from taxonstream.detector.worker import STAGE, Detector, DetectorSettings, DetectWorker
 from taxonstream.v1 import detector_pb2, detector_pb2_grpc
@@ -14,21 +14,8 @@ def build(settings: DetectorSettings) -> Service:
     bus, store = connect(settings)
     detector = Detector(settings)
     work = DetectWorker(settings, bus, store, detector)
-    worker = StreamWorker(
-        stage=STAGE,
-        bus=bus,
-        source=bus.topics.verified,
-        message_type=VerifiedImage,
-        process=in_batches(
-            work.prepare,
-            work.run,
-            work.finish,
-            concurrency=settings.stage_concurrency,
-            pixels=work.pixels,
-            pixel_budget=settings.batch_pixel_budget,
-        ),
-        max_batch=settings.max_batch,
-        prefetch=settings.prefetch_next_batch,
+    worker = model_stage(
+        settings, bus, STAGE, bus.topics.verified, VerifiedImage, work.prepare, work.run, work.finish, work.pixels
     )
     servicer = DetectorServicer(settings, detector)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from taxonstream.core.server import Service, connect, registrar, run
-from taxonstream.core.worker import StreamWorker, in_batches
+from taxonstream.core.worker import model_stage
 from taxonstream.embedder.servicer import EmbedderServicer
 from taxonstream.embedder.worker import REEMBED_STAGE, STAGE, EmbedderSettings, EmbedWorker, Encoders
 from taxonstream.v1 import embedder_pb2, embedder_pb2_grpc
@@ -14,32 +14,18 @@ def build(settings: EmbedderSettings) -> Service:
     bus, store = connect(settings)
     encoders = Encoders(settings)
     work = EmbedWorker(settings, bus, store, encoders)
-    fresh = StreamWorker(
-        stage=STAGE,
-        bus=bus,
-        source=bus.topics.cropped,
-        message_type=Crop,
-        process=in_batches(
-            work.prepare,
-            work.run,
-            work.finish,
-            concurrency=settings.stage_concurrency,
-            pixels=work.crop_pixels,
-            pixel_budget=settings.batch_pixel_budget,
-        ),
-        max_batch=settings.max_batch,
-        prefetch=settings.prefetch_next_batch,
+    fresh = model_stage(
+        settings, bus, STAGE, bus.topics.cropped, Crop, work.prepare, work.run, work.finish, work.crop_pixels
     )
-    backfill = StreamWorker(
-        stage=REEMBED_STAGE,
-        bus=bus,
-        source=bus.topics.reembed,
-        message_type=ReembedImage,
-        process=in_batches(
-            work.prepare_backfill, work.run_backfill, work.finish_backfill, concurrency=settings.stage_concurrency
-        ),
-        max_batch=settings.max_batch,
-        prefetch=settings.prefetch_next_batch,
+    backfill = model_stage(
+        settings,
+        bus,
+        REEMBED_STAGE,
+        bus.topics.reembed,
+        ReembedImage,
+        work.prepare_backfill,
+        work.run_backfill,
+        work.finish_backfill,
     )
     return Service(
         name=STAGE,
