@@ -158,3 +158,11 @@ def apply_patches(doc: dict[str, Any], patches: list[dict[str, Any]]) -> dict[st
         else:
             raise AssertionError(f"unsupported patch op {patch['op']}")
     return doc
+
+
+def address_resolves(objects: list[dict], address: str) -> str:
+    """The component behind a host:port pointing at a rendered Service, checking the port exists."""
+    host, port = address.rsplit(":", 1)
+    service = of_kind(objects, "Service")[host]
+    assert int(port) in {p["port"] for p in service["spec"]["ports"]}, address
+    return component(service)
