@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -16,7 +16,16 @@ from taxonstream.core.keys import small_copies_stored, thumbnail_key
 from taxonstream.core.settings import SERVICE_PORTS, CoreSettings
 from taxonstream.core.store import ObjectStore, derivative_keys
 from taxonstream.core.triton import TritonModel
-from taxonstream.models.derivatives import CROP_MAX_SIDE, crop_worth_storing, encode_derivative, shorter_side
+from taxonstream.models.derivatives import (
+    CROP_MAX_SIDE,
+    Decoded,
+    as_decoded,
+    crop_worth_storing,
+    decode_upright,
+    encode_derivative,
+    finer_side_for_crop,
+    shorter_side,
+)
 from taxonstream.models.preprocess import crop_box, detector_pixels, upright_rgb
 from taxonstream.v1.messages_pb2 import Box, Crop, VerifiedImage
 
@@ -39,10 +48,10 @@ class DetectorSettings(CoreSettings):
 @dataclass(frozen=True)
 class Detection:
     detected: bool
-    box: tuple[int, int, int, int]
+    box: tuple[int, int, int, int]  # in the upright original's full-resolution pixels
     score: float
-    size: tuple[int, int]
-    crop: Image.Image
+    size: tuple[int, int]  # the upright original's full-resolution size
+    crop: Image.Image  # the box's pixels at the scale the original was decoded at
 
     @cached_property
     def crop_jpeg(self) -> bytes:
@@ -78,24 +87,29 @@ class Detector:
     def input_size(self) -> int:
         return self.model.input_shape()[-1]
 
-    def infer(self, images: list[Image.Image]) -> list[tuple[np.ndarray, float]]:
-        """Best (cx, cy, w, h) box and score per image."""
+    def infer(self, images: list[Image.Image] | list[Decoded]) -> list[tuple[np.ndarray, float]]:
+        """Best (cx, cy, w, h) box and score per image (normalised: the same at any decode scale)."""
         with metrics.timed("decode"):
             size = self.input_size
-            pixels = np.stack([detector_pixels(reduced_for(image, size), size)[0] for image in images])
+            decoded = [as_decoded(image).image for image in images]
+            pixels = np.stack([detector_pixels(reduced_for(image, size), size)[0] for image in decoded])
         out = self.model.infer({"images": pixels}, ["boxes", "scores"])
         best = out["scores"].argmax(axis=1)
         return [(out["boxes"][i, b], float(out["scores"][i, b])) for i, b in enumerate(best)]
 
-    def finish(self, image: Image.Image, box_score: tuple[np.ndarray, float]) -> Detection:
+    def finish(self, image: Image.Image | Decoded, box_score: tuple[np.ndarray, float]) -> Detection:
+        """The box in the original's pixels (normalised box times the full size, not a scaled-up decoded
+        box) and its crop cut from the decoded pixels."""
+        decoded = as_decoded(image)
         box, score = box_score
         detected = score >= self.settings.detector_threshold
+        size = decoded.original_size
         if detected:
-            pixels = crop_box(box, image.size, self.settings.detector_crop_pad)
-            crop = image.crop(pixels)
+            pixels = crop_box(box, size, self.settings.detector_crop_pad)
+            crop = decoded.image.crop(decoded.scaled_box(pixels))
         else:  # nothing confident: keep the whole image, and say so in the lineage
-            pixels, crop = (0, 0, *image.size), image
-        return Detection(detected, pixels, score, image.size, crop)
+            pixels, crop = (0, 0, *size), decoded.image
+        return Detection(detected, pixels, score, size, crop)
 
     def detect(self, image: Image.Image) -> Detection:
         return self.finish(image, self.infer([image])[0])
@@ -108,44 +122,56 @@ class DetectWorker:
         self.store = store
         self.detector = detector
 
-    def prepare(self, verified: VerifiedImage) -> Image.Image:
+    @property
+    def decode_side(self) -> int:
+        """The least side an original is decoded at: what the detector's input (reduced_for: 2x), the 256-px
+        copy and a crop of most of the photo (CROP_MAX_SIDE) are made from. A 3000x2000 JPEG decodes at 1/2."""
+        return max(2 * self.detector.input_size, self.settings.detector_derivative_side, CROP_MAX_SIDE)
+
+    def prepare(self, verified: VerifiedImage) -> Decoded:
         try:
             data = self.store.get(verified.fetched.object_key)
         except KeyError:
             raise Failed("missing_object", f"original {verified.fetched.object_key} is not in the store") from None
         with metrics.timed("decode"):
-            return open_image(data, self.settings.detector_min_side)
+            decoded = decode_upright(data, self.decode_side)
+        if min(decoded.original_size) < self.settings.detector_min_side:
+            width, height = decoded.original_size
+            raise Failed("image_too_small", f"{width}x{height} is under {self.settings.detector_min_side} px on a side")
+        return decoded
 
     @staticmethod
     def pixels(verified: VerifiedImage) -> int:
         """The decoded size of a message's original, from what the fetcher measured (for the pixel budget)."""
         return verified.fetched.width * verified.fetched.height
 
-    def store_derivatives(self, verified: VerifiedImage, image: Image.Image, detection: Detection) -> str:
+    def store_derivatives(self, verified: VerifiedImage, image: Image.Image | Decoded, detection: Detection) -> str:
         """The derivatives that earn their bytes (models/derivatives.py, core/keys.py) and the lineage record;
         returns the key consumers read the crop from: the stored crop, or the original (cut by the box).
 
         Stored bytes per original byte (original + derivatives + lineage; budget 1.5x), stand-in detector's
-        ~70 % box, max: 3000x2000 1.2-1.9 MB photos 1.29x (crop + both 256-px copies, as before); 400x300
-        e2e JPEGs 1.24x and 320x240 demo JPEGs 1.35x (lineage only; storing everything made them 3.15x and
-        3.31x). Full table: models/derivatives.py.
+        ~70 % box, max: 3000x2000 1.2-1.9 MB photos 1.12x (crop + both 256-px copies; 1.29x with the
+        1024-px crop); 400x300 e2e JPEGs 1.24x and 320x240 demo JPEGs 1.35x (lineage only; storing
+        everything made them 3.15x and 3.31x). Full table: models/derivatives.py.
         """
         s = self.settings
         keys = derivative_keys(verified.image_id, s.detector_model, s.detector_model_version)
         original_key = verified.fetched.object_key
         side = s.detector_derivative_side
         crop = detection.crop
+        size = detection.size
         stored: list[str] = []
-        if small_copies_stored(image.size):
-            self.store.put(keys["original_small"], encode_derivative(shorter_side(image, side), "small"), "image/jpeg")
+        if small_copies_stored(size):
+            small = encode_derivative(shorter_side(as_decoded(image).image, side), "small")
+            self.store.put(keys["original_small"], small, "image/jpeg")
             stored.append("original_small")
-        with_crop = crop_worth_storing(image.size, detection.box)
+        with_crop = crop_worth_storing(size, detection.box)
         if with_crop:
             self.store.put(keys["crop_small"], encode_derivative(shorter_side(crop, side), "small"), "image/jpeg")
             stored.append("crop_small")
         crop_key = keys["crop"] if with_crop else original_key
         thumbnail = thumbnail_key(
-            verified.image_id, s.detector_model, s.detector_model_version, crop_key, original_key, image.size
+            verified.image_id, s.detector_model, s.detector_model_version, crop_key, original_key, size
         )
         self.store.put_json(
             keys["lineage"],
@@ -177,13 +203,22 @@ class DetectWorker:
             self.store.put(keys["crop"], detection.crop_jpeg, "image/jpeg")
         return crop_key
 
-    def run(self, images: list[Image.Image]) -> list[tuple[Image.Image, tuple[np.ndarray, float]]]:
+    def run(self, images: list[Decoded]) -> list[tuple[Decoded, tuple[np.ndarray, float]]]:
         return list(zip(images, self.detector.infer(images), strict=True))
 
-    def finish(self, verified: VerifiedImage, inferred: tuple[Image.Image, tuple[np.ndarray, float]]) -> list[Emit]:
-        detection = self.detector.finish(*inferred)
+    def finish(
+        self, verified: VerifiedImage, inferred: tuple[Image.Image | Decoded, tuple[np.ndarray, float]]
+    ) -> list[Emit]:
+        decoded = as_decoded(inferred[0])
+        detection = self.detector.finish(decoded, inferred[1])
+        if crop_worth_storing(detection.size, detection.box) and (side := finer_side_for_crop(decoded, detection.box)):
+            # A box too small for the scale decoded at (rare: most boxes cover ~70 % of a photo): decode
+            # again at the scale its stored crop needs, so the crop keeps the resolution it had before.
+            with metrics.timed("decode"):
+                finer = decode_upright(decoded.data, side)
+            detection = replace(detection, crop=finer.image.crop(finer.scaled_box(detection.box)))
         s = self.settings
-        key = self.store_derivatives(verified, inferred[0], detection)
+        key = self.store_derivatives(verified, decoded, detection)
         left, top, right, bottom = detection.box
         crop = Crop(
             image_id=verified.image_id,

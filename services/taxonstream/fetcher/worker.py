@@ -14,9 +14,9 @@ from taxonstream.fetcher.jobs import JobTable
 from taxonstream.fetching.download import Downloader
 from taxonstream.fetching.hosts import HostGates
 from taxonstream.fetching.settings import FetcherSettings
-from taxonstream.fetching.validate import inspect_image
+from taxonstream.fetching.validate import inspect_decoded
 from taxonstream.integrity.checksums import digest_bytes, parse_algorithms
-from taxonstream.integrity.phash import ImageUnreadable, phash_bytes, to_hex
+from taxonstream.integrity.phash import DRAFT_SIZE, ImageUnreadable, phash_bytes, phash_image, to_hex
 from taxonstream.v1.messages_pb2 import FetchedImage, Record
 
 log = logging.getLogger(__name__)
@@ -57,15 +57,17 @@ class FetchWorker:
             self.hosts.obey_robots(record.url)
         # Keyed by the record: a long pause of its host defers it (Deferred) instead of holding the batch.
         data, attempts = self.hosts.download(record.url, key=f"{record.record_id}\n{record.url}")
-        info = inspect_image(data, self.settings.fetch_max_pixels)
+        with metrics.timed("decode"):
+            # One decode validates and feeds the pHash: a JPEG at pHash's draft scale (>= 256 px a side,
+            # 1/4 of a 3000x2000 photo), still entropy-decoded in full, so a truncated one fails here.
+            info, decoded = inspect_decoded(data, self.settings.fetch_max_pixels, draft_side=DRAFT_SIZE)
+            try:  # a multi-frame image: phash_bytes decodes its first frame again
+                phash = to_hex(phash_image(decoded) if decoded is not None else phash_bytes(data))
+            except ImageUnreadable:
+                phash = ""  # featureless: exact-deduplicated only
         with metrics.timed("hash"):
             digests = digest_bytes(data, DIGESTS)
         sha256 = digests["sha256"]
-        with metrics.timed("decode"):  # JPEGs decoded at >= 256 px (integrity/phash.py): ~1 ms for 7 kB
-            try:
-                phash = to_hex(phash_bytes(data))
-            except ImageUnreadable:
-                phash = ""  # featureless: exact-deduplicated only
         seen = {"sha256": sha256, "size": len(data), "mime": info.mime, "width": info.width, "height": info.height}
         seen.update(digests=digests, phash=phash)
         key = original_key(sha256)

@@ -82,6 +82,24 @@ def inspect_image(
     data: bytes, max_pixels: int, min_width: int = 0, min_height: int = 0, fast: bool = False
 ) -> ImageInfo:
     """Identify and fully decode `data`; `fast` decodes JPEGs at 1/8 scale (every byte is still decoded)."""
+    # A 1-px side asks for libjpeg's smallest scale, 1/8.
+    return inspect_decoded(data, max_pixels, min_width, min_height, draft_side=1 if fast else 0)[0]
+
+
+def inspect_decoded(
+    data: bytes,
+    max_pixels: int,
+    min_width: int = 0,
+    min_height: int = 0,
+    draft_side: int = 0,
+) -> tuple[ImageInfo, Image.Image | None]:
+    """`inspect_image`, and the decoded picture of a single-frame image (None for several frames).
+
+    With `draft_side`, a JPEG decodes at the smallest libjpeg DCT scale (1/2, 1/4, 1/8) keeping both sides
+    >= it: libjpeg still reads and entropy-decodes every scan (a truncated file fails all the same); only
+    the inverse DCT is scaled down. The draft is Pillow's `draft("RGB", ...)`, the
+    call integrity/phash.py makes, so the picture is the one phash_bytes would decode at that side.
+    """
     if not data:
         raise Failed("empty_body", "the server answered with zero bytes")
     kind = _describe_junk(data)
@@ -101,9 +119,8 @@ def inspect_image(
             frames = getattr(image, "n_frames", 1)
             if frames * width * height > max_pixels:  # many small frames are a bomb too
                 raise Failed("too_many_pixels", f"{frames} frames of {width}x{height} exceed {max_pixels} pixels")
-            if fast and image.format in ("JPEG", "MPO"):
-                # libjpeg still reads and entropy-decodes every scan; only the inverse DCT is scaled down.
-                image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+            if draft_side and image.format in ("JPEG", "MPO"):
+                image.draft("RGB", (draft_side, draft_side))  # the file's mode is kept (L stays L)
             image.load()  # full decode: a truncated file fails here, not downstream
             for index in range(1, frames):  # animated GIF/WebP, multi-page TIFF: every frame must decode
                 image.seek(index)
@@ -117,4 +134,4 @@ def inspect_image(
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise Failed("truncated", f"the image does not decode completely: {error}") from error
     mime = MIME.get(image.format) or Image.MIME.get(image.format, "application/octet-stream")
-    return ImageInfo(mime, width, height)
+    return ImageInfo(mime, width, height), image if frames == 1 else None
