@@ -21,6 +21,7 @@ from pipeline_helpers import outcomes, submit, unique_job, wait_done
 
 from taxonstream.cli.main import main as taxonstream
 from taxonstream.core.triton import TritonModel
+from taxonstream.models import triton_config
 from taxonstream.models.derivatives import parse_box, read_crop
 from taxonstream.v1 import embedder_pb2, indexer_pb2
 from taxonstream.v1.messages_pb2 import Outcome
@@ -48,7 +49,7 @@ def new_model(settings) -> Iterator[str]:
         [s.name for s in contract.inputs],
         [s.name for s in contract.outputs],
     )
-    shutil.copyfile(Path(stack.__file__).parents[1] / "models" / "triton_python_model.py", model_dir / "1" / "model.py")
+    shutil.copyfile(Path(triton_config.__file__).with_name("triton_python_model.py"), model_dir / "1" / "model.py")
     (model_dir / "config.pbtxt").write_text(render_config(contract, Target.LOCAL))
     try:
         yield name

@@ -96,8 +96,8 @@ def deferring_fetcher(local_stack, settings, prefix, tmp_path_factory) -> Iterat
 
 
 def _members(admin: KafkaAdminClient, group: str) -> tuple[str, set[str]]:
-    (described,) = admin.describe_groups([group])
-    return described.state, {m.member_id for m in described.members}
+    described = admin.describe_groups([group])[group]  # kafka-python 3: {group_id: {field: value}}
+    return described.get("group_state", described.get("state")), {m["member_id"] for m in described["members"]}
 
 
 def test_a_700_s_retry_after_holds_only_its_partition(deferring_fetcher, settings, site, prefix) -> None:

@@ -26,7 +26,7 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
             score=detection.score,
             width=detection.size[0],
             height=detection.size[1],
-            crop=detection.crop_jpeg,
+            crop=detection.crop_as_the_pipeline_reads_it(),
             model=self.settings.detector_model,
             model_version=self.settings.detector_model_version,
         )

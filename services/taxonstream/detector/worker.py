@@ -59,6 +59,15 @@ class Detection:
         one would spend ~10 ms encoding a crop nobody keeps)."""
         return encode_derivative(self.crop, "crop")
 
+    def crop_as_the_pipeline_reads_it(self) -> bytes:
+        """The stored JPEG where the pipeline stores a crop; else the box's pixels losslessly (PNG), as
+        the pipeline cuts them from the original — so a file embeds to the same vector as its stored copy."""
+        if crop_worth_storing(self.size, self.box):
+            return self.crop_jpeg
+        out = io.BytesIO()
+        self.crop.save(out, format="PNG")
+        return out.getvalue()
+
 
 def reduced_for(image: Image.Image, size: int) -> Image.Image:
     """`image` box-reduced by whole factors while it stays at least 2x `size` on each side: the detector's
