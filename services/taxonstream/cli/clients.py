@@ -63,7 +63,7 @@ def index_filters(expressions: list[str]) -> list:
     """`--filter genus=Apis,Bombus` / `--filter F_small>=0.5` flags as indexer Filters: values of one flag
     OR, flags AND. `=` on a facet (kingdom … species, provider, licence) lists values; on any other
     metadata column, and `>`, `>=`, `<`, `<=`, it compares numbers (index/comparisons.py)."""
-    from taxonstream.index.comparisons import Numeric, split_expression
+    from taxonstream.index.comparisons import Numeric, number, split_expression
     from taxonstream.index.filters import is_facet
     from taxonstream.v1 import indexer_pb2
 
@@ -76,7 +76,8 @@ def index_filters(expressions: list[str]) -> list:
                 f"--filter wants FIELD=VALUE[,VALUE…] or COLUMN>=NUMBER (> >= < <= =), not {expression!r}"
             ) from None
         values = [v.strip() for v in text.split(",")]
-        if op == "=" and is_facet(field):
+        if op == "=" and (is_facet(field) or any(number(v) is None for v in values)):
+            # text values: the index's own filter, which names the columns it can filter on
             found.append(indexer_pb2.Filter(field=field, values=values))
             continue
         try:
