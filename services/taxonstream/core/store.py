@@ -96,16 +96,10 @@ class ObjectStore:
 
     def exists(self, key: str) -> bool:
         with metrics.timed("s3"), _unavailable_is_transient():
-            for bucket in (self.bucket_for(key), self._fallback_bucket(key)):
-                if bucket is None:
-                    break
-                try:
-                    self.client.stat_object(bucket, key)
-                    return True
-                except S3Error as error:
-                    if error.code not in _MISSING:
-                        raise
-            return False
+            if self._in_bucket(self.bucket_for(key), key):
+                return True
+            fallback = self._fallback_bucket(key)
+            return fallback is not None and self._in_bucket(fallback, key)
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         with metrics.timed("s3"), _unavailable_is_transient():
