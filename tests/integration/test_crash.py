@@ -8,6 +8,9 @@ is work the restarted stage had to redo.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -34,18 +37,27 @@ IMAGES = 120
 
 
 def kill_with_work_pending(bus: Bus, name: str, topic: str, pending: Callable[[dict], int]) -> int:
-    """Wait until `pending(end offsets of topic)` > 0, SIGKILL `name` at once, and return how much of what
-    was on `topic` just before the kill the dead process had not made durable (read after the kill)."""
-    seen: dict[str, dict] = {}
+    """Freeze `name` (SIGSTOP) once `pending(end offsets of topic)` > 0, measure again while it can make
+    nothing more durable, SIGKILL it, and return how much of what was on `topic` it had not made durable.
 
-    def work_waiting() -> bool:
-        seen["ends"] = bus.end_offsets(topic)
-        return pending(seen["ends"]) > 0
-
-    wait_until(work_waiting, f"the {name} with work pending")
+    Measuring a running process and then killing it races its next commit (CI saw 0 that way); a frozen
+    one is measured as it dies. Where the frozen process had caught up after all, it runs on and we wait
+    for the next backlog."""
+    pid = stack.service_pid(name)
+    assert pid is not None, f"the {name} is not running"
+    deadline = time.monotonic() + 120
+    while True:
+        wait_until(lambda: pending(bus.end_offsets(topic)) > 0, f"the {name} with work pending")
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.2)  # a commit or snapshot already on the wire lands before the measurement
+        lost = pending(bus.end_offsets(topic))
+        if lost > 0:
+            break
+        os.kill(pid, signal.SIGCONT)
+        assert time.monotonic() < deadline, f"the {name} caught up every time it was frozen, for 120 s"
     stack.kill_service(name)
     assert stack.service_pid(name) is None
-    return pending(seen["ends"])
+    return lost
 
 
 def terminal_outcomes(bus: Bus, job: str, start: dict) -> tuple[dict[str, set[tuple]], int]:
