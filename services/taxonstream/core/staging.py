@@ -13,16 +13,17 @@ A block that raises writes nothing: its batch is retried and writes the same obj
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from taxonstream.core.objects import JsonObjects
+
 _ABSENT = object()  # prefetched and missing
 
 
-class StagedStore:
+class StagedStore(JsonObjects):
     """An ObjectStore whose reads and writes can be staged per batch; everything else is the store's."""
 
     def __init__(self, store: Any) -> None:  # an ObjectStore, or any store with get/put (tests)
@@ -100,17 +101,11 @@ class StagedStore:
         else:
             batch.writes[key] = (data, content_type)
 
-    def get_json(self, key: str) -> Any | None:
-        try:
-            return json.loads(self.get(key))
-        except KeyError:
-            return None
-
     def put_json(self, key: str, value: Any) -> None:
-        if self._batch is None:
+        if self._batch is None:  # the store's own (a test store logs it as one call)
             self.store.put_json(key, value)
-            return
-        self.put(key, json.dumps(value, sort_keys=True).encode(), "application/json")
+        else:  # into the batch, through put above; get_json (JsonObjects) reads through get above
+            super().put_json(key, value)
 
 
 class _Batch:

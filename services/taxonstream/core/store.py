@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +29,7 @@ from taxonstream.core.keys import (
     job_records_prefix,
     original_key,
 )
+from taxonstream.core.objects import JSON_CONTENT_TYPE, JsonObjects, json_bytes
 from taxonstream.core.settings import CoreSettings
 
 # The key functions are re-exported for callers that still import them from here (fetcher, detector,
@@ -42,7 +42,9 @@ R = TypeVar("R")
 _MISSING = {"NoSuchKey", "NoSuchObject", "NoSuchBucket"}
 
 
-class ObjectStore:
+class ObjectStore(JsonObjects):
+    """get_json/put_json come from JsonObjects, on this class's get and put."""
+
     def __init__(self, settings: CoreSettings) -> None:
         if not settings.s3_access_key or not settings.s3_secret_key:
             raise ValueError("S3 credentials missing: set TAXONSTREAM_S3_ACCESS_KEY and TAXONSTREAM_S3_SECRET_KEY")
@@ -136,15 +138,6 @@ class ObjectStore:
                 response.close()
                 response.release_conn()
 
-    def put_json(self, key: str, value: Any) -> None:
-        self.put(key, json.dumps(value, sort_keys=True).encode(), "application/json")
-
-    def get_json(self, key: str) -> Any | None:
-        try:
-            return json.loads(self.get(key))
-        except KeyError:
-            return None
-
     def list(self, prefix: str) -> list[str]:
         with metrics.timed("s3"), _unavailable_is_transient():
             return [
@@ -173,7 +166,7 @@ class ObjectStore:
         raise_first(self.map(lambda o: self.put(*o), list(objects)))
 
     def put_json_many(self, values: Mapping[str, Any]) -> None:
-        self.put_many((k, json.dumps(v, sort_keys=True).encode(), "application/json") for k, v in values.items())
+        self.put_many((k, json_bytes(v), JSON_CONTENT_TYPE) for k, v in values.items())
 
     def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R | Exception]:
         """`fn` over items on the store's pool (each result or its error, in order); one item runs inline."""

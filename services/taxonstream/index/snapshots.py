@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from kafka import TopicPartition
 
@@ -38,23 +38,13 @@ from taxonstream.core.keys import (
     snapshot_latest_key,
     snapshot_part_key,
 )
+from taxonstream.core.objects import Store  # what snapshots need of a store: ObjectStore, DirectoryStore
 
 if TYPE_CHECKING:  # the engines (FAISS, Milvus) load only where an index is restored, not in the checksummer
     from taxonstream.index.backend import IndexBackend, IndexConfig
 
 log = logging.getLogger(__name__)
 MANIFEST = "json"  # the manifest's part name: "<generation>.json"
-
-
-class Store(Protocol):
-    """What snapshots need of an object store (the core's ObjectStore and the registry's DirectoryStore)."""
-
-    def get(self, key: str) -> bytes: ...  # KeyError when missing
-    def put(self, key: str, data: bytes) -> None: ...
-    def get_json(self, key: str) -> Any | None: ...
-    def put_json(self, key: str, value: Any) -> None: ...
-    def list(self, prefix: str) -> list[str]: ...
-    def delete(self, keys: list[str]) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from taxonstream.core.keys import (
     REGISTRY_ENTRIES_PREFIX,
@@ -65,6 +65,7 @@ from taxonstream.core.keys import (
     provenance_prefix,
     registry_key,
 )
+from taxonstream.core.objects import JsonObjects, Store  # Store: what the registry needs (ObjectStore has it)
 from taxonstream.index.snapshots import SnapshotStore, SnapshotTrigger
 from taxonstream.integrity.neardup import HammingIndex
 from taxonstream.integrity.phash import from_hex, to_hex
@@ -74,19 +75,10 @@ POLICIES: tuple[Policy, ...] = ("keep", "link", "drop")
 LINKED_PAIRS_KEPT = 200_000  # ~30 MB of pairs
 
 
-class Store(Protocol):
-    """What the registry needs of an object store (the core's ObjectStore has exactly this)."""
+class DirectoryStore(JsonObjects):
+    """A Store in a local folder: objects are files, written atomically (get_json/put_json: JsonObjects)."""
 
-    def get(self, key: str) -> bytes: ...  # KeyError when missing
-    def put(self, key: str, data: bytes) -> None: ...
-    def get_json(self, key: str) -> Any | None: ...
-    def put_json(self, key: str, value: Any) -> None: ...
-    def list(self, prefix: str) -> list[str]: ...
-    def delete(self, keys: list[str]) -> None: ...
-
-
-class DirectoryStore:
-    """A Store in a local folder: objects are files, written atomically."""
+    json_content_type = None  # put(key, data): files have no content type (test subclasses override put so)
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -110,15 +102,6 @@ class DirectoryStore:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
         os.replace(temporary, path)
-
-    def get_json(self, key: str) -> Any | None:
-        try:
-            return json.loads(self.get(key))
-        except KeyError:
-            return None
-
-    def put_json(self, key: str, value: Any) -> None:
-        self.put(key, json.dumps(value, sort_keys=True).encode())
 
     def list(self, prefix: str) -> list[str]:
         base = self.root.resolve()
