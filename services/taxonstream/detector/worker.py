@@ -18,6 +18,7 @@ from taxonstream.core.store import ObjectStore, derivative_keys
 from taxonstream.core.triton import TritonModel
 from taxonstream.models.derivatives import (
     CROP_MAX_SIDE,
+    SMALL_REDUCING_GAP,
     Decoded,
     as_decoded,
     crop_worth_storing,
@@ -171,12 +172,16 @@ class DetectWorker:
         size = detection.size
         stored: list[str] = []
         if small_copies_stored(size):
-            small = encode_derivative(shorter_side(as_decoded(image).image, side), "small")
+            small = encode_derivative(shorter_side(as_decoded(image).image, side, SMALL_REDUCING_GAP), "small")
             self.store.put(keys["original_small"], small, "image/jpeg")
             stored.append("original_small")
         with_crop = crop_worth_storing(size, detection.box)
         if with_crop:
-            self.store.put(keys["crop_small"], encode_derivative(shorter_side(crop, side), "small"), "image/jpeg")
+            self.store.put(
+                keys["crop_small"],
+                encode_derivative(shorter_side(crop, side, SMALL_REDUCING_GAP), "small"),
+                "image/jpeg",
+            )
             stored.append("crop_small")
         crop_key = keys["crop"] if with_crop else original_key
         thumbnail = thumbnail_key(

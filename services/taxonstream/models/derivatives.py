@@ -49,16 +49,24 @@ CROP_MIN_ORIGINAL_PIXELS = 1_000_000
 CROP_MAX_PIXEL_SHARE = 1 / 3
 
 
-def shorter_side(image: Image.Image, side: int) -> Image.Image:
-    """`image` scaled so its shorter side is `side` px (aspect kept); a smaller image is left as it is."""
+def shorter_side(image: Image.Image, side: int, reducing_gap: float = 3.0) -> Image.Image:
+    """`image` scaled so its shorter side is `side` px (aspect kept); a smaller image is left as it is.
+
+    reducing_gap: Pillow box-reduces by the whole factor `scale // reducing_gap` first, then Lanczos over the
+    rest; 3.0 (Pillow's "indistinguishable from fair resampling") for what a model reads. A 256-px copy
+    that no model reads takes `SMALL_REDUCING_GAP`: from a 1500x1000 decode, 3.2 ms instead of 14 ms here
+    (at 3.0 the 3.9x factor is all Lanczos, which was a third of the detector's CPU on photos).
+    """
     width, height = image.size
     scale = side / min(width, height)
     if scale >= 1.0:
         return image
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    # reducing_gap: a box-filter `reduce` first, Lanczos over the last factor of 3 (Pillow's documented
-    # "indistinguishable from fair resampling"): a 3000x2000 photo to 256 px is several times cheaper.
-    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=reducing_gap)
+
+
+# The 256-px copies (original_small, crop_small): a box reduce for all but the last factor, then Lanczos.
+SMALL_REDUCING_GAP = 1.0
 
 
 def encode_derivative(image: Image.Image, kind: Literal["crop", "small"]) -> bytes:
