@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -9,8 +11,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from taxonstream.index.filters import FIELDS, facets
 from taxonstream.v1 import indexer_pb2
 
+from . import landcover_colours as cover
 from .backends import ServiceError
-from .insights import NO_VALUE, colours, columns, distribution, map_points, project, samples, umap_available
+from .insights import NO_VALUE, colours, columns, distribution, map_points, project, samples, umap_available, value_of
 from .views import card, column_value, thumbnail
 from .web import backends, json_error, render
 
@@ -28,6 +31,10 @@ def dashboard(request: Request) -> HTMLResponse:
     map_colour = params.get("map_colour") or colour_by or "family"
     value = params.get("value") or ""
     where_column, where_value = params.get("where") or "", params.get("where_value") or ""
+    # `?genus=Apis,Bombus&licence=CC0-1.0`: only those images (comma: any of), applied by the indexer to Stats
+    # and the listing alike — so a job's records can be looked at even when the collection is past the listing cap.
+    only = tuple((f, tuple(v.strip() for v in params[f].split(",") if v.strip())) for f in FIELDS if params.get(f))
+    only = tuple((f, v) for f, v in only if v)
     context = {
         "by": by,
         "colour_by": colour_by,
@@ -37,10 +44,16 @@ def dashboard(request: Request) -> HTMLResponse:
         "where_value": where_value,
         "error": "",
         "stats": None,
+        "shares": [(c, cover.describe(c)) for c in cover.SHARE_COLUMNS],
+        "only": [(f, ",".join(v)) for f, v in only],
+        "only_query": urlencode([(f, ",".join(v)) for f, v in only]),
     }
     try:
-        stats = portal.call("indexer", portal.indexer.Stats, indexer_pb2.StatsRequest(), timeout=60)
-        hits = portal.list_images()
+        request_filters = [indexer_pb2.Filter(field=f, values=list(v)) for f, v in only]
+        stats = portal.call(
+            "indexer", portal.indexer.Stats, indexer_pb2.StatsRequest(filters=request_filters), timeout=60
+        )
+        hits = portal.list_images(filters=only)
     except ServiceError as error:
         context["error"] = str(error)
         return render(request, "dashboard.html", error.status, columns=list(FIELDS), **context)
@@ -52,7 +65,8 @@ def dashboard(request: Request) -> HTMLResponse:
     where = (where_column, where_value) if where_column and where_value else None
     shown = [card(h, scored=False) for h in samples(hits, by, value, where)] if value else []
     points, map_legend, unplaced = map_points(hits, map_colour)
-    where_values = sorted({column_value(h.metadata, where_column) or NO_VALUE for h in hits}) if where_column else []
+    where_values = sorted({value_of(h.metadata, where_column) for h in hits}) if where_column else []
+    numeric = cover.is_share(map_colour)
     context.update(
         stats=stats,
         columns=columns(hits),
@@ -64,6 +78,9 @@ def dashboard(request: Request) -> HTMLResponse:
         listed=len(hits),
         where_values=where_values[:500],
         truncated=len(hits) >= portal.settings.listing_limit,
+        map_summary=cover.summarise((h.metadata for h in hits), map_colour) if numeric else None,
+        map_gradient=cover.gradient() if numeric else [],
+        no_data_colour=cover.NO_DATA_COLOUR,
     )
     return render(request, "dashboard.html", **context)
 
@@ -77,6 +94,7 @@ def embeddings_page(request: Request) -> HTMLResponse:
         colour=params.get("colour") or "family",
         method=params.get("method") or "pca",
         fields=FIELDS,
+        shares=[(c, cover.describe(c)) for c in cover.SHARE_COLUMNS],
         umap=umap_available(),
         error="",
     )
@@ -98,15 +116,21 @@ def embeddings(request: Request) -> JSONResponse:
         return JSONResponse({"points": [], "legend": {}, "method": method, "explained": [], "total": 0})
     vectors = np.asarray([h.vector for h in hits], dtype=np.float32)
     coords, used, explained = project(vectors, method)
+    numeric = cover.is_share(colour_by)
     rows = []
     for hit, (x, y) in zip(hits, coords.tolist(), strict=True):
         found = facets(hit.metadata)
+        share = cover.share(hit.metadata, colour_by) if numeric else None
         rows.append(
             {
                 "id": hit.image_id,
                 "x": round(x, 5),
                 "y": round(y, 5),
-                "value": column_value(hit.metadata, colour_by, found) or NO_VALUE,
+                # A share's bin (what the legend selects by); its own colour and value beside it.
+                "value": cover.bin_label(share)
+                if numeric
+                else column_value(hit.metadata, colour_by, found) or NO_VALUE,
+                **({"share": cover.label(share), "colour": cover.colour(share)} if numeric else {}),
                 "thumb": thumbnail(hit),
                 "name": hit.metadata.get("scientificName") or found.get("species") or found.get("genus") or "",
                 "taxonomy": " › ".join(found[r] for r in FIELDS[:7] if r in found),
@@ -117,9 +141,20 @@ def embeddings(request: Request) -> JSONResponse:
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["value"]] = counts.get(row["value"], 0) + 1
-    legend = colours(sorted(counts, key=lambda v: -counts[v]))
+    if numeric:  # the scale's bins, low to high, then "no data"
+        legend = {v: c for v, c in cover.legend().items() if v in counts}
+    else:
+        legend = colours(sorted(counts, key=lambda v: -counts[v]))
     return JSONResponse(
-        {"points": rows, "legend": legend, "counts": counts, "method": used, "explained": explained, "total": len(rows)}
+        {
+            "points": rows,
+            "legend": legend,
+            "counts": counts,
+            "method": used,
+            "explained": explained,
+            "total": len(rows),
+            "scale": cover.gradient() if numeric else [],
+        }
     )
 
 

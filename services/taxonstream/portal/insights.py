@@ -11,6 +11,7 @@ import numpy as np
 from taxonstream.index.filters import FIELDS
 from taxonstream.v1 import indexer_pb2
 
+from . import landcover_colours as cover
 from .views import INTERNAL_COLUMNS, column_value
 
 NO_VALUE = "(no value)"
@@ -26,8 +27,17 @@ def columns(hits: Sequence[indexer_pb2.Hit]) -> list[str]:
     seen: set[str] = set()
     for hit in hits:
         seen.update(hit.metadata)
-    extra = sorted(c for c in seen - INTERNAL_COLUMNS - set(FIELDS) if c not in ("license", "url"))
+    # The land-cover shares are offered apart (always, in their own group): not among the other columns.
+    hidden = INTERNAL_COLUMNS | set(FIELDS) | set(cover.SHARE_COLUMNS)
+    extra = sorted(c for c in seen - hidden if c not in ("license", "url"))
     return [*FIELDS, *extra]
+
+
+def value_of(metadata: Mapping[str, str], column: str) -> str:
+    """What a bar or a sample is grouped by: the column's value, or for a land-cover share its bin of 0.2."""
+    if cover.is_share(column):
+        return cover.bin_label(cover.share(metadata, column))
+    return column_value(metadata, column) or NO_VALUE
 
 
 def colours(values: Sequence[str]) -> dict[str, str]:
@@ -54,7 +64,7 @@ class Distribution:
 
 
 def _values(hits: Sequence[indexer_pb2.Hit], column: str) -> list[str]:
-    return [column_value(h.metadata, column) or NO_VALUE for h in hits]
+    return [value_of(h.metadata, column) for h in hits]
 
 
 def distribution(
@@ -76,12 +86,23 @@ def distribution(
         for value, colour_value in zip(listed, _values(hits, colour_by), strict=True):
             split.setdefault(value, Counter())[colour_value] += 1
             colour_values[colour_value] += 1
-    legend = colours([v for v, _ in colour_values.most_common()])
+    if cover.is_share(colour_by):  # the scale's bins, low to high, then "no data"
+        legend = {v: c for v, c in cover.legend().items() if v in colour_values}
+    else:
+        legend = colours([v for v, _ in colour_values.most_common()])
+    order = list(cover.legend()) if cover.is_share(by) else []
     rows = []
-    for value, count in sorted(counts.items(), key=lambda kv: (kv[0] == NO_VALUE, -kv[1], kv[0]))[:top]:
+    for value, count in sorted(
+        counts.items(),
+        key=lambda kv: (order.index(kv[0]),) if order else (kv[0] == NO_VALUE, -kv[1], kv[0]),
+    )[:top]:
         parts = split.get(value, Counter())
         seen = sum(parts.values()) or 1
-        segments = [(c, n, 100.0 * n / seen, legend[c]) for c, n in sorted(parts.items(), key=lambda kv: -kv[1])]
+        if cover.is_share(colour_by):  # a bar's bins low to high, so bars read as a scale
+            ranked = sorted(parts.items(), key=lambda kv: list(legend).index(kv[0]))
+        else:
+            ranked = sorted(parts.items(), key=lambda kv: -kv[1])
+        segments = [(c, n, 100.0 * n / seen, legend[c]) for c, n in ranked]
         rows.append(Row(value, count, 100.0 * count / total if total else 0.0, segments))
     return Distribution(by, colour_by, total, rows, legend, from_stats)
 
@@ -92,9 +113,9 @@ def samples(
     """Images whose `column` is `value` (and whose `where` column is its value), in listing order."""
     found = []
     for hit in hits:
-        if (column_value(hit.metadata, column) or NO_VALUE) != value:
+        if value_of(hit.metadata, column) != value:
             continue
-        if where and (column_value(hit.metadata, where[0]) or NO_VALUE) != where[1]:
+        if where and value_of(hit.metadata, where[0]) != where[1]:
             continue
         found.append(hit)
         if len(found) == limit:
@@ -122,25 +143,36 @@ class Point:
 
 
 def map_points(hits: Sequence[indexer_pb2.Hit], colour_by: str) -> tuple[list[Point], dict[str, str], int]:
-    """Images with coordinates on a 720x360 equirectangular plane (x = 2*(lon+180), y = 2*(90-lat))."""
+    """Images with coordinates on a 720x360 equirectangular plane (x = 2*(lon+180), y = 2*(90-lat)).
+
+    Coloured by a land-cover share, a point has the scale's colour of its own share (grey: no data)."""
+    numeric = cover.is_share(colour_by)
     raw = []
     for hit in hits:
         lat, lon = _number(hit.metadata, LATITUDES), _number(hit.metadata, LONGITUDES)
         if lat is None or lon is None or not (-90 <= lat <= 90 and -180 <= lon <= 180):
             continue
-        value = column_value(hit.metadata, colour_by) or NO_VALUE if colour_by else ""
-        raw.append((lon, lat, value, hit))
-    legend = colours([v for v, _ in Counter(v for _, _, v, _ in raw).most_common()])
+        if numeric:
+            found = cover.share(hit.metadata, colour_by)
+            value, fill = cover.label(found), cover.colour(found)
+        else:
+            value, fill = (column_value(hit.metadata, colour_by) or NO_VALUE if colour_by else ""), ""
+        raw.append((lon, lat, value, fill, hit))
+    if numeric:
+        present = {cover.bin_label(cover.share(h.metadata, colour_by)) for *_, h in raw}
+        legend = {v: c for v, c in cover.legend().items() if v in present}
+    else:
+        legend = colours([v for v, _ in Counter(v for _, _, v, _, _ in raw).most_common()])
     points = [
         Point(
             round(2 * (lon + 180), 2),
             round(2 * (90 - lat), 2),
             v,
-            legend.get(v, PALETTE[0]),
+            fill or legend.get(v, PALETTE[0]),
             h.image_id,
-            f"{lat:.3f}, {lon:.3f}" + (f" — {v}" if v else ""),
+            f"{lat:.3f}, {lon:.3f}" + (f" — {colour_by} {v}" if numeric else f" — {v}" if v else ""),
         )
-        for lon, lat, v, h in raw
+        for lon, lat, v, fill, h in raw
     ]
     return points, legend, len(hits) - len(raw)
 

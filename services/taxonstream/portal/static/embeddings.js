@@ -22,7 +22,7 @@ function draw() {
     c.setAttribute("cx", px(p).toFixed(1));
     c.setAttribute("cy", py(p).toFixed(1));
     c.setAttribute("r", points.length > 2000 ? 2.6 : 4);
-    c.setAttribute("fill", legend[p.value] || "#888");
+    c.setAttribute("fill", p.colour || legend[p.value] || "#888");  // a land-cover share: its own colour
     c.dataset.index = i;
     return c;
   });
@@ -109,7 +109,7 @@ function wireBrush() {
     if (!circle) { tip.hidden = true; return; }
     const p = points[Number(circle.dataset.index)];
     tip.querySelector("img").src = p.thumb;
-    tip.querySelector("span").textContent = `${p.name || p.id.slice(0, 12)} — ${p.value}`;
+    tip.querySelector("span").textContent = `${p.name || p.id.slice(0, 12)} — ${p.share ?? p.value}`;
     const box = svg.parentElement.getBoundingClientRect();
     tip.style.left = Math.min(e.clientX - box.left + 14, box.width - 190) + "px";
     tip.style.top = (e.clientY - box.top + 14) + "px";
@@ -142,8 +142,8 @@ function wireBrush() {
 function exportCsv() {
   const rows = visibleSelection();
   const quote = (v) => `"${String(v ?? "").replaceAll('"', '""')}"`;
-  const header = ["image_id", "x", "y", "value", "name", "taxonomy", "licence", "url"];
-  const lines = [header.join(","), ...rows.map((p) => [p.id, p.x, p.y, p.value, p.name, p.taxonomy, p.licence, p.url].map(quote).join(","))];
+  const header = ["image_id", "x", "y", "value", "share", "name", "taxonomy", "licence", "url"];
+  const lines = [header.join(","), ...rows.map((p) => [p.id, p.x, p.y, p.value, p.share, p.name, p.taxonomy, p.licence, p.url].map(quote).join(","))];
   const link = Object.assign(document.createElement("a"), {
     href: URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "text/csv" })),
     download: "embedding-selection.csv",
@@ -165,6 +165,7 @@ async function load() {
     const explained = body.explained.length ? ` · PC1 ${(100 * body.explained[0]).toFixed(1)}%, PC2 ${(100 * body.explained[1]).toFixed(1)}% of the variance` : "";
     $("emb-summary").textContent = `${body.total.toLocaleString("en")} images · ${body.method.toUpperCase()}${explained}`;
     if (!points.length) $("emb-summary").textContent = "No embeddings stored yet: ingest a URL list first.";
+    $("emb-scale").hidden = !(body.scale && body.scale.length);
     draw();
     buildLegend(body.counts || {});
     refresh();
