@@ -130,7 +130,7 @@ def embeddings(request: Request) -> JSONResponse:
                 "value": cover.bin_label(share)
                 if numeric
                 else column_value(hit.metadata, colour_by, found) or NO_VALUE,
-                **({"share": cover.label(share), "colour": cover.colour(share)} if numeric else {}),
+                **({"share": share, "colour": cover.colour(share)} if numeric else {}),
                 "thumb": thumbnail(hit),
                 "name": hit.metadata.get("scientificName") or found.get("species") or found.get("genus") or "",
                 "taxonomy": " › ".join(found[r] for r in FIELDS[:7] if r in found),

@@ -109,7 +109,7 @@ function wireBrush() {
     if (!circle) { tip.hidden = true; return; }
     const p = points[Number(circle.dataset.index)];
     tip.querySelector("img").src = p.thumb;
-    tip.querySelector("span").textContent = `${p.name || p.id.slice(0, 12)} — ${p.share ?? p.value}`;
+    tip.querySelector("span").textContent = `${p.name || p.id.slice(0, 12)} — ${p.share === undefined ? p.value : p.share === null ? "no data" : p.share.toFixed(3)}`;
     const box = svg.parentElement.getBoundingClientRect();
     tip.style.left = Math.min(e.clientX - box.left + 14, box.width - 190) + "px";
     tip.style.top = (e.clientY - box.top + 14) + "px";
