@@ -166,6 +166,19 @@ def test_policy_link_records_the_link_both_ways(tmp_path: Path) -> None:
     assert [image for image, _ in registry.links(a)] == [b] and [image for image, _ in registry.links(b)] == [a]
 
 
+@pytest.mark.parametrize("near_max", [3, 100])
+def test_a_new_image_links_at_most_near_max_images_nearest_first(tmp_path: Path, near_max: int) -> None:
+    registry = DuplicateRegistry(DirectoryStore(tmp_path), policy="link", near_max=near_max)
+    copies = [_jpeg(103, quality=q, size=(640 - 40 * i, 480 - 30 * i)) for i, q in enumerate((95, 85, 75, 65, 55, 45))]
+    for n, data in enumerate(copies):
+        _claim(registry, data, f"r{n}")
+    newest = _jpeg(103, quality=35, size=(400, 300))
+    claim = _claim(registry, newest, "r-last")
+    linked = min(near_max, len(copies))
+    assert len(claim.near) == linked and [d for _, d in claim.near] == sorted(d for _, d in claim.near)
+    assert len(registry.links(hashlib.sha256(newest).hexdigest())) == linked
+
+
 def test_policy_keep_reports_without_linking(tmp_path: Path) -> None:
     registry = DuplicateRegistry(DirectoryStore(tmp_path), policy="keep")
     _claim(registry, _jpeg(103), "r1")

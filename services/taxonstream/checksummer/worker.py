@@ -52,6 +52,8 @@ class ChecksummerSettings(CoreSettings):
     # pHash Hamming distance (of 64 bits) within which two images count as near duplicates.
     near_max_distance: int = Field(default=8, ge=0, le=32)
     near_policy: Literal["keep", "link", "drop"] = "link"
+    # At most this many near duplicates linked to a new image, nearest first (integrity/registry.py).
+    near_max: int = Field(default=8, ge=1, le=1000)
     # A registry snapshot (pHash index + the `verified` offsets it includes) once this many images changed
     # it, or this often while any do, and at shutdown; the newest `registry_snapshot_keep` stay in S3.
     registry_snapshot_seconds: float = 60.0
@@ -96,6 +98,7 @@ class ChecksumWorker:
             self.store,
             settings.near_max_distance,
             settings.near_policy,
+            near_max=settings.near_max,
             snapshot_keep=settings.registry_snapshot_keep,
             snapshot_changes=settings.registry_snapshot_changes,
             snapshot_seconds=settings.registry_snapshot_seconds,
