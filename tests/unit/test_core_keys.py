@@ -23,7 +23,6 @@ def test_original_job_and_manifest_keys() -> None:
 def test_registry_keys() -> None:
     assert keys.registry_key(SHA) == f"registry/sha256/ab/{SHA}.json"
     assert keys.provenance_key("img", "job:3") == "provenance/img/job:3.json"
-    assert keys.link_key("img", "other") == "links/img/other.json"
     assert keys.REGISTRY_LEGACY_INDEX == "registry/snapshot/index.bin"
     assert keys.REGISTRY_LEGACY_META == "registry/snapshot/meta.json"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 from taxonstream.checksummer.worker import phash_or_none
 from taxonstream.core.errors import InvalidArgument, NotFound
@@ -98,11 +97,11 @@ class ChecksummerServicer(checksummer_pb2_grpc.ChecksummerServicer):
         rows = load_rows(self.store, job_id)
         if not records and not rows:
             raise NotFound(f"no job {job_id!r}")
-        with ThreadPoolExecutor(max_workers=16) as pool:  # one listing per row: S3 latency, not CPU
-            # Only images with a pHash can have near-duplicate links (and only under policy "link").
-            linkable = self.registry.policy == "link"
-            links = pool.map(lambda r: self.registry.links(r["image_id"]) if linkable and r.get("phash") else [], rows)
-            rows = [with_links(row, found) for row, found in zip(rows, links, strict=True)]
+        if self.registry.policy == "link":  # near images registered after a row was written, from memory
+            with self.lock:
+                rows = [
+                    with_links(row, self.registry.links(row["image_id"]) if row.get("phash") else []) for row in rows
+                ]
         data, algorithms = manifest_bytes(rows, fmt)
         key = manifest_key(job_id, fmt)
         self.store.put(key, data, "text/csv" if fmt == "csv" else "application/vnd.apache.parquet")

@@ -239,27 +239,11 @@ class ChecksumWorker:
 
     def observe(self, verified: VerifiedImage, at: tuple[int, int] | None = None) -> None:
         """An image some replica (maybe this one) registered, from `verified` at (partition, offset): into the
-        pHash index, and under policy "link" the links its claim could not see (a near duplicate claimed at
-        the same moment on another replica)."""
+        pHash index, which answers "seen before?" and the near images of later claims and manifests."""
         sha256 = verified.fetched.sha256 or verified.image_id
-        if not verified.phash:  # still registered: memory answers "seen before?" for it too
-            with self.lock:
-                self.registry.observe(sha256, None, verified.image_id, at)
-            return
-        phash = from_hex(verified.phash)
+        phash = from_hex(verified.phash) if verified.phash else None  # without one: still registered
         with self.lock:
             self.registry.observe(sha256, phash, verified.image_id, at)
-            for near in verified.near:
-                self.registry.note_linked(sha256, near.image_id)
-            # Pairs a claim here linked already (a later image claimed before this message was read) are
-            # not written again: that rewrote ~2 links a record on the bench's near-duplicate-rich set.
-            missed = [
-                (o, d)
-                for o, d in self.registry.near_images(phash)
-                if o != sha256 and not self.registry.is_linked(sha256, o)
-            ]
-        if self.registry.policy == "link":
-            self.registry.link(sha256, missed)  # every replica that sees the pair writes the same links
 
     def snapshot(self, force: bool = False) -> None:
         """A registry snapshot when enough changed (or at shutdown, `force`), so a restart replays little."""

@@ -14,7 +14,6 @@ change here strands what is already in the bucket, so each function returns exac
   registry/snapshot/latest.json                         checksummer      pointer to the newest registry generation
   registry/snapshot/snapshots/<generation>.<part>       checksummer      one generation's objects
   provenance/<image_id>/<record_id>.json                checksummer      one source record of an image
-  links/<image_id>/<other_id>.json                      checksummer      a near-duplicate link (both directions)
   derivatives/<image_id>/<model>/<version>/<name>       detector         detection.json; crop.jpg, crop_256.jpg,
                                                                          original_256.jpg where they earn their
                                                                          bytes (detection.json's "stored")
@@ -110,14 +109,6 @@ def provenance_prefix(image_id: str) -> str:
 
 def provenance_key(image_id: str, record_id: str) -> str:
     return f"{provenance_prefix(image_id)}{record_id}.json"
-
-
-def links_prefix(image_id: str) -> str:
-    return f"links/{image_id}/"
-
-
-def link_key(image_id: str, other: str) -> str:
-    return f"{links_prefix(image_id)}{other}.json"
 
 
 # -- derivatives ----------------------------------------------------------------------------------------------

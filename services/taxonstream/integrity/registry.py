@@ -1,4 +1,4 @@
-"""The duplicate registry: which bytes became which image, every source of each, and near-duplicate links.
+"""The duplicate registry: which bytes became which image, every source of each, and near duplicates.
 
 Durable state is a key/value object store (the S3 `ObjectStore` in the service; `DirectoryStore` here for
 tests and single-machine use), in the key layout the checksummer already writes:
@@ -7,14 +7,14 @@ tests and single-machine use), in the key layout the checksummer already writes:
                                             and for a near duplicate dropped by policy: "near_of", "distance"}
   provenance/<image_id>/<record_id>.json    one per source record (URL, job, licence, metadata), so the same
                                             bytes from two providers are one image with two provenance entries
-  links/<image_id>/<other_id>.json          near-duplicate links (policy "link"), both directions
   registry/snapshot/latest.json, snapshots/  the pHash index and aliases as of some moment, with the offsets
                                             of `verified` they include (`index/snapshots.py` generations)
 
 Exact duplicates: the first record to bring some bytes creates the image (its id is the sha256); later
 records with the same bytes add a provenance entry and end as DUPLICATE of it. Near duplicates (pHash within
-`max_distance` bits of an image already registered) follow the policy: "keep" (a separate image, reported),
-"link" (a separate image, linked both ways) or "drop" (the record ends as DUPLICATE of the nearest image;
+`max_distance` bits of an image already registered, the `near_max` nearest) follow the policy: "keep" (a
+separate image, reported), "link" (a separate image, reported; its manifest rows also list near images
+registered after it, from the in-memory index) or "drop" (the record ends as DUPLICATE of the nearest image;
 its bytes map to that image from then on, and its pHash is not matched against later arrivals, so chains of
 small changes cannot drift an image far from what it was dropped for).
 
@@ -49,7 +49,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -59,8 +59,6 @@ from taxonstream.core.keys import (
     REGISTRY_LEGACY_INDEX,
     REGISTRY_LEGACY_META,
     REGISTRY_SNAPSHOT_PREFIX,
-    link_key,
-    links_prefix,
     provenance_key,
     provenance_prefix,
     registry_key,
@@ -72,7 +70,6 @@ from taxonstream.integrity.phash import from_hex, to_hex
 
 Policy = Literal["keep", "link", "drop"]
 POLICIES: tuple[Policy, ...] = ("keep", "link", "drop")
-LINKED_PAIRS_KEPT = 200_000  # ~30 MB of pairs
 
 
 class DirectoryStore(JsonObjects):
@@ -147,10 +144,9 @@ class DuplicateRegistry:
         self.store = store
         self.max_distance = max_distance
         self.policy = policy
-        # A new image is linked to (and reported near) at most this many registered images, nearest first.
-        # Each link costs 2 PUTs, and how many images lie within the radius grows with the collection where
-        # images look alike at pHash's 32x32 (herbarium sheets on one template; the e2e bench's shapes: 6 S3
-        # calls per record at 25k images instead of 3.9 at a few thousand). The nearest carry the signal.
+        # A new image is reported near at most this many registered images, nearest first: how many lie within
+        # the radius grows with the collection where pictures look alike at pHash's 32x32 (herbarium sheets on
+        # one template; the e2e bench's shapes: 0.22 a picture at 3,000, ~7 at 100,000). The nearest matter.
         self.near_max = near_max
         # Keys are the sha256 of every registered content with a pHash; `aliases` maps those dropped as near
         # duplicates to their image, and they are never returned as near matches.
@@ -160,9 +156,6 @@ class DuplicateRegistry:
         self.unhashed: set[str] = set()
         # Whether index + aliases + unhashed hold every registered sha256, so an unknown one is new bytes.
         self.complete = False
-        # Near pairs known to be linked (written by a claim here, or listed in a `verified` message's near):
-        # an observed image's links are not written again for them. Bounded; forgetting costs rewrites only.
-        self.linked: set[tuple[str, str]] = set()
         # Next offset of each `verified` partition that the state includes: where a replay starts.
         self.offsets: dict[int, int] = {}
         self.snapshots = SnapshotStore(store, REGISTRY_SNAPSHOT_PREFIX, snapshot_keep)
@@ -193,8 +186,6 @@ class DuplicateRegistry:
         # Provenance before the registry entry: a crash in between leaves a harmless extra provenance file,
         # and the redelivered record then takes the path above.
         self._add_provenance(entry["image_id"], source)
-        if self.policy == "link":
-            self.link(sha256, near)
         self.store.put_json(registry_key(sha256), entry)
         self._remember(sha256, phash, entry["image_id"])
         if "near_of" in entry:
@@ -208,21 +199,6 @@ class DuplicateRegistry:
         if not self.complete or sha256 in self.index or sha256 in self.aliases or sha256 in self.unhashed:
             return True
         return self.policy == "drop" and bool(self._near(phash, exclude=sha256))
-
-    def link(self, sha256: str, near: Sequence[tuple[str, int]]) -> None:
-        """Near-duplicate links in both directions; writing the same pair again changes nothing."""
-        for other, distance in near:
-            self.store.put_json(link_key(sha256, other), {"distance": distance})
-            self.store.put_json(link_key(other, sha256), {"distance": distance})
-            self.note_linked(sha256, other)
-
-    def note_linked(self, a: str, b: str) -> None:
-        if len(self.linked) >= LINKED_PAIRS_KEPT:
-            self.linked.clear()
-        self.linked.add((a, b) if a < b else (b, a))
-
-    def is_linked(self, a: str, b: str) -> bool:
-        return ((a, b) if a < b else (b, a)) in self.linked
 
     def _add_provenance(self, image_id: str, source: Mapping[str, Any]) -> None:
         self.store.put_json(provenance_key(image_id, str(source["record_id"])), dict(source))
@@ -269,9 +245,16 @@ class DuplicateRegistry:
         return [self.store.get_json(k) for k in keys]
 
     def links(self, image_id: str) -> list[tuple[str, int]]:
-        keys = self.store.list(links_prefix(image_id))
-        found = [(k.rsplit("/", 1)[-1].removesuffix(".json"), self.store.get_json(k)["distance"]) for k in keys]
-        return sorted(found, key=lambda kd: (kd[1], kd[0]))
+        """The images near `image_id` now (policy "link"), nearest first, at most `near_max`: read from the
+        in-memory pHash index, which holds every registered image (snapshot + replay of `verified`).
+
+        Links used to be stored, 2 PUTs a pair (links/<a>/<b>.json both ways) plus the rewrites of pairs two
+        replicas claimed at once; they said what the index already knows, and cost 3.9 of the checksummer's
+        6 S3 calls a record on the e2e bench at 25k images."""
+        phash = self.index.get(image_id) if self.policy == "link" else None
+        if phash is None:
+            return []
+        return [(k, d) for k, d in self.near_images(phash) if k != image_id][: self.near_max]
 
     def near_images(self, phash: int, max_distance: int | None = None) -> list[tuple[str, int]]:
         """Registered images (not dropped copies) within the radius of a pHash, nearest first."""
