@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,3 +168,27 @@ def outcome_messages(bus: Bus, job_id: str, start: Mapping[TopicPartition, int])
     finally:
         consumer.close(autocommit=False)
     return found
+
+
+def terminal_outcomes(bus: Bus, job: str, start: Mapping[TopicPartition, int]) -> tuple[dict[str, set[tuple]], int]:
+    """Each record's distinct terminal outcomes on the topic, and how many messages were read."""
+    by_record: dict[str, set[tuple]] = defaultdict(set)
+    messages = outcome_messages(bus, job, start)
+    for message in messages:
+        if message.state != Outcome.STATE_UNSPECIFIED:  # "queued again" markers of a job retry: none here
+            by_record[message.record_id].add((message.state, message.image_id, message.stage, message.reason))
+    return by_record, len(messages)
+
+
+def assert_each_record_ended_once(
+    bus: Bus, job: str, start: Mapping[TopicPartition, int], rows: int
+) -> tuple[dict[str, tuple], int]:
+    """Every record of `job` ended, each in exactly one terminal outcome (identical repeats from a replay
+    are at-least-once delivery with one effect; two different outcomes are a bug). Returns record -> its
+    outcome, and how many outcome messages were read (repeats included)."""
+    by_record, read = terminal_outcomes(bus, job, start)
+    expected = {f"{job}:{row}" for row in range(rows)}
+    assert set(by_record) == expected, f"missing: {sorted(expected - set(by_record))[:5]}"
+    doubled = {record: ends for record, ends in by_record.items() if len(ends) != 1}
+    assert not doubled, f"records with more than one terminal outcome: {dict(list(doubled.items())[:5])}"
+    return {record: next(iter(ends)) for record, ends in by_record.items()}, read

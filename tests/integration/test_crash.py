@@ -11,14 +11,14 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections import defaultdict
 from collections.abc import Callable
 
 from pipeline_helpers import (
-    outcome_messages,
+    assert_each_record_ended_once,
     outcomes,
     snapshot_key,
     submit,
+    terminal_outcomes,
     uncommitted,
     unique_job,
     unsnapshotted,
@@ -60,16 +60,6 @@ def kill_with_work_pending(bus: Bus, name: str, topic: str, pending: Callable[[d
     return lost
 
 
-def terminal_outcomes(bus: Bus, job: str, start: dict) -> tuple[dict[str, set[tuple]], int]:
-    """Each record's distinct terminal outcomes on the topic, and how many messages were read."""
-    by_record: dict[str, set[tuple]] = defaultdict(set)
-    messages = outcome_messages(bus, job, start)
-    for message in messages:
-        if message.state != Outcome.STATE_UNSPECIFIED:  # "queued again" markers of a job retry: none here
-            by_record[message.record_id].add((message.state, message.image_id, message.stage, message.reason))
-    return by_record, len(messages)
-
-
 def test_killed_indexer_and_embedder_with_work_in_flight_end_every_record_exactly_once(
     fetcher, indexer, bus, store, site
 ):
@@ -107,14 +97,9 @@ def test_killed_indexer_and_embedder_with_work_in_flight_end_every_record_exactl
     # Every record ends in exactly one terminal outcome, counted on the topic itself. A stage killed after
     # emitting but before making its input durable emits the same outcome again on replay (at-least-once
     # delivery, one effect): such repeats are identical; two different outcomes for one record are a bug.
-    by_record, read = terminal_outcomes(bus, job, outcomes_start)
-    expected = {f"{job}:{row}" for row in range(IMAGES)}
-    assert set(by_record) == expected, f"missing: {sorted(expected - set(by_record))[:5]}"
-    doubled = {record: ends for record, ends in by_record.items() if len(ends) != 1}
-    assert not doubled, f"records with more than one terminal outcome: {dict(list(doubled.items())[:5])}"
-    final = {record: next(iter(ends)) for record, ends in by_record.items()}
+    final, read = assert_each_record_ended_once(bus, job, outcomes_start, IMAGES)
     assert {state for state, *_ in final.values()} == {Outcome.INDEXED}
-    repeats = read - len(by_record)
+    repeats = read - len(final)
     print(f"in flight at the kills: indexer {indexer_lost}, embedder {embedder_lost}; {repeats} repeated outcomes")
 
     # The job's own view agrees, and every indexed image is in the index, including those the killed

@@ -195,16 +195,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoints", default="", help="ended-record counts to sample at (default 10%%,50%%,100%%)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="processes drawing images")
     parser.add_argument("--no-restarts", action="store_true", help="skip the kill-and-restart of each service")
+    parser.add_argument("--draw-only", type=Path, metavar="DIR", help="only draw the images into DIR, then exit")
+    parser.add_argument("--images", type=Path, metavar="DIR", help="images drawn before with --draw-only (used once)")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON")
     args = parser.parse_args(argv)
     records = args.records
     checkpoints = [int(c) for c in args.checkpoints.split(",") if c] or [records // 10, records // 2, records]
-    run_id = time.strftime("%Y%m%d%H%M%S") + f"-{os.getpid()}"
     distinct = records - round(records * DUPLICATE_SHARE) - round(records * MISSING_SHARE)
-    directory = images.CACHE.parent / "soak" / f"run-{run_id}"
-    started = time.monotonic()
-    names = draw(directory, distinct, run_id, args.workers)
-    print(f"drew {distinct} images in {time.monotonic() - started:.0f} s into {directory}", flush=True)
+    if args.images:  # drawn earlier, so drawing 100k images (~8 min on 2 cores) is not in the soak's window
+        names = sorted(p.name for p in args.images.glob("*.jpg"))[:distinct]
+        if len(names) < distinct:
+            parser.error(f"{args.images} has {len(names)} images; {records} records need {distinct}")
+        directory, run_id = args.images, names[0].rsplit("-", 1)[0]
+    else:
+        run_id = time.strftime("%Y%m%d%H%M%S") + f"-{os.getpid()}"
+        directory = args.draw_only or images.CACHE.parent / "soak" / f"run-{run_id}"
+        started = time.monotonic()
+        names = draw(directory, distinct, run_id, args.workers)
+        print(f"drew {distinct} images in {time.monotonic() - started:.0f} s into {directory}", flush=True)
+        if args.draw_only:
+            return 0
     port = sites.free_port()
     urls, hosts = url_list(names, records, port, run_id)
     report: dict = {"records": records, "distinct": distinct, "run_id": run_id, "checkpoints": []}
