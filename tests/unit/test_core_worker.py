@@ -373,11 +373,14 @@ def test_a_deferred_message_pauses_only_its_partition_and_it_resumes_when_due() 
 
     first = [_good(0, 0, 1), _good(0, 1, 2), _good(1, 0, 3)]
     again = [_good(0, 0, 1), _good(0, 1, 2)]
-    log, producer = _run_worker([first, again], each(handle), prefetch=False)
+    after = [_good(0, 1, 2)]
+    log, producer = _run_worker([first, again, after], each(handle), prefetch=False)
 
     assert _commits(log)[0] == {1: 1}, "the other partition goes on; nothing of partition 0 is committed"
     assert log.index(("seek", 0, 0)) < log.index(("pause", 0)) < log.index(("resume", 0))
-    assert _commits(log)[1] == {0: 2}, "resumed, the deferred message and the one after it are done"
+    assert log.index(("resume", 0)) < log.index(("seek", 0, 1)), "resumed, the message after it is read again"
+    assert _commits(log)[1:] == [{0: 1}, {0: 2}], "the deferred message is done alone, then the one after it"
+    assert calls == {1: 2, 2: 2, 3: 1}, "the message after the deferred one waits for it (its first result dropped)"
     assert [key for _, key in producer.sent].count(b"1") == 1, "the deferred message's output is produced once"
     assert not any(e == ("flush failed",) for e in log)
 

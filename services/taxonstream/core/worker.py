@@ -17,7 +17,13 @@ A message that is not due yet (`Deferred`: a throttling host's pause) holds only
 partition is paused and sought back to it, nothing after it is committed, and it is resumed at the time
 the message named; the other partitions keep flowing and the consumer keeps polling, so a long wait never
 outlasts `max_poll_interval` (a rebalance would hand the records to a pod that knows nothing of the wait).
+Resumed, the deferred message is done alone before the ones after it: done together, one of those could
+reach the paused host first, be throttled itself and pause the host again before the one that waited.
 Outages are reported to health (core/supervision.py); an error escaping `run` is restarted by its supervisor.
+An idle consumer's polls just come back empty when the broker is gone, so an idle worker asks the broker
+for an offset every `idle_probe_s` and reports the outage (and the broker's return) itself. A replica whose
+resume positions are gone and that must not skip (`on_gap="refuse"`, the index) stays NOT_SERVING with one
+error line instead of restarting for ever: starting elsewhere would silently miss messages.
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -38,11 +43,19 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from taxonstream.core import metrics
-from taxonstream.core.batching import split_by_pixels
-from taxonstream.core.bus import Bus, Emit, decode, send_all
+from taxonstream.core.bus import Bus, Emit, OffsetsLost, OnGap, decode, send_all
 from taxonstream.core.errors import Deferred, Failed, Poison, Transient
 from taxonstream.core.outcomes import failed, record_in
 from taxonstream.core.settings import CoreSettings
+from taxonstream.core.stages import (
+    InBatches,
+    Process,
+    Result,
+    Staged,
+    _close_pools,
+    each,
+    in_batches,
+)
 from taxonstream.core.supervision import report_ok, report_outage
 from taxonstream.v1.messages_pb2 import DeadLetter
 
@@ -51,47 +64,8 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 P = TypeVar("P")
 R = TypeVar("R")
-# What processing one message gave: the messages to produce, or why it could not be done.
-Result = list[Emit] | Exception
-Process = Callable[[Sequence[M]], list[Result]]
-
-
-def each(handle: Callable[[M], list[Emit]], threads: int = 1) -> Process[M]:
-    """Turn a one-message handler into a batch processor, optionally running messages concurrently."""
-    return _Each(handle, threads)
-
-
-class _Each(Generic[M]):
-    def __init__(self, handle: Callable[[M], list[Emit]], threads: int) -> None:
-        self.handle = handle
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="handle") if threads > 1 else None
-
-    def run_one(self, message: M) -> Result:
-        try:
-            return self.handle(message)
-        except Exception as error:  # noqa: BLE001 - the worker sorts errors into DLQ/failed/retry
-            return error
-
-    def __call__(self, batch: Sequence[M]) -> list[Result]:
-        if self.pool is None:
-            return [self.run_one(m) for m in batch]
-        return [f.result() for f in [metrics.submit(self.pool, self.run_one, m) for m in batch]]
-
-
-class Staged(Generic[M]):
-    """A batch processor in two steps, so the worker can start a batch before the previous one is done.
-
-    `start` must only read (S3 gets, decoding): a started batch may be dropped and read again.
-    """
-
-    def start(self, batch: Sequence[M]) -> Any:
-        raise NotImplementedError
-
-    def complete(self, started: Any) -> list[Result]:
-        raise NotImplementedError
-
-    def __call__(self, batch: Sequence[M]) -> list[Result]:
-        return self.complete(self.start(batch))
+# Re-exported: the services build their stages from this module.
+__all__ = ["InBatches", "Process", "Result", "Staged", "StreamWorker", "each", "in_batches", "model_stage"]
 
 
 @dataclass
@@ -134,27 +108,38 @@ class StreamWorker(Generic[M]):
     backoff_max: float = 5.0
     # Poll the next batch and start it (a Staged process) before the current one's model runs.
     prefetch: bool = True
+    # Replica mode: what a start position that retention deleted means (bus.OnGap).
+    on_gap: OnGap = "earliest"
+    # Idle this long (s), the worker asks the broker for an offset (5 s at most) to notice it is gone.
+    idle_probe_s: float = 10.0
     _backoff: float = field(default=0.0, init=False)
     _paused: dict[TopicPartition, float] = field(default_factory=dict, init=False)  # resume at (epoch s)
+    _held_at: dict[TopicPartition, int] = field(default_factory=dict, init=False)  # a paused partition's offset
+    _alone: dict[TopicPartition, int] = field(default_factory=dict, init=False)  # resumed: that offset goes alone
     # Replica mode: where each partition's durable outputs end, so a restarted `run` goes on from there.
     _position: dict[TopicPartition, int] = field(default_factory=dict, init=False)
+    _heard_at: float = field(default=0.0, init=False)  # monotonic: the broker last answered
 
     def run(self, stop: threading.Event) -> None:
         consumer = producer = None
-        self._paused = {}  # a fresh consumer starts with nothing paused
+        self._paused, self._held_at, self._alone = {}, {}, {}  # a fresh consumer starts with nothing paused
         ahead: _Polled[M] | None = None
         try:
-            consumer = self._open()
+            if (consumer := self._open_unless_lost(stop)) is None:
+                return
             producer = self.bus.producer()
+            self._heard_at = time.monotonic()
             log.info("worker started", extra={"stage": self.stage, "topic": self.source})
             with metrics.stage(self.stage):
                 while not stop.is_set():
                     self._resume_due(consumer)
                     current, ahead = ahead or self._poll(consumer, timeout_ms=500), None
                     if current is None:
+                        self._probe_if_idle(consumer)
                         if self.on_idle:
                             self.on_idle()
                         continue
+                    self._heard_at = time.monotonic()
                     if self.prefetch and isinstance(self.process, Staged):
                         # Only what is already fetched (timeout 0): an idle topic must not delay this batch.
                         ahead = self._poll(consumer, timeout_ms=0)
@@ -186,6 +171,8 @@ class StreamWorker(Generic[M]):
         for tp, until in list(self._paused.items()):
             if until <= now:
                 del self._paused[tp]
+                if (offset := self._held_at.pop(tp, None)) is not None:
+                    self._alone[tp] = offset
                 # Revoked meanwhile: its new owner starts from the committed offset, unpaused.
                 with contextlib.suppress(KafkaError, AssertionError, ValueError, KeyError):
                     consumer.resume(tp)
@@ -193,7 +180,7 @@ class StreamWorker(Generic[M]):
 
     def _poll(self, consumer: KafkaConsumer, timeout_ms: int) -> _Polled[M] | None:
         polled = consumer.poll(timeout_ms=timeout_ms, max_records=self.max_batch)
-        batch = [m for part in polled.values() for m in part]
+        batch = [m for part in polled.values() for m in self._first_alone(consumer, part)]
         if not batch:
             return None
         decoded: list[M | Poison] = []
@@ -212,6 +199,17 @@ class StreamWorker(Generic[M]):
                 started = error
         return _Polled(batch, decoded, good, started)
 
+    def _first_alone(self, consumer: KafkaConsumer, part: list[ConsumerRecord]) -> list[ConsumerRecord]:
+        """A resumed partition's messages: only the one it was held at, the rest read again after it."""
+        if not part or not self._alone:
+            return part
+        tp = TopicPartition(part[0].topic, part[0].partition)
+        offset = self._alone.pop(tp, None)
+        if offset is None or part[0].offset != offset or len(part) == 1:
+            return part  # elsewhere meanwhile (a rebalance, a rewind): nothing to hold back
+        self._seek(consumer, tp, offset + 1)
+        return part[:1]
+
     def _rewind(self, consumer: KafkaConsumer, ahead: _Polled[M], retry: dict[TopicPartition, int]) -> None:
         """Drop a prefetched batch: its partitions go back to its first offsets (a retried one stays at
         its retry offset, which is earlier), so nothing is skipped and each partition stays in order."""
@@ -226,8 +224,39 @@ class StreamWorker(Generic[M]):
 
     def _open(self) -> KafkaConsumer:
         if self.replica:
-            return self.bus.reader([self.source], {**(self.start_offsets or {}), **self._position})
+            return self.bus.reader([self.source], {**(self.start_offsets or {}), **self._position}, self.on_gap)
         return self.bus.group_consumer(self.bus.topics.name(self.stage), [self.source], self.max_batch)
+
+    def _open_unless_lost(self, stop: threading.Event) -> KafkaConsumer | None:
+        """The consumer; None (after waiting for `stop`) when its resume positions are gone and it must not skip.
+
+        Not an outage to restart from: the same positions are gone on every try, and a restart loop would only
+        hide the one line that says why. Health stays NOT_SERVING until someone rebuilds or restores and restarts.
+        """
+        try:
+            return self._open()
+        except OffsetsLost as lost:
+            log.error(
+                "not serving: the offsets to resume from are gone; refusing to skip the messages between "
+                "(rebuild from the beginning, or restore the topic, then restart)",
+                extra={"stage": self.stage, "topic": self.source, "detail": str(lost)},
+            )
+            report_outage(f"{self.stage}: offsets lost: {lost}")
+            stop.wait()
+            return None
+
+    def _probe_if_idle(self, consumer: KafkaConsumer) -> None:
+        """Idle for `idle_probe_s`: ask the broker for an offset, and report whether it answered."""
+        if time.monotonic() - self._heard_at < self.idle_probe_s:
+            return
+        try:
+            with metrics.timed("kafka"):
+                consumer.end_offsets([TopicPartition(self.source, 0)], timeout_ms=5000)
+        except KafkaError as error:
+            report_outage(f"{self.stage}: kafka unreachable: {type(error).__name__}: {error}"[:300])
+        else:
+            report_ok()
+        self._heard_at = time.monotonic()  # probe again in idle_probe_s, answered or not
 
     def _handle(self, consumer: KafkaConsumer, producer, polled: _Polled[M]) -> _Held:
         """Process one polled batch; returns the partitions left unfinished, at the offset to read again."""
@@ -280,6 +309,7 @@ class StreamWorker(Generic[M]):
         with contextlib.suppress(KafkaError, AssertionError, ValueError, KeyError):
             consumer.pause(tp)
         self._paused[tp] = max(until, self._paused.get(tp, 0.0))
+        self._held_at[tp] = offset
         wait = round(until - time.time(), 1)
         log.info("partition paused", extra={"stage": self.stage, "partition": tp.partition, "in_s": wait})
 
@@ -353,81 +383,6 @@ class StreamWorker(Generic[M]):
         stop.wait(self._backoff)
 
 
-@dataclass
-class _Started(Generic[M]):
-    batch: Sequence[M]
-    chunks: list[range]
-    first: list[Future]  # the first chunk's prepares, submitted by start
-
-
-class InBatches(Staged[M], Generic[M, P, R]):
-    """A batch processor for model stages: prepare each message, one `run` per sub-batch, finish each.
-
-    A message whose prepare or finish fails fails alone; a failing `run` (Triton down) fails the batch.
-    `concurrency` messages are prepared/finished at once; with `pixels` (a message's decoded size, from
-    its metadata) and `pixel_budget`, `run` gets sub-batches of at most that many pixels. Decoded pixels
-    alive at once: the chunk being run and finished, the next chunk being prepared, and (worker prefetch)
-    the next batch's first chunk: three budgets at most.
-    """
-
-    def __init__(
-        self,
-        prepare: Callable[[M], P],
-        run: Callable[[list[P]], Sequence[R]],
-        finish: Callable[[M, R], list[Emit]],
-        *,
-        concurrency: int = 1,
-        pixels: Callable[[M], int] | None = None,
-        pixel_budget: int = 0,
-    ) -> None:
-        self.prepare, self.run, self.finish = prepare, run, finish
-        self.pixels, self.pixel_budget = pixels, pixel_budget
-        # One thread runs everything in order; more run each message's step concurrently.
-        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="stage")
-
-    def chunks(self, batch: Sequence[M]) -> list[range]:
-        if self.pixels is None or self.pixel_budget < 1:
-            return [range(len(batch))]
-        return split_by_pixels([_safe_size(self.pixels, m) for m in batch], self.pixel_budget)
-
-    def start(self, batch: Sequence[M]) -> _Started[M]:
-        chunks = self.chunks(batch)
-        return _Started(batch, chunks, self._prepare_all(batch, chunks[0]) if chunks else [])
-
-    def complete(self, started: _Started[M]) -> list[Result]:
-        batch = started.batch
-        results: list[Result | None] = [None] * len(batch)
-        pending = started.first
-        for k, chunk in enumerate(started.chunks):
-            prepared: list[tuple[int, P]] = []
-            for i, future in zip(chunk, pending, strict=True):
-                outcome = future.result()
-                if isinstance(outcome, _Error):
-                    results[i] = outcome.error
-                else:
-                    prepared.append((i, outcome))
-            # The next chunk's reads and decoding overlap this chunk's model call and finishing.
-            pending = self._prepare_all(batch, started.chunks[k + 1]) if k + 1 < len(started.chunks) else []
-            if not prepared:
-                continue
-            outputs = self.run([p for _, p in prepared])
-            finishing = [
-                (i, metrics.submit(self.pool, _guarded, self.finish, batch[i], output))
-                for (i, _), output in zip(prepared, outputs, strict=True)
-            ]
-            for i, future in finishing:
-                outcome = future.result()
-                results[i] = outcome.error if isinstance(outcome, _Error) else outcome
-        return [r if r is not None else RuntimeError("no result") for r in results]
-
-    def _prepare_all(self, batch: Sequence[M], chunk: range) -> list[Future]:
-        return [metrics.submit(self.pool, _guarded, self.prepare, batch[i]) for i in chunk]
-
-
-# The name the services build their stage with, like `each` (a function there, the class itself here).
-in_batches = InBatches
-
-
 def model_stage(
     settings: CoreSettings,
     bus: Bus,
@@ -458,31 +413,3 @@ def model_stage(
         max_batch=settings.max_batch,
         prefetch=settings.prefetch_next_batch,
     )
-
-
-@dataclass(frozen=True)
-class _Error:
-    """An exception a step raised, told apart from a step that returns an exception as its value."""
-
-    error: Exception
-
-
-def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
-    try:
-        return fn(*args)
-    except Exception as error:  # noqa: BLE001 - sorted by the worker
-        return _Error(error)
-
-
-def _close_pools(process: object) -> None:
-    """Let a processor's idle pool threads end (non-daemon threads would hold up the process's exit)."""
-    pool = getattr(process, "pool", None)
-    if isinstance(pool, ThreadPoolExecutor):
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _safe_size(pixels: Callable[[M], int], message: M) -> int:
-    try:
-        return int(pixels(message))
-    except Exception:  # noqa: BLE001 - a size is only a hint: an unknown one counts as 0
-        return 0

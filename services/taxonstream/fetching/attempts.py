@@ -14,7 +14,8 @@ same way and give up at the same count. Everything here is pure: no clock, no I/
   the step: 0.5 s x 2^(n-1) up to 60 s, then half of it random so that waits still grow).
 - A pause longer than `defer_after` (30 s) is not waited for inside the service's Kafka batch: the record
   is deferred (its partition paused) and tried again when the pause ends; a record whose waits would
-  pass `wait_budget` (30 min from its first deferral) fails as `provider_throttled`, retryable with `jobs retry`.
+  pass `wait_budget` (30 min from its first deferral, or from its host's last answer when that is later: a
+  queue behind a host that still answers is not its fault) fails as `provider_throttled`, retryable with `jobs retry`.
 - robots.txt: a disallowed URL, or a host whose robots.txt stayed unreadable (5xx, unreachable) after
   the error budget, ends without a request — final, never retried in this run (RFC 9309 2.3.1.4).
 """

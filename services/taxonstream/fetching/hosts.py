@@ -32,10 +32,24 @@ T = TypeVar("T")
 
 @dataclass
 class _Deferred:
-    """A record's attempts across its deferrals, and since when (epoch seconds: its first attempt) it waits."""
+    """A record's attempts across its deferrals, and since when (epoch seconds) it waits for itself.
+
+    Its wait budget runs from `since` or from its host's last final answer, whichever is later. `since` is its
+    first deferral, moved once to its first deferral after one of its own requests (`sent`): a record that only
+    queued behind another's pause (never sent, or its partition held) waited for that one, not for itself.
+    Counting from the first deferral alone failed every image after the first of a host that throttles each
+    image once (12 s queued + 12 s of its own > a 20 s budget); a host that answers nothing still fails its
+    whole queue once the budget has passed.
+    """
 
     tally: Tally = field(default_factory=Tally)
-    since: float = field(default_factory=time.time)
+    since: float | None = None
+    sent: bool = False  # `since` is a deferral after one of its own requests
+
+    def waited(self, now: float, answered_at: float) -> float:
+        if self.since is None or (not self.sent and self.tally.sent > 0):
+            self.since, self.sent = now, self.tally.sent > 0
+        return now - max(self.since, answered_at)
 
 
 class HostGates:
@@ -52,6 +66,7 @@ class HostGates:
         # Records deferred and not ended yet, by key. A record whose partition moves to another pod stays
         # here (a few dozen bytes) until this pod's life ends; the new owner starts its budget afresh.
         self._deferred: dict[str, _Deferred] = {}
+        self._answered_at: dict[str, float] = {}  # epoch seconds of each host's last final answer
 
     @classmethod
     def from_settings(cls, settings: FetcherSettings, downloader: Downloader) -> HostGates:
@@ -126,7 +141,9 @@ class HostGates:
             result = self._attempts(host, request, code, size, once, held.tally, key)
         except Deferred as deferred:
             now = time.time()
-            if (failure := self.attempts.out_of_wait_budget(now - held.since, deferred.until - now, host)) is None:
+            with self._cond:
+                waited = held.waited(now, self._answered_at.get(host, 0.0))
+            if (failure := self.attempts.out_of_wait_budget(waited, deferred.until - now, host)) is None:
                 with self._cond:
                     self._deferred[key] = held
                 raise
@@ -170,11 +187,18 @@ class HostGates:
             except Failed as failure:
                 if failure.reason not in NOT_SENT:
                     self.count(host, failure.reason)
+                    self._answered(host)
                 self._settle(host, sent_at, time.monotonic() - started, failure)
                 raise
             self.count(host, code, size(result) if size else 0)
+            self._answered(host)
             self._settle(host, sent_at, time.monotonic() - started, None)
             return result, tally.sent
+
+    def _answered(self, host: str) -> None:
+        """The host gave a final answer (an image, a 404 …) without asking us to wait: it is making progress."""
+        with self._cond:
+            self._answered_at[host] = time.time()
 
     # -- gates ------------------------------------------------------------------------------------
     def _gate(self, host: str) -> HostGate:

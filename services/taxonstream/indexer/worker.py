@@ -173,6 +173,7 @@ class IndexWorker:
             process=each(self.handle),
             replica=True,
             start_offsets=self.offsets,
+            on_gap="refuse",  # the index must not silently miss embeddings retention deleted
             on_durable=self.durable,
             on_idle=self.snapshot_if_due,
             max_batch=max(self.settings.max_batch, 256),
