@@ -44,6 +44,8 @@ def test_the_same_bytes_from_two_providers_are_one_image_with_two_provenance_ent
     assert first.new_image and first.image_id == sha
     assert second.duplicate_of == sha and second.exact and not second.new_image
     assert store.list("registry/sha256/") == [f"registry/sha256/{sha[:2]}/{sha}.json"]  # stored once
+    # The first source rides in the entry (one PUT for a new image); the later one has its own object.
+    assert store.list("provenance/") == [f"provenance/{sha}/idigbio-7.json"]
     sources = registry.sources(sha)
     assert [s["record_id"] for s in sources] == ["gbif-1", "idigbio-7"]
     assert {s["url"].split("/")[2] for s in sources} == {"gbif.example", "idigbio.example"}

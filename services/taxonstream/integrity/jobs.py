@@ -260,7 +260,7 @@ def job_duplicates(
             continue
         entry = registry.lookup(sha) or {}
         image_id = str(entry.get("image_id", sha))
-        first = store.get_json(provenance_key(image_id, str(entry.get("record_id", "")))) or {}
+        first = entry.get("source") or store.get_json(provenance_key(image_id, str(entry.get("record_id", "")))) or {}
         members[sha] = NearMember(sha, image_id, str(entry.get("phash", "")), _source(first), False)
 
     def member_order(sha: str) -> tuple:

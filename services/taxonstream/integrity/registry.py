@@ -4,9 +4,10 @@ Durable state is a key/value object store (the S3 `ObjectStore` in the service; 
 tests and single-machine use), in the key layout the checksummer already writes:
 
   registry/sha256/<ab>/<sha256>.json        first claim of these bytes: {"image_id", "record_id", "phash",
-                                            and for a near duplicate dropped by policy: "near_of", "distance"}
-  provenance/<image_id>/<record_id>.json    one per source record (URL, job, licence, metadata), so the same
-                                            bytes from two providers are one image with two provenance entries
+                                            "source" (the first record's provenance, for a new image), and for a
+                                            near duplicate dropped by policy: "near_of", "distance"}
+  provenance/<image_id>/<record_id>.json    one per later source record (URL, job, licence, metadata), so the
+                                            same bytes from two providers are one image with two sources
   registry/snapshot/latest.json, snapshots/  the pHash index and aliases as of some moment, with the offsets
                                             of `verified` they include (`index/snapshots.py` generations)
 
@@ -171,7 +172,8 @@ class DuplicateRegistry:
         entry = self.store.get_json(registry_key(sha256)) if self.may_be_registered(sha256, phash) else None
         if entry is not None:
             image_id = entry["image_id"]
-            self._add_provenance(image_id, source)
+            if entry["record_id"] != record_id or "source" not in entry:  # a first source is in its entry
+                self._add_provenance(image_id, source)
             if entry["record_id"] == record_id:  # the same record again (redelivery): replay its first answer
                 near_of = entry.get("near_of")
                 near = [] if near_of else self._near(phash, exclude=sha256)
@@ -183,9 +185,10 @@ class DuplicateRegistry:
         if near and self.policy == "drop":
             target, distance = near[0]
             entry.update(image_id=target, near_of=target, distance=distance)
-        # Provenance before the registry entry: a crash in between leaves a harmless extra provenance file,
-        # and the redelivered record then takes the path above.
-        self._add_provenance(entry["image_id"], source)
+        if entry["image_id"] == sha256:  # a new image: its first source rides in its entry, one PUT not two
+            entry["source"] = dict(source)
+        else:  # dropped into another image (policy "drop"): a provenance entry of that image, before the entry
+            self._add_provenance(entry["image_id"], source)
         self.store.put_json(registry_key(sha256), entry)
         self._remember(sha256, phash, entry["image_id"])
         if "near_of" in entry:
@@ -240,9 +243,13 @@ class DuplicateRegistry:
         return self.store.get_json(registry_key(sha256))
 
     def sources(self, image_id: str) -> list[dict[str, Any]]:
-        """Every provenance entry of an image, by record id."""
-        keys = self.store.list(provenance_prefix(image_id))
-        return [self.store.get_json(k) for k in keys]
+        """Every source of an image, by record id: the first in its registry entry (an image's id is the
+        sha256 of its first bytes), the later ones under provenance/ (and the first there too in stores
+        written before entries carried it)."""
+        entry = self.store.get_json(registry_key(image_id)) or {}
+        listed = [self.store.get_json(k) for k in self.store.list(provenance_prefix(image_id))]
+        by_record = {str(s["record_id"]): s for s in [entry.get("source"), *listed] if s}
+        return [by_record[r] for r in sorted(by_record)]
 
     def links(self, image_id: str) -> list[tuple[str, int]]:
         """The images near `image_id` now (policy "link"), nearest first, at most `near_max`: read from the
