@@ -362,6 +362,7 @@ class Figures:
     wall: float
     cpu: float
     note: str
+    hosts: dict = field(default_factory=dict)  # the farm's per-host counters (429s, when the last image left)
 
 
 def measure(tool: str, farm: Farm, rows: list[Row], listing: Path, run) -> Figures:
@@ -376,7 +377,7 @@ def measure(tool: str, farm: Farm, rows: list[Row], listing: Path, run) -> Figur
     fetchable = sum(1 for r in rows if r.source is not None)
     requests = sum(s.get("requests", 0) for s in stats.values())
     refused = sum(s.get("429", 0) for s in stats.values())
-    return Figures(tool, good, fetchable, junk, requests, refused, wall, cpu, note)
+    return Figures(tool, good, fetchable, junk, requests, refused, wall, cpu, note, stats)
 
 
 def print_table(title: str, figures: list[Figures], floor: float | None) -> None:
@@ -397,6 +398,15 @@ def print_table(title: str, figures: list[Figures], floor: float | None) -> None
         if floor:
             line += f" {f.wall / floor:>10.2f}"
         print(line + (f"   ({f.note})" if f.note else ""))
+        limited = list(f.hosts.items())
+        if limited:  # where the time went: each host's 429s and when its last image left
+            print(
+                "  "
+                + "; ".join(
+                    f"{n}: {s.get('429', 0)} x 429, first request {s.get('first_ms', 0) / 1000:.1f} s, last image {s.get('last_200_ms', 0) / 1000:.1f} s"
+                    for n, s in limited
+                )
+            )
     if floor:
         print(f"politeness floor: {floor:.1f} s (the slowest rate-limited host's images at its rate, burst free)")
 

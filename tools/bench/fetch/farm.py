@@ -86,6 +86,7 @@ class Farm:
     def respond(self, host: Host, path: str) -> tuple[int, dict[str, str], bytes, int | None]:
         """(status, headers, body, declared length when it differs from the body's)."""
         host.stats["requests"] += 1
+        host.stats.setdefault("first_ms", round(1000 * (time.monotonic() - host.started)))  # the tool's start-up
         status, headers = host.admit()
         if status != 200:
             host.stats[str(status)] += 1
@@ -116,6 +117,7 @@ class Farm:
             return 404, {}, b"", None
         host.stats["200"] += 1
         host.stats["bytes"] += len(body)
+        host.stats["last_200_ms"] = round(1000 * (time.monotonic() - host.started))  # when its last image left
         return 200, {"Content-Type": "image/jpeg"}, body, None
 
 
