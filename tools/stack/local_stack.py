@@ -105,8 +105,23 @@ def ready(spec: ServiceSpec) -> bool:
     return portal_ready(spec.grpc_port) if spec.name == PORTAL.name else healthy(spec.grpc_port)
 
 
-def child_spec(spec: ServiceSpec, allow_networks: Iterable[str] = ()) -> supervisor.ChildSpec:
-    """How one service is started: its command, environment (this process's), log and pid file."""
+def _allowed_file() -> Path:
+    return stack_dir() / "fetch-allow-networks"
+
+
+def allowed_networks() -> list[str]:
+    """The private networks `stack up` let the fetcher fetch from (none if it was not given any)."""
+    path = _allowed_file()
+    return [n.strip() for n in path.read_text().split(",") if n.strip()] if path.exists() else []
+
+
+def child_spec(spec: ServiceSpec, allow_networks: Iterable[str] | None = None) -> supervisor.ChildSpec:
+    """How one service is started: its command, environment (this process's), log and pid file.
+
+    allow_networks None: the fetcher keeps those `stack up` was given (a restart by hand or by a test must
+    not silently drop the allow-list and fail every loopback URL as `blocked_address`)."""
+    if allow_networks is None:
+        allow_networks = allowed_networks()
     env = {
         **os.environ,
         **s3_env(),
@@ -128,7 +143,7 @@ def child_spec(spec: ServiceSpec, allow_networks: Iterable[str] = ()) -> supervi
     )
 
 
-def start_service(spec: ServiceSpec, allow_networks: Iterable[str] = (), timeout: float = 120.0) -> int:
+def start_service(spec: ServiceSpec, allow_networks: Iterable[str] | None = None, timeout: float = 120.0) -> int:
     """Start one service unless it runs; waits until its health check says SERVING.
 
     With the supervisor running, a service that was not stopped on purpose (a crashed or killed one) is
@@ -227,6 +242,8 @@ def up(allow_networks: Iterable[str] = (), services: bool = True, echo=print) ->
         reload_triton_models()
     if services:
         allow = list(allow_networks)
+        _allowed_file().parent.mkdir(parents=True, exist_ok=True)
+        _allowed_file().write_text(",".join(allow))
         start_supervisor(allow, echo)
         for spec in SUPERVISED:
             echo(f"starting {spec.name} …")
