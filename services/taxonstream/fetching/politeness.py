@@ -1,17 +1,20 @@
 """Per-host politeness: an adaptive request rate, Retry-After, backoff with jitter and a connection cap.
 
 Each host gets a `HostGate`. Requests are paced at the gate's rate (no bursts: an idle host does not
-save up requests). The rate adapts like TCP congestion control, but measured in requests per second:
+save up requests; a send that leaves late keeps its place by up to half an interval). The rate adapts
+like TCP congestion control, but measured in requests per second:
 
 - slow start: while no limit is known, every answered request adds two requests/s (the rate doubles
   about every 0.35 s) as long as answers stay quick and the rate is what holds us back;
-- on 429, 503, a timeout or a connection error the rate falls multiplicatively — once per episode:
-  answers to requests sent before the cut are the same episode and cut nothing more — to `decrease`
-  times the goodput the host actually delivered; after a 429 that goodput is remembered as the host's
-  ceiling (503s and network errors cut the rate but never lower the ceiling: random failures would
-  otherwise ratchet it down to nothing);
-- below 90 % of the ceiling the rate climbs back quickly; above it, it probes slowly (5 % of the
-  ceiling per second), so a host's limit is approached gently and rarely overshot;
+- the first 429 ends it: the goodput of the last seconds becomes the host's ceiling, the rate halves;
+- each later 429 measures the limit between two refusals, as TCP's ssthresh (see `_refused`): the
+  ceiling becomes what the host took since the previous 429, the rate is held just under it, the gap
+  to an upper bound is crossed in a few seconds and what lies past it only probed slowly — a 429
+  usually costs a pause of a second or more, probing costs little;
+- a 503, a timeout or a connection error halves the rate, once per episode (answers to requests sent
+  before the cut are the same episode), and never lowers the ceiling: random failures would otherwise
+  ratchet it down to nothing;
+- below 95 % of the ceiling the rate climbs back quickly, then by 1 % of the ceiling per second;
 - a host whose answers slow down (latency well above its best) is not pushed harder;
 - Retry-After (seconds or HTTP-date) pauses the host for as long as asked (bounded); repeated failures
   without one pause it for an exponential backoff with jitter — both numbers from the attempt policy
@@ -56,7 +59,7 @@ BRACKET = 5.0
 HOLD = 0.97
 # A request sent late (a busy machine wakes a worker late) keeps its place in the schedule by up to
 # this share of an interval, so the rate asked is the rate sent (simulated 12/s, 0–30 ms late
-# wake-ups: 1.24x the floor without it, 1.11x with it).
+# wake-ups: 1.23x the floor without it, 1.11x with it).
 CATCH_UP = 0.5
 
 
@@ -228,7 +231,7 @@ class HostGate:
         """A 429: the host states a limit. Set the ceiling from what it took since the last cut; True if cut.
 
         A token bucket was empty at the last 429 and is empty again now, so the answers in between (A,
-        over T seconds, P of them paused) bound its rate: A / T ≤ rate ≤ A / (T − P) — less than A / T
+        over T seconds, P of them paused) bound its rate: A / T ≤ rate ≲ A / (T − P) — more than A / T
         only where it overflowed while we waited. The rate we were refused at is about its rate or more.
         The ceiling is the lower bound, the rate is held just under it, the gap up to the upper bound is
         crossed in BRACKET seconds and what lies past it only probed slowly (TCP's ssthresh, in requests/s).

@@ -398,14 +398,12 @@ def print_table(title: str, figures: list[Figures], floor: float | None) -> None
         if floor:
             line += f" {f.wall / floor:>10.2f}"
         print(line + (f"   ({f.note})" if f.note else ""))
-        limited = list(f.hosts.items())
-        if limited:  # where the time went: each host's 429s and when its last image left
+        # Where the time went: each host's 429s, when the tool's first request came (its start-up) and
+        # when the host's last image left.
+        for name, c in f.hosts.items():
             print(
-                "  "
-                + "; ".join(
-                    f"{n}: {s.get('429', 0)} x 429, first request {s.get('first_ms', 0) / 1000:.1f} s, last image {s.get('last_200_ms', 0) / 1000:.1f} s"
-                    for n, s in limited
-                )
+                f"    {name:<12} {c.get('429', 0):>4} x 429   first request {c.get('first_ms', 0) / 1000:5.1f} s"
+                f"   last image {c.get('last_200_ms', 0) / 1000:5.1f} s"
             )
     if floor:
         print(f"politeness floor: {floor:.1f} s (the slowest rate-limited host's images at its rate, burst free)")
