@@ -19,11 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kafka.admin import KafkaAdminClient
+from kafka import TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.partitioner.default import murmur2
 from pipeline_helpers import extra_replica, outcomes, submit, unique_job, wait_until
 
-from taxonstream.core.bus import Bus, decode
+from taxonstream.core.bus import Bus, decode, resume
 from taxonstream.core.channels import open_channel
 from taxonstream.v1 import fetcher_pb2_grpc
 from taxonstream.v1.messages_pb2 import FetchedImage, Outcome
@@ -158,3 +159,44 @@ def test_a_700_s_retry_after_holds_only_its_partition(deferring_fetcher, setting
         for server in servers:
             server.shutdown()
             server.server_close()
+
+
+def test_a_partition_paused_with_records_in_hand_delivers_again_once_resumed(settings, prefix) -> None:
+    """kafka-python 3.0.12 parks a paused partition's undelivered records and, once the consumer has fetched
+    another partition, never hands them back nor fetches that partition again; `bus.resume` undoes the parking."""
+    bus = Bus(settings.model_copy(update={"topic_prefix": prefix}))
+    topic = f"{prefix}parked"
+    admin = KafkaAdminClient(bootstrap_servers=bus.bootstrap)
+    admin.create_topics([NewTopic(topic, 2, 1)])
+    producer = bus.producer()
+    consumer = bus.group_consumer(f"{prefix}parked", [topic], 4)  # 4 a poll: 20 a partition stay in hand
+    try:
+        for n in range(20):
+            for partition in (0, 1):
+                producer.send(topic, value=f"{partition}-{n}".encode(), partition=partition)
+        producer.flush()
+        first: list = []
+        wait_until(
+            lambda: first.extend(r for p in consumer.poll(timeout_ms=300).values() for r in p) or first, "a poll"
+        )
+        held = TopicPartition(topic, first[0].partition)
+        consumer.seek(held, first[0].offset)  # what the worker does with a deferred message
+        consumer.pause(held)
+        others = [r for _ in range(8) for p in consumer.poll(timeout_ms=300).values() for r in p]
+        assert others and {r.partition for r in others} == {1 - held.partition}, "the other partition flows"
+        resume(consumer, held)
+        again: list[int] = []
+
+        def delivered() -> bool:
+            again.extend(
+                r.offset for p in consumer.poll(timeout_ms=300).values() for r in p if r.partition == held.partition
+            )
+            return bool(again)
+
+        wait_until(delivered, "the resumed partition's records", 30)
+        assert again[0] == first[0].offset, "from the message it was held at: nothing skipped"
+    finally:
+        consumer.close(autocommit=False)
+        producer.close(timeout=5)
+        admin.delete_topics([topic])
+        admin.close()

@@ -256,6 +256,21 @@ class _Listener(ConsumerRebalanceListener):
         self.consumer._revoked_at = None
 
 
+def resume(consumer: KafkaConsumer, tp: TopicPartition) -> None:
+    """Resume a paused partition so that it is fetched again.
+
+    kafka-python 3.0.12 parks the records a paused partition had fetched but not handed out, and gives them back
+    only while it holds no other partition's records (after any other fetch: never); a parked partition is left
+    out of every fetch, so it never delivers again. Seen here: a throttled host's partition with 509 records
+    behind it stuck for good after its pause. The parked records are dropped (the worker sought the partition
+    back before pausing it, so they would be skipped anyway) and the partition is fetched from its position.
+    """
+    consumer.resume(tp)
+    parked = getattr(getattr(consumer, "_fetcher", None), "_paused_partition_records", None)
+    if isinstance(parked, dict) and (records := parked.pop(tp, None)) is not None:
+        records.drain()
+
+
 def send_all(producer: KafkaProducer, emits: Iterable[Emit], timeout: float = 30.0) -> None:
     """Produce and wait for every acknowledgement; raises if any message was not stored."""
     futures = [

@@ -43,7 +43,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from taxonstream.core import metrics
-from taxonstream.core.bus import Bus, Emit, OffsetsLost, OnGap, decode, send_all
+from taxonstream.core.bus import Bus, Emit, OffsetsLost, OnGap, decode, resume, send_all
 from taxonstream.core.errors import Deferred, Failed, Poison, Transient
 from taxonstream.core.outcomes import failed, record_in
 from taxonstream.core.settings import CoreSettings
@@ -175,7 +175,7 @@ class StreamWorker(Generic[M]):
                     self._alone[tp] = offset
                 # Revoked meanwhile: its new owner starts from the committed offset, unpaused.
                 with contextlib.suppress(KafkaError, AssertionError, ValueError, KeyError):
-                    consumer.resume(tp)
+                    resume(consumer, tp)
                 log.info("partition resumed", extra={"stage": self.stage, "partition": tp.partition})
 
     def _poll(self, consumer: KafkaConsumer, timeout_ms: int) -> _Polled[M] | None:
