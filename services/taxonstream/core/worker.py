@@ -83,6 +83,7 @@ class _Held:
     retry: dict[TopicPartition, int] = field(default_factory=dict)  # a dependency is down: the worker backs off
     deferred: dict[TopicPartition, int] = field(default_factory=dict)  # paused until their message is due
     outage: str = ""
+    producer_failed: bool = False  # the producer is replaced before the retry
 
     def partitions(self) -> dict[TopicPartition, int]:
         return {**self.deferred, **self.retry}
@@ -148,6 +149,12 @@ class StreamWorker(Generic[M]):
                     if held.partitions() and ahead is not None:
                         self._rewind(consumer, ahead, held.partitions())
                         ahead = None
+                    if held.producer_failed:
+                        # After a broker restart kafka-python's producer can time out on every send for good
+                        # (seen: "Timeout waiting for future" every 35 s for 10 minutes); a new one reconnects.
+                        with contextlib.suppress(Exception):
+                            producer.close(timeout=0)
+                        producer = self.bus.producer()
                     if held.retry:
                         report_outage(f"{self.stage}: {held.outage}")
                         self._wait_before_retry(stop)
@@ -286,7 +293,7 @@ class StreamWorker(Generic[M]):
         except KafkaError as error:
             log.warning("producing outputs failed; retrying the batch", extra={"error": str(error)})
             held = _Held(retry={TopicPartition(r.topic, r.partition): r.offset for r in reversed(batch)})
-            held.outage, done = f"producing failed: {error}", {}
+            held.outage, held.producer_failed, done = f"producing failed: {error}", True, {}
         if done:
             self._mark_durable(consumer, done)
         for tp, offset in held.retry.items():
