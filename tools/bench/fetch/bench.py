@@ -3,18 +3,16 @@
     .venv/bin/python tools/bench/fetch/bench.py                 # both farms, all three tools
     .venv/bin/python tools/bench/fetch/bench.py --quick         # a smaller farm, for a first look
 
-This is a benchmark, not a test: it prints figures and asserts nothing. It installs img2dataset and
-cautious-robot (pinned, from the package index) into their own virtualenv, .stack/bench-venv, never .venv.
+A benchmark, not a test: it prints figures and asserts nothing. It installs img2dataset and cautious-robot
+(pinned, from the package index) into their own virtualenv, .stack/bench-venv, never .venv.
 
 Farm 1 ("manners"): hosts on distinct 127.0.0.x addresses behaving like real providers — unlimited CDNs,
 a rate-limited host answering 429 with Retry-After and one without it, a slow host, a flaky host with 503
 bursts, and a broken host serving junk (404/410, HTML and JSON as image/jpeg, truncated files, empty bodies,
 bodies cut off mid-transfer) beside some good images. Each tool must keep original bytes. Printed per tool:
   good     images byte-identical to the source / fetchable images
-  junk     files kept that are not a fetchable image's exact bytes
-  429      share of all requests the farm answered with 429
-  img/s    good images per second of wall time
-  floor    the least wall time the farm's rate limits allow; wall/floor
+  junk     files kept that are not a fetchable image's exact bytes;  429: share of requests answered 429
+  img/s    good images per second of wall time;  floor: the least wall time the rate limits allow; wall/floor
 Farm 2 ("unlimited"): only unlimited hosts; taxonstream's and img2dataset's good images per second on the
 same cores (every process shares this machine's cores, the farm's included).
 """
@@ -39,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
-HERE = Path(__file__).resolve().parent
 WORK = REPO / ".stack" / "bench-fetch"
 BENCH_VENV = REPO / ".stack" / "bench-venv"
 PINNED = ["img2dataset==1.47.0", "cautious-robot==2.0.0"]
@@ -191,7 +188,7 @@ class Farm:
         self.config_path = WORK / f"farm-{self.port}.json"
         self.config_path.write_text(json.dumps(config))
         self.process = subprocess.Popen(
-            [sys.executable, str(HERE / "farm.py"), "--config", str(self.config_path)],
+            [sys.executable, str(Path(__file__).with_name("farm.py")), "--config", str(self.config_path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
