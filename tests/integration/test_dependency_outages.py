@@ -20,12 +20,6 @@ from taxonstream.v1.messages_pb2 import Outcome
 from tools.chaos import faults
 from tools.stack import local_stack as stack
 
-# Not yet passing (issue 13 stays open): with the broker SIGKILLed and started again mid-job, the job stalled
-# (fetcher: "KafkaTimeoutError: Timeout waiting for future" every 35 s for 10 minutes, until the producer is
-# replaced, which core/worker.py now does, unverified here); and the second run's broker start found its port
-# still held. The S3 cases were not run. Skipped so the suite stays green; the tests are the spec.
-pytestmark = pytest.mark.skip(reason="broker/gateway restart mid-job not yet passing (issue 13)")
-
 SPECS = {s.name: s for s in stack.SERVICES}
 IMAGES = 60
 

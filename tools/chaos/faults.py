@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,10 +69,22 @@ def kill(victim: Victim) -> int | None:
     return pid
 
 
+# A start can fail where a second one a few seconds later succeeds (a port or a ZooKeeper registration the
+# killed process held, freed meanwhile): three tries, 3 s apart, before the restart counts as failed.
+START_TRIES, START_PAUSE_S = 3, 3.0
+
+
 def restart(victim: Victim) -> None:
-    """Bring it back (blocking): the component's script, or a service unless the supervisor does it."""
+    """Bring it back (blocking): the component's script, or a service unless the supervisor does it.
+
+    Raises StackError when the component's script fails every try (its last output in the message)."""
     if victim.component is not None:
-        stack._script(victim.component, "start")
+        for attempt in range(1, START_TRIES + 1):
+            if stack._script(victim.component, "start").returncode == 0:
+                return
+            if attempt < START_TRIES:
+                time.sleep(START_PAUSE_S)
+        raise stack.StackError(f"{victim.name} did not start after {START_TRIES} tries (see .stack/logs)")
     elif stack.supervisor_pid() is None:
         stack.start_service(SERVICES[victim.name], _allowed_networks, timeout=300)
 
