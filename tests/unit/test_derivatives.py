@@ -186,6 +186,34 @@ def test_consumers_of_a_small_image_get_exactly_the_box_of_the_original(small, e
         assert float(encoder(exported) @ encoder(lossless)) == pytest.approx(1.0, abs=1e-6)
 
 
+class NoOriginals(Store):
+    """A store that refuses to be asked for an original: the messages carry it."""
+
+    def get(self, key: str) -> bytes:
+        assert key != ORIGINAL_KEY, "the original was read from S3 although its message carries it"
+        return super().get(key)
+
+
+def test_a_small_original_carried_in_its_message_is_read_from_s3_by_no_stage(small):
+    original = small[1]
+    store, crop, _ = detected(original)
+    from_s3 = consumers_pixels(store, crop)[0]
+    carrying = Crop()
+    carrying.CopyFrom(crop)
+    carrying.image.fetched.data = original
+    others = NoOriginals({k: v for k, v in store.objects.items() if k != ORIGINAL_KEY})
+    detector = DetectWorker(DetectorSettings(), bus=None, store=others, detector=Detector(DetectorSettings()))
+    assert detector.prepare(carrying.image).original_size == Image.open(io.BytesIO(original)).size
+    bus = SimpleNamespace(topics=SimpleNamespace(embedded="embedded"))
+    embedder = EmbedWorker(EmbedderSettings(), bus=bus, store=others, encoders=None)
+    pixels = embedder.prepare(carrying)
+    np.testing.assert_array_equal(pixels, from_s3)
+    embedder.encoders = SimpleNamespace(default=("m", "1"))
+    (emitted,) = embedder.finish(carrying, np.zeros(4, np.float32))
+    assert emitted.message.crop.image.fetched.data == b"", "the bytes went on to the indexer"
+    assert carrying.image.fetched.data == original and emitted.message.crop.crop_key == crop.crop_key
+
+
 def test_consumers_of_a_photo_read_the_stored_crop(photos):
     store, crop, _ = detected(photos[0])
     stored = clip_pixel_values(Image.open(io.BytesIO(store.objects[KEYS["crop"]])))

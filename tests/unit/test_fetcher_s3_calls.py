@@ -126,3 +126,17 @@ def test_an_entry_from_before_digests_is_trusted_only_with_its_original(fetch) -
     (known,) = worker.handle(_record("https://h.example/c.jpg", row=1))
     assert store.calls() == Counter({"put": 1, "get": 1, "head": 1}) and known.message.attempts == 0
     assert not known.message.digests and not known.message.HasField("phash"), "the checksummer reads the original"
+
+
+def test_a_small_original_rides_in_its_message_and_a_large_one_only_in_s3(fetch) -> None:
+    worker, store, served, _ = fetch
+    small = served["https://h.example/d.jpg"] = _jpeg(504)
+    (carried,) = worker.handle(_record("https://h.example/d.jpg"))
+    assert carried.message.data == small == store.objects[original_key(hashlib.sha256(small).hexdigest())]
+    worker.settings = worker.settings.model_copy(update={"fetch_inline_max_bytes": len(small) - 1})
+    served["https://h.example/e.jpg"] = small
+    (stored_only,) = worker.handle(_record("https://h.example/e.jpg", force=True))
+    assert stored_only.message.data == b"" and stored_only.message.sha256 == carried.message.sha256
+    # A URL fetched before carries nothing either: its bytes are not in memory, and S3 has them.
+    (known,) = worker.handle(_record("https://h.example/d.jpg", row=1))
+    assert known.message.attempts == 0 and known.message.data == b""

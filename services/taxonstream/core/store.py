@@ -31,6 +31,7 @@ from taxonstream.core.keys import (
 )
 from taxonstream.core.objects import JSON_CONTENT_TYPE, JsonObjects, json_bytes
 from taxonstream.core.settings import CoreSettings
+from taxonstream.v1.messages_pb2 import FetchedImage
 
 # The key functions are re-exported for callers that still import them from here (fetcher, detector,
 # checksummer servicer, tests); new code imports taxonstream.core.keys.
@@ -204,6 +205,14 @@ class _unavailable_is_transient:
         if isinstance(error, S3Error) and error.code in {"SlowDown", "ServiceUnavailable", "InternalError"}:
             raise Transient(f"S3 busy: {error.code}") from error
         return False
+
+
+def carrying(get: Callable[[str], bytes], fetched: FetchedImage) -> Callable[[str], bytes]:
+    """`get`, except that the message's own original is answered from the bytes it carries (the fetcher's
+    `fetch_inline_max_bytes`): for a 7 kB JPEG the detector and embedder then make no S3 request for it."""
+    if not fetched.data:
+        return get
+    return lambda key: fetched.data if key == fetched.object_key else get(key)
 
 
 def parallel_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Sequence[T]) -> list[R | Exception]:

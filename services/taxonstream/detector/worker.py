@@ -14,7 +14,7 @@ from taxonstream.core.bus import Bus, Emit
 from taxonstream.core.errors import Failed
 from taxonstream.core.keys import small_copies_stored, thumbnail_key
 from taxonstream.core.settings import SERVICE_PORTS, CoreSettings
-from taxonstream.core.store import ObjectStore, derivative_keys
+from taxonstream.core.store import ObjectStore, carrying, derivative_keys
 from taxonstream.core.triton import TritonModel
 from taxonstream.models.derivatives import (
     CROP_MAX_SIDE,
@@ -140,7 +140,7 @@ class DetectWorker:
 
     def prepare(self, verified: VerifiedImage) -> Decoded:
         try:
-            data = self.store.get(verified.fetched.object_key)
+            data = carrying(self.store.get, verified.fetched)(verified.fetched.object_key)
         except KeyError:
             raise Failed("missing_object", f"original {verified.fetched.object_key} is not in the store") from None
         with metrics.timed("decode"):

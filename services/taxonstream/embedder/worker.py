@@ -16,7 +16,7 @@ from taxonstream.core import metrics
 from taxonstream.core.bus import Bus, Emit
 from taxonstream.core.errors import Failed
 from taxonstream.core.settings import SERVICE_PORTS, CoreSettings
-from taxonstream.core.store import ObjectStore
+from taxonstream.core.store import ObjectStore, carrying
 from taxonstream.core.triton import TritonModel
 from taxonstream.models.derivatives import PixelBox, parse_box, read_crop
 from taxonstream.models.preprocess import clip_pixel_values
@@ -174,7 +174,9 @@ class EmbedWorker:
         self.store = store
         self.encoders = encoders
 
-    def pixels(self, crop_key: str, original_key: str, box: PixelBox | None) -> np.ndarray:
+    def pixels(
+        self, crop_key: str, original_key: str, box: PixelBox | None, get: Callable[[str], bytes] | None = None
+    ) -> np.ndarray:
         """The encoder input of a crop: the stored one, or the box cut from the original where no crop was
         stored (`crop_key` is the original's key; models/derivatives.py)."""
         # Full decode on purpose: BioCLIP parity needs pybioclip's resize of the crop's own pixels, which a
@@ -182,7 +184,7 @@ class EmbedWorker:
         # original read instead at most about a megapixel (or its crop would have been stored).
         with metrics.timed("decode"):
             try:
-                return clip_pixel_values(read_crop(self.store.get, crop_key, original_key, box))
+                return clip_pixel_values(read_crop(get or self.store.get, crop_key, original_key, box))
             except KeyError:
                 raise Failed("missing_object", f"crop {crop_key} is not in the store") from None
 
@@ -194,16 +196,20 @@ class EmbedWorker:
         return max(0, crop.box.right - crop.box.left) * max(0, crop.box.bottom - crop.box.top)
 
     def prepare(self, crop: Crop) -> np.ndarray:
-        box = crop.box
-        return self.pixels(crop.crop_key, crop.image.fetched.object_key, (box.left, box.top, box.right, box.bottom))
+        box, fetched = crop.box, crop.image.fetched
+        pixel_box = (box.left, box.top, box.right, box.bottom)
+        return self.pixels(crop.crop_key, fetched.object_key, pixel_box, carrying(self.store.get, fetched))
 
     def run(self, pixels: list[np.ndarray]) -> np.ndarray:
         return self.encoders.embed(self.encoders.default, pixels)
 
     def finish(self, crop: Crop, vector: np.ndarray) -> list[Emit]:
         model, version = self.encoders.default
+        forwarded = Crop()
+        forwarded.CopyFrom(crop)
+        forwarded.image.fetched.ClearField("data")  # the original's bytes go no further than here
         embedding = Embedding(
-            image_id=crop.image_id, vector=vector.tolist(), model=model, model_version=version, crop=crop
+            image_id=crop.image_id, vector=vector.tolist(), model=model, model_version=version, crop=forwarded
         )
         return [Emit(self.bus.topics.embedded, crop.image_id, embedding)]
 

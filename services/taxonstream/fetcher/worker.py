@@ -88,6 +88,7 @@ class FetchWorker:
             attempts=attempts,
             digests=digests,
             phash=phash,
+            data=data if len(data) <= self.settings.fetch_inline_max_bytes else b"",
         )
         return [Emit(self.bus.topics.fetched, sha256, fetched)]
 

@@ -46,7 +46,7 @@ class Record(_message.Message):
     def __init__(self, record_id: _Optional[str] = ..., job_id: _Optional[str] = ..., row: _Optional[int] = ..., url: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class FetchedImage(_message.Message):
-    __slots__ = ("record", "sha256", "object_key", "size_bytes", "mime", "width", "height", "attempts", "digests", "phash")
+    __slots__ = ("record", "sha256", "object_key", "size_bytes", "mime", "width", "height", "attempts", "digests", "phash", "data")
     class DigestsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class FetchedImage(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     DIGESTS_FIELD_NUMBER: _ClassVar[int]
     PHASH_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
     record: Record
     sha256: str
     object_key: str
@@ -74,7 +75,8 @@ class FetchedImage(_message.Message):
     attempts: int
     digests: _containers.ScalarMap[str, str]
     phash: str
-    def __init__(self, record: _Optional[_Union[Record, _Mapping]] = ..., sha256: _Optional[str] = ..., object_key: _Optional[str] = ..., size_bytes: _Optional[int] = ..., mime: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., attempts: _Optional[int] = ..., digests: _Optional[_Mapping[str, str]] = ..., phash: _Optional[str] = ...) -> None: ...
+    data: bytes
+    def __init__(self, record: _Optional[_Union[Record, _Mapping]] = ..., sha256: _Optional[str] = ..., object_key: _Optional[str] = ..., size_bytes: _Optional[int] = ..., mime: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., attempts: _Optional[int] = ..., digests: _Optional[_Mapping[str, str]] = ..., phash: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class NearImage(_message.Message):
     __slots__ = ("image_id", "distance")
