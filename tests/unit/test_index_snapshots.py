@@ -185,6 +185,24 @@ def test_the_trigger_fires_on_enough_changes_or_on_time_with_any_change() -> Non
     assert trigger.due(), "one change, 60 s later"
 
 
+def test_the_time_trigger_waits_longer_as_the_state_grows_and_changes_still_fire_at_once() -> None:
+    now, size = [0.0], [50]
+    trigger = SnapshotTrigger(every_changes=100, every_seconds=60, size=lambda: size[0], clock=lambda: now[0])
+    trigger.note()
+    now[0] = 60
+    assert trigger.due(), "up to every_changes items, the wait is every_seconds"
+    size[0] = 1000
+    trigger.saved()  # the state's size is read at the save: 10x every_changes
+    trigger.note()
+    now[0] += 599
+    assert not trigger.due(), "a save rewrites 1,000 items: one change waits 10 x 60 s"
+    now[0] += 1
+    assert trigger.due()
+    trigger.saved()
+    trigger.note(100)
+    assert trigger.due(), "every_changes unsaved changes are due at any size (they bound the replay)"
+
+
 def test_an_indexer_snapshots_by_changes_keeps_two_generations_and_restores_the_newest(tmp_path) -> None:
     key = VersionKey("clip_a_image", "1")
     settings = IndexerSettings(index_model=key.model, snapshot_changes=10, snapshot_seconds=3600, snapshot_keep=2)

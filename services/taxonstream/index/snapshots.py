@@ -164,14 +164,34 @@ def _parts_of(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 class SnapshotTrigger:
-    """When to save: `every_changes` changes since the last save, or `every_seconds` with any change."""
+    """When to save: `every_changes` changes since the last save, or, with any change, after a wait that
+    grows with the state: `every_seconds` times `size() / every_changes` (at least once `every_seconds`).
 
-    def __init__(self, every_changes: int, every_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    Every save rewrites the whole state, so a fixed period wrote O(N) bytes each period: the indexer's 10 s at
+    55,000 images was a ~190 MB generation every ~17 s (12 MB/s into S3, most of it waiting for the gateway's
+    garbage collection), and the 100k soak slowed from 34.7 to 26.6 records/s by then. Scaled, time-triggered
+    saves write about as many bytes a second at any size as at `every_changes` items; replay after a crash
+    stays bounded by `every_changes` either way (a save is due once that many changes are unsaved).
+    """
+
+    def __init__(
+        self,
+        every_changes: int,
+        every_seconds: float,
+        size: Callable[[], int] = lambda: 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.every_changes = every_changes
         self.every_seconds = every_seconds
+        self.size = size  # asked once per save (a Milvus count is a round trip), not on every `due`
         self.clock = clock
         self.changes = 0
         self._since = clock()
+        self._size = size()
+
+    def wait_seconds(self) -> float:
+        """How long changes fewer than `every_changes` wait for a save, at the size of the last one."""
+        return self.every_seconds * max(1.0, self._size / self.every_changes)
 
     def note(self, changes: int = 1) -> None:
         self.changes += changes
@@ -179,12 +199,13 @@ class SnapshotTrigger:
     def due(self) -> bool:
         if self.changes >= self.every_changes:
             return True
-        return self.changes > 0 and self.clock() - self._since >= self.every_seconds
+        return self.changes > 0 and self.clock() - self._since >= self.wait_seconds()
 
     def saved(self, changes_included: int | None = None) -> None:
         """A save finished that included `changes_included` of the noted changes (all, when None)."""
         self.changes = 0 if changes_included is None else max(0, self.changes - changes_included)
         self._since = self.clock()
+        self._size = self.size()
 
 
 def version_config(config: IndexConfig, model: str, version: str, default: tuple[str, str]) -> IndexConfig:

@@ -30,8 +30,9 @@ class IndexerSettings(IndexSettings):
     metrics_port: int = SERVICE_PORTS["indexer"].metrics
     index_model: str = "clip_standin_image"
     index_model_version: str = "1"
-    # A snapshot once this many upserts/deletes arrived, or this often while any arrive, and at shutdown;
-    # the newest `snapshot_keep` generations stay in S3 (index/snapshots.py).
+    # A snapshot once this many upserts/deletes arrived, or this often while any arrive (times images /
+    # snapshot_changes once the index is larger: 100 s at 100,000), and at shutdown; the newest
+    # `snapshot_keep` generations stay in S3 (index/snapshots.py SnapshotTrigger).
     snapshot_seconds: float = 10.0
     snapshot_changes: int = Field(default=10_000, ge=1)
     snapshot_keep: int = Field(default=2, ge=1, le=100)
@@ -97,7 +98,8 @@ class IndexWorker:
         self.index, self.offsets, self.tombstones = self.snapshots.load(bus.topics.embedded)
         if not self.offsets and start_offsets:
             self.offsets = dict(start_offsets)  # a version added by reembed: from when it was added
-        self.changes = SnapshotTrigger(settings.snapshot_changes, settings.snapshot_seconds)
+        every = settings.snapshot_changes, settings.snapshot_seconds
+        self.changes = SnapshotTrigger(*every, size=lambda: len(self.index))
         self._lock = threading.Lock()
         self.retired = False
         raster = settings.landcover_raster

@@ -160,9 +160,9 @@ class DuplicateRegistry:
         # Next offset of each `verified` partition that the state includes: where a replay starts.
         self.offsets: dict[int, int] = {}
         self.snapshots = SnapshotStore(store, REGISTRY_SNAPSHOT_PREFIX, snapshot_keep)
-        self.trigger = SnapshotTrigger(snapshot_changes, snapshot_seconds)
         self.restored = self._restore()  # False: no snapshot generation (a new store, or one from before them)
         self.rebuilt_from_entries = 0  # how many entries `rebuild_from_entries` fetched one by one
+        self.trigger = SnapshotTrigger(snapshot_changes, snapshot_seconds, size=self.size)
 
     # -- claims -----------------------------------------------------------------------------------------------
 
@@ -272,6 +272,10 @@ class DuplicateRegistry:
 
     def snapshot_due(self) -> bool:
         return self.trigger.due()
+
+    def size(self) -> int:
+        """Registered contents the snapshot holds (pHash index, aliases, unhashed): what a save rewrites."""
+        return len(self.index) + len(self.aliases) + len(self.unhashed)
 
     def save_snapshot(self) -> str:
         """A new generation: the pHash index, the aliases and the `verified` offsets they include."""
