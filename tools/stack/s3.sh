@@ -167,6 +167,9 @@ create_cluster() {
   local fsid osd_uuid id
   say "creating the Ceph cluster in $CEPH_DIR"
   rm -rf "$CEPH_DIR" # a half-made cluster from an interrupted first start
+  # Keys of an earlier cluster (its data deleted by hand) name a user this one lacks: every signed request
+  # would fail until the start times out. A new cluster gets a new user and keys.
+  rm -f "$S3_ENV"
   mkdir -p "$CEPH_DIR/mon" "$CEPH_DIR/osd" "$CEPH_DIR/rgw"
   fsid=$(</proc/sys/kernel/random/uuid)
   echo "$fsid" >"$CEPH_DIR/fsid"
