@@ -28,7 +28,7 @@ from pathlib import Path
 from taxonstream.cli import clients
 from taxonstream.core.local_stack import stack_dir
 from taxonstream.v1 import fetcher_pb2, fetcher_pb2_grpc
-from tools.bench.e2e import images, pipeline, sites
+from tools.bench.e2e import cpu, images, pipeline, sites
 from tools.stack import local_stack as stack
 
 DUPLICATE_SHARE, MISSING_SHARE = 100 / 2150, 50 / 2150  # the e2e bench's job, scaled
@@ -225,10 +225,16 @@ def main(argv: list[str] | None = None) -> int:
         submitted_ms = time.time() * 1000
         status = stub.SubmitJob(pipeline._requests(job_id, urls, hosts), timeout=3600)
         pending = list(checkpoints)
+        since, cpu_since = 0, cpu.stack_cpu()  # CPU per record between checkpoints: cost as N grows
         while True:
             ended = status.indexed + status.duplicate + status.failed
             while pending and (ended >= pending[0] or status.done):
                 point = {"ended": ended, "indexed": status.indexed, "rss_mib": rss_mib()}
+                spent = cpu.stack_cpu_delta(cpu_since, cpu_now := cpu.stack_cpu())
+                point["cpu_ms_per_record_since_last"] = {
+                    g: round(1000 * t / max(1, ended - since), 1) for g, t in sorted(spent.items())
+                }
+                since, cpu_since = ended, cpu_now
                 # The OSD's counter counts snapshot churn too (the gateway frees deleted objects' data later).
                 point["osd_bytes_per_image"] = round((stored_bytes() - stored_at_start) / max(1, status.indexed))
                 point["stored_per_image"] = bytes_per_image(job_id)
