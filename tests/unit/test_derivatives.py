@@ -202,7 +202,8 @@ def test_a_small_original_carried_in_its_message_is_read_from_s3_by_no_stage(sma
     carrying.CopyFrom(crop)
     carrying.image.fetched.data = original
     others = NoOriginals({k: v for k, v in store.objects.items() if k != ORIGINAL_KEY})
-    detector = DetectWorker(DetectorSettings(), bus=None, store=others, detector=Detector(DetectorSettings()))
+    # prepare() needs only the model's input side (for its decode scale), not Triton
+    detector = DetectWorker(DetectorSettings(), bus=None, store=others, detector=SimpleNamespace(input_size=320))
     assert detector.prepare(carrying.image).original_size == Image.open(io.BytesIO(original)).size
     bus = SimpleNamespace(topics=SimpleNamespace(embedded="embedded"))
     embedder = EmbedWorker(EmbedderSettings(), bus=bus, store=others, encoders=None)

@@ -205,12 +205,10 @@ class EmbedWorker:
 
     def finish(self, crop: Crop, vector: np.ndarray) -> list[Emit]:
         model, version = self.encoders.default
-        forwarded = Crop()
-        forwarded.CopyFrom(crop)
-        forwarded.image.fetched.ClearField("data")  # the original's bytes go no further than here
-        embedding = Embedding(
-            image_id=crop.image_id, vector=vector.tolist(), model=model, model_version=version, crop=forwarded
+        embedding = Embedding(  # holds a copy of `crop`: clearing its bytes leaves the input message as it was
+            image_id=crop.image_id, vector=vector.tolist(), model=model, model_version=version, crop=crop
         )
+        embedding.crop.image.fetched.ClearField("data")  # the original's bytes go no further than here
         return [Emit(self.bus.topics.embedded, crop.image_id, embedding)]
 
     # reembed -> embedded (backfill) with the model each request names: a new index version filling up.

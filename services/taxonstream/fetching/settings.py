@@ -57,8 +57,9 @@ class FetcherSettings(CoreSettings):
     # corruption are caught) at a fraction of the CPU of a full-size decode.
     fetch_fast_decode: bool = True
     # The pipeline's fetcher carries originals up to this size in its `fetched` message besides storing
-    # them, so the detector and embedder read them from Kafka, not S3: 2 GETs fewer a record, ~2 ms of the
-    # S3 server's CPU each on 2 cores (tools/bench/e2e). 0: never. Kafka's default message limit is 1 MB.
+    # them, so the detector and embedder read them from Kafka, not S3: 2 GETs fewer a record (a 7 kB GET
+    # costs Ceph 0.8-0.9 ms of CPU, tools/bench/s3; the e2e A/B showed no gain beyond its noise, README
+    # there). 0: never. Kafka's default message limit is 1 MB.
     fetch_inline_max_bytes: int = Field(default=64 << 10, ge=0, le=512 << 10)
 
     @field_validator("fetch_allow_networks")
