@@ -1,12 +1,14 @@
 """Soak: one long job through the running stack, watched for what must not grow with the collection.
 
     .venv/bin/python -m tools.bench.soak.run --records 100000        # the issue's soak (hours on 2 cores)
+    .venv/bin/python -m tools.bench.soak.run --records 100000 --parts 10  # ten jobs of 10,000, one after another
     .venv/bin/python -m tools.bench.soak.run --records 2000 --checkpoints 500,1000,2000   # a quick look
 
 A benchmark, not a test: it prints figures and asserts nothing. It draws `--records` small images (the e2e
 bench's 400x300 set, new pixels every run, on all cores), serves them from the e2e bench's loopback farm with
 its shares of exact duplicates (4.7 %) and 404s (2.3 %), submits them as one job, and reports:
-  - records/s of each tenth of the job (from the outcomes' own timestamps) and last tenth / first tenth;
+  - records/s of each tenth of the job (from the outcomes' own timestamps) and last tenth / first tenth,
+    or with `--parts`, of each part (submitted when the one before has ended) and last part / first part;
   - at each checkpoint (records ended): RSS of every service, and the S3 bytes stored per image so far
     (the OSD's `bluestore_stored` delta over images indexed: originals + derivatives + lineage + registry);
   - at the end: the index and registry snapshot bytes in S3 (all generations) against the latest one;
@@ -197,8 +199,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-restarts", action="store_true", help="skip the kill-and-restart of each service")
     parser.add_argument("--draw-only", type=Path, metavar="DIR", help="only draw the images into DIR, then exit")
     parser.add_argument("--images", type=Path, metavar="DIR", help="images drawn before with --draw-only (used once)")
+    parser.add_argument(
+        "--parts",
+        type=int,
+        default=1,
+        help="submit the list as this many jobs, each when the one before has ended (default 1: one job); "
+        "each part's records/s is then the pipeline's steady rate at that collection size",
+    )
     parser.add_argument("--out", type=Path, help="also write the figures as JSON")
     args = parser.parse_args(argv)
+    if args.parts < 1 or args.parts > args.records:
+        parser.error(f"--parts must be between 1 and --records ({args.records}), got {args.parts}")
     records = args.records
     checkpoints = [int(c) for c in args.checkpoints.split(",") if c] or [records // 10, records // 2, records]
     distinct = records - round(records * DUPLICATE_SHARE) - round(records * MISSING_SHARE)
@@ -217,42 +228,59 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     port = sites.free_port()
     urls, hosts = url_list(names, records, port, run_id)
-    report: dict = {"records": records, "distinct": distinct, "run_id": run_id, "checkpoints": []}
-    job_id = f"bench-soak-{run_id}"
+    report: dict = {"records": records, "distinct": distinct, "run_id": run_id, "parts": args.parts, "checkpoints": []}
+    parts = [(urls[i :: args.parts], hosts[i :: args.parts]) for i in range(args.parts)]
+    base_job = f"bench-soak-{run_id}"
     with sites.serving(directory, port), clients.channel("fetcher") as channel:
         stub = fetcher_pb2_grpc.FetcherStub(channel)
         stored_at_start = stored_bytes()
-        submitted_ms = time.time() * 1000
-        status = stub.SubmitJob(pipeline._requests(job_id, urls, hosts), timeout=3600)
         pending = list(checkpoints)
         since, cpu_since = 0, cpu.stack_cpu()  # CPU per record between checkpoints: cost as N grows
-        while True:
-            ended = status.indexed + status.duplicate + status.failed
-            while pending and (ended >= pending[0] or status.done):
-                point = {"ended": ended, "indexed": status.indexed, "rss_mib": rss_mib()}
-                spent = cpu.stack_cpu_delta(cpu_since, cpu_now := cpu.stack_cpu())
-                point["cpu_ms_per_record_since_last"] = {
-                    g: round(1000 * t / max(1, ended - since), 1) for g, t in sorted(spent.items())
-                }
-                since, cpu_since = ended, cpu_now
-                # The OSD's counter counts snapshot churn too (the gateway frees deleted objects' data later).
-                point["osd_bytes_per_image"] = round((stored_bytes() - stored_at_start) / max(1, status.indexed))
-                point["stored_per_image"] = bytes_per_image(job_id)
-                report["checkpoints"].append(point)
-                print(json.dumps(point), flush=True)
-                pending.pop(0)
-            if status.done:
-                break
-            time.sleep(POLL_S)
-            status = stub.GetJob(fetcher_pb2.GetJobRequest(job_id=job_id), timeout=30)
-        at_ms = [o.at_ms for o in stub.ListOutcomes(fetcher_pb2.ListOutcomesRequest(job_id=job_id), timeout=600)]
-    rates = deciles(at_ms, submitted_ms)
+        done_before, indexed_before = 0, 0
+        totals = {"indexed": 0, "duplicate": 0, "failed": 0}
+        at_ms: list[int] = []
+        part_rates: list[float] = []
+        first_submit_ms = time.time() * 1000
+        for number, (part_urls, part_hosts) in enumerate(parts):
+            job_id = base_job if args.parts == 1 else f"{base_job}-p{number}"
+            submitted_ms = time.time() * 1000
+            status = stub.SubmitJob(pipeline._requests(job_id, part_urls, part_hosts), timeout=3600)
+            while True:
+                ended = done_before + status.indexed + status.duplicate + status.failed
+                while pending and (ended >= pending[0] or (status.done and number == len(parts) - 1)):
+                    indexed = indexed_before + status.indexed
+                    point = {"ended": ended, "indexed": indexed, "rss_mib": rss_mib()}
+                    spent = cpu.stack_cpu_delta(cpu_since, cpu_now := cpu.stack_cpu())
+                    point["cpu_ms_per_record_since_last"] = {
+                        g: round(1000 * t / max(1, ended - since), 1) for g, t in sorted(spent.items())
+                    }
+                    since, cpu_since = ended, cpu_now
+                    # The OSD's counter counts snapshot churn too (the gateway frees deleted objects' data later).
+                    point["osd_bytes_per_image"] = round((stored_bytes() - stored_at_start) / max(1, indexed))
+                    point["stored_per_image"] = bytes_per_image(job_id)
+                    report["checkpoints"].append(point)
+                    print(json.dumps(point), flush=True)
+                    pending.pop(0)
+                if status.done:
+                    break
+                time.sleep(POLL_S)
+                status = stub.GetJob(fetcher_pb2.GetJobRequest(job_id=job_id), timeout=30)
+            request = fetcher_pb2.ListOutcomesRequest(job_id=job_id)
+            part_at = [o.at_ms for o in stub.ListOutcomes(request, timeout=600)]
+            at_ms += part_at
+            part_rates.append(len(part_at) / max(1e-3, (max(part_at) - submitted_ms) / 1000))
+            if args.parts > 1:
+                print(f"part {number + 1}/{args.parts}: {part_rates[-1]:.1f} records/s", flush=True)
+            for kind in totals:
+                totals[kind] += getattr(status, kind)
+            done_before, indexed_before = ended, indexed_before + status.indexed
+    # One job: tenths by when records ended. Parts: each part's own rate (a part starts when the last ended).
+    rates = deciles(at_ms, first_submit_ms) if args.parts == 1 else part_rates
     report.update(
-        indexed=status.indexed,
-        duplicate=status.duplicate,
-        failed=status.failed,
-        seconds=round((max(at_ms) - submitted_ms) / 1000, 1),
-        decile_records_per_s=[round(r, 1) for r in rates],
+        **totals,
+        seconds=round((max(at_ms) - first_submit_ms) / 1000, 1),
+        decile_records_per_s=[round(r, 1) for r in rates] if args.parts == 1 else None,
+        part_records_per_s=[round(r, 1) for r in rates] if args.parts > 1 else None,
         last_over_first=round(rates[-1] / rates[0], 3),
         image_bytes=sum((directory / n).stat().st_size for n in names) // max(1, distinct),
         snapshots=snapshot_bytes(),
