@@ -203,6 +203,26 @@ def test_the_time_trigger_waits_longer_as_the_state_grows_and_changes_still_fire
     assert trigger.due(), "every_changes unsaved changes are due at any size (they bound the replay)"
 
 
+def test_the_wait_counts_from_the_oldest_unsaved_change_so_a_job_after_a_quiet_spell_saves_nothing_at_once() -> None:
+    now, size = [0.0], [1000]
+    trigger = SnapshotTrigger(every_changes=100, every_seconds=60, size=lambda: size[0], clock=lambda: now[0])
+    trigger.saved()  # wait 10 x 60 s at 1,000 items
+    now[0] += 3600  # an hour with nothing to save
+    trigger.note(5)
+    assert not trigger.due(), "the first changes after an hour's quiet are 0 s old, not an hour"
+    now[0] += 300
+    trigger.note(5)  # later changes do not restart the clock of the oldest
+    now[0] += 299
+    assert not trigger.due()
+    now[0] += 1
+    assert trigger.due(), "600 s after the oldest unsaved change"
+    trigger.note(3)  # noted while the save ran, not included in it
+    trigger.saved(changes_included=10)
+    assert trigger.changes == 3 and not trigger.due(), "left-over changes wait from the save's end"
+    now[0] += 600
+    assert trigger.due()
+
+
 def test_an_indexer_snapshots_by_changes_keeps_two_generations_and_restores_the_newest(tmp_path) -> None:
     key = VersionKey("clip_a_image", "1")
     settings = IndexerSettings(index_model=key.model, snapshot_changes=10, snapshot_seconds=3600, snapshot_keep=2)

@@ -165,7 +165,10 @@ def _parts_of(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 class SnapshotTrigger:
     """When to save: `every_changes` changes since the last save, or, with any change, after a wait that
-    grows with the state: `every_seconds` times `size() / every_changes` (at least once `every_seconds`).
+    grows with the state: `every_seconds` times `size() / every_changes` (at least once `every_seconds`),
+    counted from the oldest unsaved change — not from the last save, or the first batch of a job that comes
+    after a quiet spell pays a whole-state save at once: a 300-photo e2e job on a 93,000-image index paid a
+    283 MB index generation (10.2 ms of indexer CPU per record) and went from 1.08x the script to 0.92x.
 
     Every save rewrites the whole state, so a fixed period wrote O(N) bytes each period: the indexer's 10 s at
     55,000 images was a ~190 MB generation every ~17 s (12 MB/s into S3, most of it waiting for the gateway's
@@ -186,7 +189,7 @@ class SnapshotTrigger:
         self.size = size  # asked once per save (a Milvus count is a round trip), not on every `due`
         self.clock = clock
         self.changes = 0
-        self._since = clock()
+        self._oldest_unsaved = clock()  # when the first change since the last save arrived
         self._size = size()
 
     def wait_seconds(self) -> float:
@@ -194,17 +197,20 @@ class SnapshotTrigger:
         return self.every_seconds * max(1.0, self._size / self.every_changes)
 
     def note(self, changes: int = 1) -> None:
+        if self.changes == 0 and changes > 0:
+            self._oldest_unsaved = self.clock()
         self.changes += changes
 
     def due(self) -> bool:
         if self.changes >= self.every_changes:
             return True
-        return self.changes > 0 and self.clock() - self._since >= self.wait_seconds()
+        return self.changes > 0 and self.clock() - self._oldest_unsaved >= self.wait_seconds()
 
     def saved(self, changes_included: int | None = None) -> None:
-        """A save finished that included `changes_included` of the noted changes (all, when None)."""
+        """A save finished that included `changes_included` of the noted changes (all, when None); changes
+        left over (noted while it ran) count their wait from now."""
         self.changes = 0 if changes_included is None else max(0, self.changes - changes_included)
-        self._since = self.clock()
+        self._oldest_unsaved = self.clock()
         self._size = self.size()
 
 
