@@ -65,6 +65,11 @@ def shorter_side(image: Image.Image, side: int, reducing_gap: float = 3.0) -> Im
     return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=reducing_gap)
 
 
+def crop_at_stored_size(crop: Image.Image) -> Image.Image:
+    """A crop's pixels as crop.jpg holds them: CROP_MAX_SIDE on the shorter side, never enlarged."""
+    return shorter_side(crop, CROP_MAX_SIDE)
+
+
 # The 256-px copies (original_small, crop_small): a box reduce for all but the last factor, then Lanczos.
 SMALL_REDUCING_GAP = 1.0
 
@@ -77,7 +82,7 @@ def encode_derivative(image: Image.Image, kind: Literal["crop", "small"]) -> byt
     """
     out = io.BytesIO()
     if kind == "crop":
-        shorter_side(image, CROP_MAX_SIDE).save(out, format="JPEG", quality=85, subsampling=0, optimize=True)
+        crop_at_stored_size(image).save(out, format="JPEG", quality=85, subsampling=0, optimize=True)
     else:
         image.save(out, format="JPEG", quality=80, subsampling=2, optimize=True)
     return out.getvalue()

@@ -236,7 +236,6 @@ def main(argv: list[str] | None = None) -> int:
         stored_at_start = stored_bytes()
         pending = list(checkpoints)
         since, cpu_since = 0, cpu.stack_cpu()  # CPU per record between checkpoints: cost as N grows
-        done_before, indexed_before = 0, 0
         totals = {"indexed": 0, "duplicate": 0, "failed": 0}
         at_ms: list[int] = []
         part_rates: list[float] = []
@@ -246,9 +245,9 @@ def main(argv: list[str] | None = None) -> int:
             submitted_ms = time.time() * 1000
             status = stub.SubmitJob(pipeline._requests(job_id, part_urls, part_hosts), timeout=3600)
             while True:
-                ended = done_before + status.indexed + status.duplicate + status.failed
+                ended = sum(totals.values()) + status.indexed + status.duplicate + status.failed
                 while pending and (ended >= pending[0] or (status.done and number == len(parts) - 1)):
-                    indexed = indexed_before + status.indexed
+                    indexed = totals["indexed"] + status.indexed
                     point = {"ended": ended, "indexed": indexed, "rss_mib": rss_mib()}
                     spent = cpu.stack_cpu_delta(cpu_since, cpu_now := cpu.stack_cpu())
                     point["cpu_ms_per_record_since_last"] = {
@@ -271,9 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             part_rates.append(len(part_at) / max(1e-3, (max(part_at) - submitted_ms) / 1000))
             if args.parts > 1:
                 print(f"part {number + 1}/{args.parts}: {part_rates[-1]:.1f} records/s", flush=True)
-            for kind in totals:
+            for kind in totals:  # the parts before the next one
                 totals[kind] += getattr(status, kind)
-            done_before, indexed_before = ended, indexed_before + status.indexed
     # One job: tenths by when records ended. Parts: each part's own rate (a part starts when the last ended).
     rates = deciles(at_ms, first_submit_ms) if args.parts == 1 else part_rates
     report.update(
